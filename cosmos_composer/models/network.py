@@ -184,12 +184,13 @@ class RopePosition3D(nn.Module):
         return angles_L_D.repeat(num_views, 1)
 
 
-def apply_rope(x_B_H_L_D: torch.Tensor, angles_L_D: torch.Tensor) -> torch.Tensor:
-    """Rotate-half RoPE in fp32, returned in the input dtype."""
+def apply_rope(x_B_H_L_D: torch.Tensor, rope_cos_sin: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Rotate-half RoPE in fp32, returned in the input dtype. cos/sin are [L, head_dim], computed once per forward."""
+    cos_L_D, sin_L_D = rope_cos_sin
     x = x_B_H_L_D.float()
     x1, x2 = x.chunk(2, dim=-1)
     rotated = torch.cat([-x2, x1], dim=-1)
-    return (x * angles_L_D.cos() + rotated * angles_L_D.sin()).to(x_B_H_L_D.dtype)
+    return (x * cos_L_D + rotated * sin_L_D).to(x_B_H_L_D.dtype)
 
 
 class Attention(nn.Module):
@@ -239,15 +240,15 @@ class Attention(nn.Module):
         self,
         x_B_L_D: torch.Tensor,
         context_B_M_C: Optional[torch.Tensor] = None,
-        rope_angles_L_d: Optional[torch.Tensor] = None,
+        rope_cos_sin: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
         image_context_B_N_D: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         context = x_B_L_D if context_B_M_C is None else context_B_M_C
         q = self.q_norm(self._heads(self.q_proj(x_B_L_D)))
         k = self.k_norm(self._heads(self.k_proj(context)))
         v = self._heads(self.v_proj(context))
-        if rope_angles_L_d is not None:
-            q, k = apply_rope(q, rope_angles_L_d), apply_rope(k, rope_angles_L_d)
+        if rope_cos_sin is not None:
+            q, k = apply_rope(q, rope_cos_sin), apply_rope(k, rope_cos_sin)
         out_B_L_D = self._attend(q, k, v)
         if image_context_B_N_D is not None:
             if not self.has_image_context:
@@ -324,7 +325,7 @@ class Block(nn.Module):
         emb_B_T_D: torch.Tensor,
         adaln_lora_B_T_3D: torch.Tensor,
         context_B_M_C: torch.Tensor,
-        rope_angles_L_d: torch.Tensor,
+        rope_cos_sin: tuple[torch.Tensor, torch.Tensor],
         num_views: int = 1,
         image_context_B_N_D: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
@@ -335,7 +336,7 @@ class Block(nn.Module):
         shift_mlp, scale_mlp, gate_mlp = self._modulation(self.adaln_modulation_mlp, emb_B_T_D, adaln_lora_B_T_3D, dtype)
 
         h_B_L_D = _modulate(self.layer_norm_self_attn, x_B_T_H_W_D, shift_sa, scale_sa).reshape(B, T * H * W, D)
-        attn_B_T_H_W_D = self.self_attn(h_B_L_D, rope_angles_L_d=rope_angles_L_d).view(B, T, H, W, D)
+        attn_B_T_H_W_D = self.self_attn(h_B_L_D, rope_cos_sin=rope_cos_sin).view(B, T, H, W, D)
         x_B_T_H_W_D = x_B_T_H_W_D + gate_sa * attn_B_T_H_W_D
 
         h_B_L_D = _modulate(self.layer_norm_cross_attn, x_B_T_H_W_D, shift_ca, scale_ca).reshape(B, T * H * W, D)
@@ -573,12 +574,12 @@ class CosmosTransferNet(nn.Module):
             timesteps_B_T = timesteps_B_T[:, None]
         sinusoid_B_T_D, adaln_lora_B_T_3D = self.t_embedder(timesteps_B_T.float() * config.timestep_scale)
         emb_B_T_D = self.t_embedding_norm(sinusoid_B_T_D)
-        rope_angles = self.pos_embedder(num_views, Tp // num_views, Hp, Wp, device)
+        rope_angles_L_D = self.pos_embedder(num_views, Tp // num_views, Hp, Wp, device)
         block_kwargs = dict(
             emb_B_T_D=emb_B_T_D,
             adaln_lora_B_T_3D=adaln_lora_B_T_3D,
             context_B_M_C=context,
-            rope_angles_L_d=rope_angles,
+            rope_cos_sin=(rope_angles_L_D.cos(), rope_angles_L_D.sin()),
             num_views=num_views,
             image_context_B_N_D=image_context,
         )
