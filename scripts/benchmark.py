@@ -352,10 +352,41 @@ def run_network(args) -> None:
 # Entry point
 # ---------------------------------------------------------------------------------------------------------------
 
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("data section")
+    group.add_argument("--data-samples", type=int, default=4, help="demo samples (7 cameras each)")
+    group.add_argument("--data-frames", type=int, default=29, help="frames per camera")
+    group.add_argument("--data-height", type=int, default=64)
+    group.add_argument("--data-width", type=int, default=112)
+    group.add_argument("--data-epochs", type=int, default=3, help="timed passes over the dataset")
+    group.add_argument("--data-workers", type=int, default=0, help="DataLoader workers")
+
+
+def run_data(args) -> None:
+    """Samples/s of the multiview dataset decoding mp4s vs. serving cached latents, side by side."""
+    import tempfile
+
+    from cosmos_composer.data.bench import benchmark_data
+
+    with tempfile.TemporaryDirectory() as tmpdir:
+        result = benchmark_data(
+            tmpdir,
+            samples=args.data_samples,
+            frames=args.data_frames,
+            height=args.data_height,
+            width=args.data_width,
+            epochs=args.data_epochs,
+            num_workers=args.data_workers,
+        )
+    for key, value in result.items():
+        print(f"{key:>32}: {value}")
+
+
 SECTIONS: dict[
     str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], None]]
 ] = {
     "network": (add_network_arguments, run_network),
+    "data": (add_data_arguments, run_data),
 }
 
 

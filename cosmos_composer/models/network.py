@@ -359,6 +359,17 @@ class ControlBlock(Block):
         self.after_proj = nn.Linear(dim, dim)
         self.zero_init_projections()
 
+    def forward(self, c_B_T_H_W_D: torch.Tensor, x_B_T_H_W_D: torch.Tensor, **block_kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the control stream for the next control block, the hint for the base).
+
+        The projections run inside this forward so that they see unsharded weights when the block is
+        an FSDP2 unit.
+        """
+        if hasattr(self, "before_proj"):
+            c_B_T_H_W_D = self.before_proj(c_B_T_H_W_D) + x_B_T_H_W_D
+        c_B_T_H_W_D = super().forward(c_B_T_H_W_D, **block_kwargs)
+        return c_B_T_H_W_D, self.after_proj(c_B_T_H_W_D)
+
     def zero_init_projections(self) -> None:
         for name in ("before_proj", "after_proj"):
             proj = getattr(self, name, None)
@@ -595,10 +606,9 @@ class CosmosTransferNet(nn.Module):
             c_B_T_H_W_D = self.control_embedder(control_in)
             if config.use_input_hint_block:
                 c_B_T_H_W_D = self.input_hint_block(c_B_T_H_W_D)
-            c_B_T_H_W_D = self.control_blocks[0].before_proj(c_B_T_H_W_D) + x_B_T_H_W_D
             for control_block in self.control_blocks:
-                c_B_T_H_W_D = self._run_block(control_block, c_B_T_H_W_D, **block_kwargs)
-                hints.append(control_block.after_proj(c_B_T_H_W_D))
+                c_B_T_H_W_D, hint = self._run_block(control_block, c_B_T_H_W_D, x_B_T_H_W_D, **block_kwargs)
+                hints.append(hint)
             scale = self._control_scale(control_context_scale, B, x_B_T_H_W_D.dtype, device)
 
         for block_idx, block in enumerate(self.blocks):

@@ -124,7 +124,7 @@ _TINY_SINGLEVIEW = NetworkConfig(
     num_heads=2,
     adaln_lora_dim=16,
     crossattn_emb_channels=32,
-    crossattn_proj_in_channels=48,
+    crossattn_proj_in_channels=96,  # = Reason1TextEmbedder.tiny(): 3 layers x 32
     max_img_h=64,
     max_img_w=64,
     max_frames=16,

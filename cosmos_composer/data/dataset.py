@@ -1,0 +1,282 @@
+"""The training dataset: MDS shards -> the sample dict of the official loaders (reference section 5).
+
+:class:`TransferStreamingDataset` is a ``streaming.StreamingDataset``, so shards can live in a local
+folder or behind any ``remote`` Streaming supports (``s3://``, ``gs://``, ``oci://``, another folder,
+...), are shared by ranks and workers, and the position in the epoch is saved and restored through
+``StreamingDataLoader.state_dict()`` / ``load_state_dict()``.
+
+Each sample (V views of F frames, resized to H x W; V = 7 for multiview, 1 for single view):
+
+=====================================  ==========================  =====================================
+key                                    type                        content
+=====================================  ==========================  =====================================
+``sample_name``                        str                         the source file stem
+``video``                              uint8 ``[3, V*F, H, W]``    views concatenated along time
+``control_input_<key>``                uint8 ``[3, V*F, H, W]``    e.g. ``control_input_hdmap_bbox``
+``ai_caption``                         list of V str               with the camera prefixes (multiview)
+``view_indices``                       int64 ``[V*F]``             camera id of each frame
+``view_indices_selection``             int64 ``[V]``               camera id of each view
+``camera_keys_selection``              list of V str               camera names (``[]`` single view)
+``sample_n_views``                     int64 scalar                V
+``num_video_frames_per_view``          int64 scalar                F
+``fps``                                float64 scalar              the clip's native fps
+``frame_indices``                      int64 ``[F]``               source frames used
+``chunk_index``                        int64 scalar                0
+``padding_mask``                       float32 ``[1, H, W]``       zeros (no padding)
+``image_size``                         int64 ``[4]``               ``[H, W, H, W]``
+``original_hw``                        int64 ``[V, 2]``            source size of each view
+``ref_cam_view_idx_sample_position``   int64 scalar                -1
+``front_cam_view_idx_sample_position`` int64 scalar                0
+=====================================  ==========================  =====================================
+
+``video``, ``control_input_<key>`` and ``original_hw`` are present only with ``decode_video=True``.
+When the shards hold cached columns (``convert_to_mds.py --precompute``) these are added:
+``video_latent`` / ``control_latent`` float16 ``[16, V*t, h, w]``, ``text_embedding`` float16
+``[V*512, D]``, ``text_embedding_kind`` (str) and ``crossattn_proj_fingerprint`` (str).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from streaming import StreamingDataset
+from streaming.base.dataloader import StreamingDataLoader
+
+from cosmos_composer.data import mds
+from cosmos_composer.data.cameras import CAMERA_TO_VIEW_INDEX, CAPTION_CAMERA, view_captions
+from cosmos_composer.data.clip import load_clip, row_cameras
+from cosmos_composer.data.layouts import (
+    DEFAULT_MIN_FRAMES,
+    MULTIVIEW_HDMAP,
+    ON_THE_FLY_CONTROLS,
+    SINGLEVIEW,
+    normalize_control_key,
+)
+
+# Training resolution of the official recipes (reference 4.6): multiview 720 x 1280, single view 704 x 1280.
+DEFAULT_RESOLUTION = {MULTIVIEW_HDMAP: (720, 1280), SINGLEVIEW: (704, 1280)}
+
+
+class TransferStreamingDataset(StreamingDataset):
+    """Cosmos-Transfer2.5 training samples from MDS shards written by ``scripts/convert_to_mds.py``.
+
+    Args:
+        remote: where the shards are (``s3://bucket/path``, ``gs://...``, a folder); None if ``local`` has them.
+        local: local folder for the shards (the dataset itself, or the download cache of ``remote``).
+        num_frames: frames per view F (default: 29 multiview, 93 single view, as the recipes).
+        height, width: training resolution (default: 720 x 1280 multiview, 704 x 1280 single view).
+        control_key: ``hdmap_bbox`` | ``depth`` | ``seg`` | ``edge`` | ``vis`` (``blur``); default: the
+            stored control video of the shards, else ``edge`` (so ask for ``vis`` explicitly).
+        random_start: start each clip at a random frame instead of frame 0 (decoded video only).
+        decode_video: decode the mp4s; set False to train from cached latents only.
+        use_cached_latents, use_cached_text: serve the cached columns when the shards have them.
+        random_control_params: random edge thresholds / blur parameters as in upstream training;
+            False uses upstream's fixed "medium" preset.
+        augment_seed: seeds the per-sample random choices (start frame, control parameters), which
+            depend only on (augment_seed, epoch, sample index), so a resumed run sees the same ones.
+        **streaming_kwargs: passed to ``StreamingDataset`` (``shuffle``, ``shuffle_seed``,
+            ``batch_size``, ``predownload``, ``cache_limit``, ``split``, ...).
+    """
+
+    def __init__(
+        self,
+        *,
+        remote: str | None = None,
+        local: str | None = None,
+        num_frames: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        control_key: str | None = None,
+        random_start: bool = False,
+        decode_video: bool = True,
+        use_cached_latents: bool = True,
+        use_cached_text: bool = True,
+        random_control_params: bool = True,
+        augment_seed: int = 0,
+        **streaming_kwargs: Any,
+    ) -> None:
+        super().__init__(remote=remote, local=local, **streaming_kwargs)
+        columns = set(self.shards[0].column_names)
+        for shard in self.shards[1:]:
+            if set(shard.column_names) != columns:
+                raise ValueError(
+                    f"the shards of {remote or local} do not all have the same columns; they come from different "
+                    f"conversions. Fix: convert the dataset again into one output folder"
+                )
+        if mds.SAMPLE_NAME not in columns or mds.CAMERA_NAMES not in columns:
+            raise ValueError(
+                f"{remote or local} was not written by scripts/convert_to_mds.py (columns: {sorted(columns)}). "
+                f"Fix: convert the official folder layout with scripts/convert_to_mds.py"
+            )
+        self.layout = SINGLEVIEW if mds.video_column(None) in columns else MULTIVIEW_HDMAP
+        self.columns = columns
+        self.num_frames = num_frames or DEFAULT_MIN_FRAMES[self.layout]
+        default_h, default_w = DEFAULT_RESOLUTION[self.layout]
+        self.height, self.width = height or default_h, width or default_w
+        stored_controls = sorted(
+            c for c in columns if c.startswith("control_") and c not in (mds.CONTROL_KEY, mds.CONTROL_LATENT)
+        )
+        self.control_key = normalize_control_key(
+            control_key or self._stored_control_key(stored_controls), self.layout
+        )
+        self.random_start = random_start
+        self.decode_video = decode_video
+        self.use_cached_latents = use_cached_latents and mds.VIDEO_LATENT in columns
+        self.use_cached_text = use_cached_text and mds.TEXT_EMBEDDING in columns
+        self.random_control_params = random_control_params
+        self.augment_seed = augment_seed
+        if not decode_video and not self.use_cached_latents:
+            raise ValueError(
+                f"decode_video=False needs cached latents, but {remote or local} has no {mds.VIDEO_LATENT!r} column. "
+                f"Fix: convert with `--precompute latents`, or set decode_video=True"
+            )
+        if self.use_cached_latents and random_start:
+            raise ValueError(
+                "random_start=True cannot be used with cached latents (they encode frames 0..F-1). Fix: set "
+                "random_start=False, or use_cached_latents=False to encode online"
+            )
+        if self.control_key not in ON_THE_FLY_CONTROLS and decode_video:
+            missing = [c for c in self._control_columns() if c not in columns]
+            if missing:
+                raise ValueError(
+                    f"control_key={self.control_key!r} needs the columns {missing}, which {remote or local} lacks "
+                    f"(it stores: {stored_controls or 'no control videos'}). Fix: pick the control the dataset was "
+                    f"converted with, edge or vis, or convert again with --control-key {self.control_key}"
+                )
+
+    def _stored_control_key(self, stored_controls: list[str]) -> str:
+        for key in ("hdmap_bbox", "depth", "seg"):
+            if any(c == f"control_{key}" or c.startswith(f"control_{key}_") for c in stored_controls):
+                return key
+        return "edge"  # no stored control video: the shards were converted for edge or vis
+
+    def _control_columns(self) -> list[str]:
+        cameras = [c[len("video_") :] for c in sorted(self.columns) if c.startswith("video_camera_")] or [
+            None
+        ]
+        return [mds.control_column(self.control_key, camera) for camera in cameras]
+
+    def _rng(self, index: int) -> np.random.Generator:
+        epoch = max(self.next_epoch - 1, 0)
+        return np.random.default_rng([self.augment_seed, epoch, index])
+
+    def _check_cached_latents(self, row: dict) -> None:
+        cached = (row[mds.LATENT_NUM_FRAMES], row[mds.LATENT_HEIGHT], row[mds.LATENT_WIDTH])
+        wanted = (self.num_frames, self.height, self.width)
+        if cached != wanted:
+            raise ValueError(
+                f"sample '{row[mds.SAMPLE_NAME]}' caches latents of {cached[0]} frames at {cached[1]}x{cached[2]}, "
+                f"but the dataset is configured for {wanted[0]} frames at {wanted[1]}x{wanted[2]}. Fix: set "
+                f"num_frames/height/width to the cached values, convert again with matching --num-frames/--height/"
+                f"--width, or set use_cached_latents=False"
+            )
+        if row[mds.CONTROL_KEY] != self.control_key:
+            raise ValueError(
+                f"sample '{row[mds.SAMPLE_NAME]}' caches the latent of control {row[mds.CONTROL_KEY]!r}, but "
+                f"control_key={self.control_key!r}. Fix: set control_key={row[mds.CONTROL_KEY]!r} or "
+                f"use_cached_latents=False"
+            )
+
+    def get_item(self, index: int) -> dict[str, Any]:
+        row = super().get_item(index)
+        cameras = row_cameras(row)
+        num_views, F, H, W = len(cameras), self.num_frames, self.height, self.width
+        available = row[mds.NUM_FRAMES]
+        if available < F:
+            raise ValueError(
+                f"sample '{row[mds.SAMPLE_NAME]}' has {available} frames per view, fewer than num_frames={F}. Fix: "
+                f"lower num_frames, or convert again with --min-frames {F} to leave out short clips"
+            )
+        rng = self._rng(index)
+        start = int(rng.integers(0, available - F + 1)) if self.random_start else 0
+        view_ids = [CAMERA_TO_VIEW_INDEX[camera] for camera in cameras] if cameras != (None,) else [0]
+        caption = row[mds.CAPTION]
+        sample: dict[str, Any] = {"sample_name": row[mds.SAMPLE_NAME]}
+        if self.decode_video:
+            clip = load_clip(
+                row,
+                control_key=self.control_key,
+                start=start,
+                num_frames=F,
+                height=H,
+                width=W,
+                rng=rng if self.random_control_params else None,
+            )
+            sample["video"] = clip.video_3_VF_H_W
+            sample[f"control_input_{self.control_key}"] = clip.control_3_VF_H_W
+            sample["original_hw"] = clip.original_hw_V_2
+        sample.update(
+            {
+                "ai_caption": view_captions(caption, cameras) if cameras != (None,) else [caption],
+                "view_indices": torch.tensor(view_ids, dtype=torch.int64).repeat_interleave(F),
+                "view_indices_selection": torch.tensor(view_ids, dtype=torch.int64),
+                "camera_keys_selection": [camera for camera in cameras if camera is not None],
+                "sample_n_views": torch.tensor(num_views, dtype=torch.int64),
+                "num_video_frames_per_view": torch.tensor(F, dtype=torch.int64),
+                "fps": torch.tensor(row[mds.FPS], dtype=torch.float64),
+                "frame_indices": torch.arange(start, start + F, dtype=torch.int64),
+                "chunk_index": torch.tensor(0, dtype=torch.int64),
+                "padding_mask": torch.zeros(1, H, W, dtype=torch.float32),
+                "image_size": torch.tensor([H, W, H, W], dtype=torch.int64),
+                "ref_cam_view_idx_sample_position": torch.tensor(-1, dtype=torch.int64),
+                "front_cam_view_idx_sample_position": torch.tensor(
+                    cameras.index(CAPTION_CAMERA) if CAPTION_CAMERA in cameras else 0, dtype=torch.int64
+                ),
+            }
+        )
+        if self.use_cached_latents:
+            self._check_cached_latents(row)
+            sample[mds.VIDEO_LATENT] = torch.from_numpy(row[mds.VIDEO_LATENT].copy())
+            sample[mds.CONTROL_LATENT] = torch.from_numpy(row[mds.CONTROL_LATENT].copy())
+        if self.use_cached_text:
+            sample[mds.TEXT_EMBEDDING] = torch.from_numpy(row[mds.TEXT_EMBEDDING].copy())
+            sample[mds.TEXT_EMBEDDING_KIND] = row[mds.TEXT_EMBEDDING_KIND]
+            sample[mds.CROSSATTN_PROJ_FINGERPRINT] = row[mds.CROSSATTN_PROJ_FINGERPRINT]
+        return sample
+
+
+def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Batch samples: tensors are stacked, numbers become tensors, everything else becomes a list.
+
+    So ``video`` is ``[B, 3, V*F, H, W]``, ``ai_caption`` is a list of B lists of V strings and
+    ``sample_name`` a list of B strings.
+    """
+    batch: dict[str, Any] = {}
+    for key in samples[0]:
+        values = [sample[key] for sample in samples]
+        if isinstance(values[0], torch.Tensor):
+            batch[key] = torch.stack(values)
+        elif isinstance(values[0], (bool, int, float)):
+            batch[key] = torch.tensor(values)
+        else:
+            batch[key] = values
+    return batch
+
+
+def build_dataloader(
+    dataset: TransferStreamingDataset,
+    batch_size: int,
+    num_workers: int = 0,
+    **dataloader_kwargs: Any,
+) -> StreamingDataLoader:
+    """A ``StreamingDataLoader`` (resumable) over ``dataset`` with :func:`collate_samples`.
+
+    Streaming needs the per-device batch size on the dataset too; it is set here when missing.
+    """
+    if dataset.batch_size is None:
+        dataset.batch_size = batch_size
+    elif dataset.batch_size != batch_size:
+        raise ValueError(
+            f"the dataset was built with batch_size={dataset.batch_size} but the loader uses {batch_size}; "
+            f"Streaming needs both equal for deterministic resumption"
+        )
+    return StreamingDataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=collate_samples,
+        persistent_workers=num_workers > 0,
+        **dataloader_kwargs,
+    )

@@ -1,0 +1,287 @@
+"""The official Cosmos-Transfer2.5 post-training folder layouts: find the samples and validate them.
+
+Multiview HDMap (``--layout multiview-hdmap``, reference section 5)::
+
+    DIR/videos/ftheta_<camera>/<name>.mp4                   for each of the 7 DEFAULT_CAMERAS
+    DIR/control_input_hdmap_bbox/ftheta_<camera>/<name>.mp4 for each of the 7 DEFAULT_CAMERAS
+    DIR/captions/ftheta_camera_front_wide_120fov/<name>.json  {"caption": "..."}
+
+Single view (``--layout singleview``, upstream ``docs/post-training_singleview.md`` and
+``SingleViewTransferDataset``)::
+
+    DIR/videos/<name>.mp4
+    DIR/captions/<name>.json     {"caption": "..."}
+    DIR/depth/<name>.mp4         only for --control-key depth
+    DIR/seg/<name>.mp4           only for --control-key seg (colour-coded segmentation video)
+
+Edge and blur ("vis" upstream) controls have no folder: they are computed from the video on the fly.
+
+Sample names are the union of every file stem found in these folders, so a file that belongs to no
+complete sample is reported as an invalid sample instead of being dropped without a word.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cosmos_composer.data.cameras import CAPTION_CAMERA, DEFAULT_CAMERAS, camera_folder
+from cosmos_composer.data.video import VideoError, probe_video
+
+MULTIVIEW_HDMAP = "multiview-hdmap"
+SINGLEVIEW = "singleview"
+LAYOUTS = (MULTIVIEW_HDMAP, SINGLEVIEW)
+
+# Control keys as the model sees them (``control_input_<key>``). "vis" is upstream's name for blur.
+CONTROL_KEYS = ("hdmap_bbox", "depth", "seg", "edge", "vis")
+CONTROL_KEY_ALIASES = {"blur": "vis"}
+# Controls computed from the video while loading; nothing is read from disk for them.
+ON_THE_FLY_CONTROLS = ("edge", "vis")
+# Folder of each stored control in the official layouts.
+CONTROL_FOLDERS = {"hdmap_bbox": "control_input_hdmap_bbox", "depth": "depth", "seg": "seg"}
+LAYOUT_CONTROL_KEYS = {
+    MULTIVIEW_HDMAP: ("hdmap_bbox", "edge", "vis"),
+    SINGLEVIEW: ("depth", "seg", "edge", "vis"),
+}
+DEFAULT_CONTROL_KEY = {MULTIVIEW_HDMAP: "hdmap_bbox", SINGLEVIEW: "edge"}
+# Frames per view the recipes train on (reference 4.6): 29 for multiview, 93 for single view.
+DEFAULT_MIN_FRAMES = {MULTIVIEW_HDMAP: 29, SINGLEVIEW: 93}
+# Two frame rates closer than this are the same (containers store rates as rationals).
+FPS_TOLERANCE = 1e-3
+
+
+class LayoutError(ValueError):
+    """The input folder is not in the layout it was said to be in (nothing can be converted)."""
+
+
+class InvalidSampleError(ValueError):
+    """One sample is unusable. The message names the sample, the file, the problem and the fix."""
+
+    def __init__(self, sample: str, path: Path | str, problem: str, fix: str) -> None:
+        self.sample, self.path, self.problem, self.fix = sample, str(path), problem, fix
+        super().__init__(f"sample '{sample}': {path}: {problem}. Fix: {fix}")
+
+
+def normalize_control_key(control_key: str, layout: str) -> str:
+    """Resolve aliases (``blur`` -> ``vis``) and check the key suits the layout."""
+    key = CONTROL_KEY_ALIASES.get(control_key, control_key)
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    if key not in LAYOUT_CONTROL_KEYS[layout]:
+        raise ValueError(
+            f"control key {control_key!r} does not exist for layout {layout!r}; "
+            f"choose one of {', '.join(LAYOUT_CONTROL_KEYS[layout])} (blur is accepted for vis)"
+        )
+    return key
+
+
+@dataclass
+class SampleFiles:
+    """Where one sample's files are expected. ``cameras`` is ``(None,)`` for single view."""
+
+    name: str
+    cameras: tuple[str | None, ...]
+    videos: dict[str | None, Path]
+    controls: dict[str | None, Path]  # empty for edge / vis
+    caption: Path
+
+
+@dataclass
+class ValidatedSample:
+    """A sample that passed :func:`validate_sample`, with what the MDS writer stores."""
+
+    files: SampleFiles
+    caption: str
+    fps: float
+    num_frames: int  # frames every video and control of the sample has (the minimum over them)
+    notes: list[str] = field(default_factory=list)  # harmless oddities to tell the user about
+
+
+def _stems(folder: Path, suffix: str) -> set[str]:
+    if not folder.is_dir():
+        return set()
+    return {path.name[: -len(suffix)] for path in folder.iterdir() if path.name.endswith(suffix)}
+
+
+def find_samples(root: str | Path, layout: str, control_key: str) -> list[SampleFiles]:
+    """List every sample of the folder ``root`` in ``layout``, sorted by name."""
+    root = Path(root)
+    control_key = normalize_control_key(control_key, layout)
+    if not root.is_dir():
+        raise LayoutError(f"input folder {root} does not exist. Fix: pass the dataset folder as --input")
+    if not (root / "videos").is_dir():
+        raise LayoutError(
+            f"{root} has no videos/ folder, so it is not in the official {layout} layout "
+            f"(see `python scripts/convert_to_mds.py --help`). Fix: point --input at the folder that "
+            f"holds videos/ and captions/"
+        )
+    control_folder = CONTROL_FOLDERS.get(control_key)
+    samples = []
+    if layout == MULTIVIEW_HDMAP:
+        names = _stems(root / "captions" / camera_folder(CAPTION_CAMERA), ".json")
+        for camera in DEFAULT_CAMERAS:
+            names |= _stems(root / "videos" / camera_folder(camera), ".mp4")
+            names |= _stems(root / "captions" / camera_folder(camera), ".json")
+            if control_folder:
+                names |= _stems(root / control_folder / camera_folder(camera), ".mp4")
+        for name in sorted(names):
+            samples.append(
+                SampleFiles(
+                    name=name,
+                    cameras=DEFAULT_CAMERAS,
+                    videos={
+                        cam: root / "videos" / camera_folder(cam) / f"{name}.mp4" for cam in DEFAULT_CAMERAS
+                    },
+                    controls=(
+                        {
+                            cam: root / control_folder / camera_folder(cam) / f"{name}.mp4"
+                            for cam in DEFAULT_CAMERAS
+                        }
+                        if control_folder
+                        else {}
+                    ),
+                    caption=root / "captions" / camera_folder(CAPTION_CAMERA) / f"{name}.json",
+                )
+            )
+    else:
+        names = _stems(root / "videos", ".mp4") | _stems(root / "captions", ".json")
+        if control_folder:
+            names |= _stems(root / control_folder, ".mp4")
+        for name in sorted(names):
+            samples.append(
+                SampleFiles(
+                    name=name,
+                    cameras=(None,),
+                    videos={None: root / "videos" / f"{name}.mp4"},
+                    controls={None: root / control_folder / f"{name}.mp4"} if control_folder else {},
+                    caption=root / "captions" / f"{name}.json",
+                )
+            )
+    return samples
+
+
+def ignored_files(root: str | Path, layout: str, control_key: str) -> list[Path]:
+    """Files in the layout's folders that are not samples (wrong extension, e.g. ``.MP4`` or ``.txt``).
+
+    Hidden files (``.DS_Store``) are not listed. The conversion reports these instead of passing them by.
+    """
+    root = Path(root)
+    control_folder = CONTROL_FOLDERS.get(normalize_control_key(control_key, layout))
+    if layout == MULTIVIEW_HDMAP:
+        folders = [(root / "captions" / camera_folder(camera), ".json") for camera in DEFAULT_CAMERAS]
+        for camera in DEFAULT_CAMERAS:
+            folders.append((root / "videos" / camera_folder(camera), ".mp4"))
+            if control_folder:
+                folders.append((root / control_folder / camera_folder(camera), ".mp4"))
+    else:
+        folders = [(root / "videos", ".mp4"), (root / "captions", ".json")]
+        if control_folder:
+            folders.append((root / control_folder, ".mp4"))
+    return sorted(
+        path
+        for folder, suffix in folders
+        if folder.is_dir()
+        for path in folder.iterdir()
+        if path.is_file() and not path.name.startswith(".") and not path.name.endswith(suffix)
+    )
+
+
+def _require_file(sample: str, path: Path, what: str, layout: str) -> None:
+    if path.is_file():
+        return
+    if not path.parent.is_dir():
+        raise InvalidSampleError(
+            sample,
+            path,
+            f"missing {what}: the folder {path.parent} does not exist",
+            f"create {path.parent}/ with one {path.suffix} file per sample, as the official {layout} layout requires"
+            + (
+                f" (all 7 camera folders: {', '.join(camera_folder(c) for c in DEFAULT_CAMERAS)})"
+                if layout == MULTIVIEW_HDMAP
+                else ""
+            ),
+        )
+    raise InvalidSampleError(
+        sample,
+        path,
+        f"missing {what}",
+        f"add {path.name} to {path.parent}/, or remove the sample's other files",
+    )
+
+
+def _read_caption(sample: str, path: Path, layout: str) -> str:
+    _require_file(sample, path, "caption file", layout)
+    fix = 'write the file as JSON of the form {"caption": "<text>"}'
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise InvalidSampleError(sample, path, f"caption is not valid JSON ({error})", fix) from error
+    if not isinstance(data, dict) or not isinstance(data.get("caption"), str):
+        raise InvalidSampleError(sample, path, 'caption JSON has no "caption" string', fix)
+    return data["caption"]
+
+
+def validate_sample(files: SampleFiles, layout: str, min_frames: int) -> ValidatedSample:
+    """Check one sample completely; raise :class:`InvalidSampleError` on the first problem found.
+
+    Checks: every video and control file exists and decodes to the end; each has at least
+    ``min_frames`` frames; control fps equals video fps; all views share one fps; the caption is a
+    JSON object with a ``"caption"`` string.
+    """
+    name = files.name
+    caption = _read_caption(name, files.caption, layout)
+    fps: float | None = None
+    fps_source: Path | None = None
+    counts: dict[Path, int] = {}
+    for camera in files.cameras:
+        view = f" of camera {camera}" if camera else ""
+        pairs = [("video", files.videos[camera])]
+        if files.controls:
+            pairs.append(("control video", files.controls[camera]))
+        view_fps = None
+        for what, path in pairs:
+            _require_file(name, path, f"{what}{view}", layout)
+            try:
+                info = probe_video(path)
+            except VideoError as error:
+                raise InvalidSampleError(
+                    name, path, f"{what} is unreadable: {error}", "re-export or re-download this mp4"
+                ) from error
+            if info.num_frames < min_frames:
+                raise InvalidSampleError(
+                    name,
+                    path,
+                    f"{what} is too short: {info.num_frames} frames, at least {min_frames} needed (--min-frames)",
+                    "use a longer clip, or set --min-frames to the number of frames per view you train on",
+                )
+            counts[path] = info.num_frames
+            if view_fps is None:
+                view_fps = info.fps
+            elif abs(info.fps - view_fps) > FPS_TOLERANCE:
+                raise InvalidSampleError(
+                    name,
+                    path,
+                    f"fps mismatch: the control video runs at {info.fps:g} fps but its video "
+                    f"{files.videos[camera]} at {view_fps:g} fps",
+                    "render the control video at the video's frame rate (frames must correspond one to one)",
+                )
+            if fps is None:
+                fps, fps_source = info.fps, path
+            elif abs(info.fps - fps) > FPS_TOLERANCE:
+                raise InvalidSampleError(
+                    name,
+                    path,
+                    f"fps mismatch between views: {info.fps:g} fps here, {fps:g} fps in {fps_source}",
+                    "all views of a sample must be recorded (or resampled) at one frame rate",
+                )
+    num_frames = min(counts.values())
+    notes = []
+    if len(set(counts.values())) > 1:
+        longer = ", ".join(f"{path} ({count})" for path, count in counts.items() if count > num_frames)
+        notes.append(
+            f"sample '{name}': files have different frame counts; only the first {num_frames} frames "
+            f"(the shortest file) are used from: {longer}"
+        )
+    assert fps is not None
+    return ValidatedSample(files=files, caption=caption, fps=fps, num_frames=num_frames, notes=notes)

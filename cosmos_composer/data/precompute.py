@@ -1,0 +1,165 @@
+"""Cache what the frozen encoders compute into the MDS shards (``convert_to_mds.py --precompute``).
+
+* ``latents``: the normalised Wan2.1 VAE latents of the video and of the control, each
+  ``[16, V*t, h, w]`` float16, encoded view by view from frames ``0..num_frames-1`` resized to
+  ``(height, width)``, exactly the pixels the dataset would serve.
+* ``text``: the Cosmos-Reason1 embedding of each view's caption (with the camera prefix for multiview,
+  see :func:`cosmos_composer.data.cameras.view_captions`), ``[V*512, D]`` float16. With a
+  ``crossattn_proj`` module (the frozen ``net.crossattn_proj`` of the checkpoint you will train) the
+  1024-d projection is stored instead of the raw 100352-d embedding, together with
+  :func:`crossattn_proj_fingerprint` of that module, so training can refuse a network whose projection
+  differs (:func:`check_crossattn_proj_fingerprint`).
+
+Sizes per sample: latents are small (7 views x 8 x 90 x 160 x 16 x 2 bytes = 2.6 MB each at 720p);
+projected text is 7 x 512 x 1024 x 2 = 7.3 MB; raw text is 7 x 512 x 100352 x 2 = 720 MB, so store raw
+embeddings only for small experiments.
+
+The encoders are duck-typed: ``vae.encode(video_B_3_T_H_W uint8) -> latent [B, 16, t, h, w]``
+(``cosmos_composer.encoders.vae.WanVAE``) and ``text_embedder.embed(list[str]) -> [N, 512, D]``
+(``cosmos_composer.encoders.text.Reason1TextEmbedder``).
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from cosmos_composer.data import mds
+from cosmos_composer.data.cameras import view_captions
+from cosmos_composer.data.clip import load_clip, row_cameras
+from cosmos_composer.data.layouts import ON_THE_FLY_CONTROLS
+from cosmos_composer.encoders import fingerprint_tensors
+
+PRECOMPUTE_CHOICES = ("latents", "text")
+TEXT_TOKENS_PER_VIEW = 512
+
+
+def crossattn_proj_fingerprint(crossattn_proj: nn.Module) -> str:
+    """Fingerprint of a ``crossattn_proj`` module, stored beside projected text embeddings.
+
+    :func:`cosmos_composer.encoders.fingerprint_tensors` (sha256 over names, shapes, dtypes and bytes)
+    of the module's parameters cast to float32, with names relative to the module (``0.weight``,
+    ``0.bias``). Casting first makes the fingerprint independent of the dtype the weights are held in
+    (bf16 -> fp32 is exact), because the released checkpoint is bf16 while a training run may hold the
+    frozen projection in fp32 or cast it to bf16. Use :func:`check_crossattn_proj_fingerprint` to compare.
+    """
+    return fingerprint_tensors(
+        (name, parameter.float()) for name, parameter in crossattn_proj.named_parameters()
+    )
+
+
+def check_crossattn_proj_fingerprint(
+    stored: str, crossattn_proj: nn.Module, source: str = "the dataset"
+) -> None:
+    """Raise ``ValueError`` when cached projected text embeddings were made with other projection weights."""
+    actual = crossattn_proj_fingerprint(crossattn_proj)
+    if stored != actual:
+        raise ValueError(
+            f"{source} holds text embeddings projected by a crossattn_proj with fingerprint {stored[:16]}..., but "
+            f"the network's crossattn_proj has fingerprint {actual[:16]}... The cached 1024-d embeddings only "
+            f"fit the checkpoint they were made with. Fix: convert again with --precompute text and "
+            f"--crossattn-proj pointing at the checkpoint you train, or store raw embeddings (no "
+            f"--crossattn-proj), or turn off the cached text (use_cached_text=False)"
+        )
+
+
+@dataclass
+class Precomputer:
+    """Adds cached columns to rows before they are written.
+
+    Args:
+        height, width, num_frames: the training resolution and frames per view the latents are for.
+        vae: encoder for ``latents`` (None: no latent columns).
+        text_embedder: encoder for ``text`` (None: no text columns).
+        crossattn_proj: project text embeddings to 1024-d with this frozen module (None: store raw).
+        device: where the encoders run.
+        seed: seeds the random edge / blur parameters of on-the-fly controls, per sample.
+    """
+
+    height: int
+    width: int
+    num_frames: int
+    vae: Any = None
+    text_embedder: Any = None
+    crossattn_proj: nn.Module | None = None
+    device: str | torch.device = "cpu"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.fingerprint = (
+            crossattn_proj_fingerprint(self.crossattn_proj) if self.crossattn_proj is not None else ""
+        )
+
+    @property
+    def latents(self) -> bool:
+        return self.vae is not None
+
+    @property
+    def text(self) -> bool:
+        return self.text_embedder is not None
+
+    @torch.no_grad()
+    def encode_latents(self, video_3_VF_H_W: torch.Tensor, num_views: int) -> np.ndarray:
+        """uint8 ``[3, V*F, H, W]`` -> float16 ``[16, V*t, h, w]`` (each view encoded on its own)."""
+        _, VF, H, W = video_3_VF_H_W.shape
+        F = VF // num_views
+        video_V_3_F_H_W = video_3_VF_H_W.reshape(3, num_views, F, H, W).permute(1, 0, 2, 3, 4)
+        latent_V_16_t_h_w = self.vae.encode(video_V_3_F_H_W.to(self.device))
+        V, C, t, h, w = latent_V_16_t_h_w.shape
+        latent_16_Vt_h_w = latent_V_16_t_h_w.permute(1, 0, 2, 3, 4).reshape(C, V * t, h, w)
+        return latent_16_Vt_h_w.float().cpu().numpy().astype(np.float16)
+
+    @torch.no_grad()
+    def encode_text(self, captions: list[str]) -> np.ndarray:
+        """V captions -> float16 ``[V*512, D]`` (projected when ``crossattn_proj`` is set)."""
+        embedding_V_L_D = self.text_embedder.embed(captions)
+        if self.crossattn_proj is not None:
+            parameter = next(self.crossattn_proj.parameters())
+            embedding_V_L_D = self.crossattn_proj(embedding_V_L_D.to(parameter.device, parameter.dtype))
+        V, L, D = embedding_V_L_D.shape
+        if L != TEXT_TOKENS_PER_VIEW:
+            raise ValueError(
+                f"text embedder returned {L} tokens per caption; Cosmos uses {TEXT_TOKENS_PER_VIEW}"
+            )
+        return embedding_V_L_D.reshape(V * L, D).float().cpu().numpy().astype(np.float16)
+
+    def __call__(self, row: dict) -> dict:
+        """The cached columns for ``row`` (a dict with the base columns of :mod:`cosmos_composer.data.mds`)."""
+        cameras = row_cameras(row)
+        extra: dict = {}
+        if self.latents:
+            if row[mds.NUM_FRAMES] < self.num_frames:
+                raise ValueError(
+                    f"sample '{row[mds.SAMPLE_NAME]}' has {row[mds.NUM_FRAMES]} frames, fewer than the "
+                    f"{self.num_frames} to encode. Fix: lower --num-frames or raise --min-frames to skip short clips"
+                )
+            control_key = row[mds.CONTROL_KEY]
+            rng = None
+            if control_key in ON_THE_FLY_CONTROLS:
+                rng = np.random.default_rng([self.seed, zlib.crc32(row[mds.SAMPLE_NAME].encode("utf-8"))])
+            clip = load_clip(
+                row,
+                control_key=control_key,
+                start=0,
+                num_frames=self.num_frames,
+                height=self.height,
+                width=self.width,
+                rng=rng,
+            )
+            extra[mds.VIDEO_LATENT] = self.encode_latents(clip.video_3_VF_H_W, len(cameras))
+            extra[mds.CONTROL_LATENT] = self.encode_latents(clip.control_3_VF_H_W, len(cameras))
+            extra[mds.LATENT_NUM_FRAMES] = self.num_frames
+            extra[mds.LATENT_HEIGHT] = self.height
+            extra[mds.LATENT_WIDTH] = self.width
+        if self.text:
+            caption = row[mds.CAPTION]
+            captions = view_captions(caption, cameras) if cameras != (None,) else [caption]
+            extra[mds.TEXT_EMBEDDING] = self.encode_text(captions)
+            extra[mds.TEXT_EMBEDDING_KIND] = "projected" if self.crossattn_proj is not None else "raw"
+            extra[mds.CROSSATTN_PROJ_FINGERPRINT] = self.fingerprint
+        return extra

@@ -1,0 +1,195 @@
+"""Video files with PyAV: write mp4 (H.264), probe, decode a frame range, resize.
+
+All frames handled here are RGB uint8. Decoded frames come back as ``[T, H, W, 3]`` numpy arrays (the
+layout PyAV produces); :func:`resize_video` works on ``[T, 3, H, W]`` torch tensors.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import BinaryIO, Union
+
+import av
+import numpy as np
+import torch
+from av.video.reformatter import VideoReformatter
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+
+VideoSource = Union[str, os.PathLike, bytes, BinaryIO]
+
+# H.264 quality used for the demo data: crf 10 is visually lossless, so thin control lines survive.
+DEFAULT_CRF = 10
+
+
+class VideoError(ValueError):
+    """A video cannot be opened or decoded, or has too few frames."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What :func:`probe_video` found by decoding a whole file."""
+
+    num_frames: int  # frames that actually decode
+    fps: float  # average frame rate from the container
+    height: int
+    width: int
+    header_frames: int  # frame count the container claims (0 when unknown)
+
+
+def _open(source: VideoSource) -> av.container.InputContainer:
+    if isinstance(source, bytes):
+        source = io.BytesIO(source)
+    elif isinstance(source, os.PathLike):
+        source = os.fspath(source)
+    return av.open(source, mode="r")
+
+
+def _describe(source: VideoSource) -> str:
+    return os.fspath(source) if isinstance(source, (str, os.PathLike)) else "<in-memory video>"
+
+
+def _stream_fps(stream: av.video.stream.VideoStream) -> float:
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    if not rate:
+        raise VideoError("the video stream has no frame rate")
+    return float(rate)
+
+
+def probe_video(source: VideoSource) -> VideoInfo:
+    """Decode every frame of ``source`` and report frame count, fps and size.
+
+    Decoding everything (rather than trusting the header) is what catches truncated and corrupt files,
+    and gives the exact number of usable frames. Raises :class:`VideoError` with the decoder's message.
+    """
+    try:
+        with _open(source) as container:
+            if not container.streams.video:
+                raise VideoError("the file has no video stream")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            fps = _stream_fps(stream)
+            header_frames = int(stream.frames or 0)
+            num_frames, height, width = 0, 0, 0
+            for frame in container.decode(stream):
+                num_frames += 1
+                height, width = frame.height, frame.width
+    except VideoError:
+        raise
+    except (av.FFmpegError, OSError, ValueError) as error:  # PyAV raises subclasses of these
+        raise VideoError(f"it cannot be decoded ({type(error).__name__}: {error})") from error
+    if num_frames == 0:
+        raise VideoError("it decodes to 0 frames")
+    if header_frames and num_frames < header_frames:
+        raise VideoError(
+            f"only {num_frames} of the {header_frames} frames its header lists decode (truncated or corrupt)"
+        )
+    return VideoInfo(num_frames=num_frames, fps=fps, height=height, width=width, header_frames=header_frames)
+
+
+def decode_frames(source: VideoSource, start: int, count: int) -> tuple[np.ndarray, float]:
+    """Decode frames ``start .. start+count-1`` of ``source``.
+
+    Returns ``(frames_T_H_W_3, fps)`` with uint8 RGB frames. Raises :class:`VideoError` when the video
+    has fewer than ``start + count`` frames.
+    """
+    frames: list[np.ndarray] = []
+    # One converter for the whole clip: frame.to_ndarray(format=...) would set up swscale per frame.
+    to_rgb = VideoReformatter()
+    try:
+        with _open(source) as container:
+            stream = container.streams.video[0]
+            # Slice threading only: frame threading can deadlock when the decode loop stops early
+            # (seen with two training processes decoding at once).
+            stream.thread_type = "SLICE"
+            fps = _stream_fps(stream)
+            for index, frame in enumerate(container.decode(stream)):
+                if index >= start:
+                    frames.append(to_rgb.reformat(frame, format="rgb24").to_ndarray())
+                if len(frames) == count:
+                    break
+    except (av.FFmpegError, OSError, ValueError) as error:
+        raise VideoError(
+            f"{_describe(source)} cannot be decoded ({type(error).__name__}: {error})"
+        ) from error
+    if len(frames) < count:
+        raise VideoError(
+            f"{_describe(source)} has {start + len(frames)} frames; frames {start}..{start + count - 1} were requested"
+        )
+    return np.stack(frames), fps
+
+
+def rgb_to_yuv420p(frame_H_W_3: np.ndarray) -> np.ndarray:
+    """RGB uint8 -> planar yuv420p ``[H * 3 / 2, W]`` (BT.601 limited range, 2x2 chroma average).
+
+    Done in numpy rather than by FFmpeg's swscale so the encoder input does not depend on the FFmpeg
+    build or the CPU's SIMD paths. Decoders (PyAV, decord) read untagged streams as BT.601, the matrix used here.
+    """
+    H, W, _ = frame_H_W_3.shape
+    rgb = frame_H_W_3.astype(np.float32)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    y = 16 + (65.481 * r + 128.553 * g + 24.966 * b) / 255
+    cb = 128 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255
+    cr = 128 + (112.0 * r - 93.786 * g - 18.214 * b) / 255
+    subsample = lambda plane: plane.reshape(H // 2, 2, W // 2, 2).mean(axis=(1, 3))  # noqa: E731
+    to_uint8 = lambda plane: np.clip(np.round(plane), 0, 255).astype(np.uint8)  # noqa: E731
+    u_rows = to_uint8(subsample(cb)).reshape(H // 4, W)  # yuv420p stores each chroma plane as H/4 rows of W
+    v_rows = to_uint8(subsample(cr)).reshape(H // 4, W)
+    return np.concatenate([to_uint8(y), u_rows, v_rows])
+
+
+def write_mp4(
+    path: str | Path,
+    frames_T_H_W_3: np.ndarray,
+    fps: float,
+    crf: int = DEFAULT_CRF,
+) -> None:
+    """Write uint8 RGB frames as an H.264 mp4 (yuv420p, so height and width must be even).
+
+    The demo data must be byte-identical for the same seed, which costs some encoding speed: x264 runs
+    single-threaded and without its assembly (``asm=0``), because threaded x264 and, at some frame
+    sizes (seen at 64x96 and 64x112), its SIMD code give different bytes from run to run, and the
+    RGB -> yuv420p conversion is done by :func:`rgb_to_yuv420p`.
+    """
+    num_frames, height, width, channels = frames_T_H_W_3.shape
+    if channels != 3 or frames_T_H_W_3.dtype != np.uint8:
+        raise ValueError(
+            f"expected uint8 frames [T, H, W, 3], got {frames_T_H_W_3.dtype} {frames_T_H_W_3.shape}"
+        )
+    if height % 2 or width % 2:
+        raise ValueError(f"H.264 yuv420p needs an even height and width, got {height}x{width}")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with av.open(os.fspath(path), mode="w", format="mp4") as container:
+        rate = Fraction(fps).limit_denominator(1001)
+        stream = container.add_stream("libx264", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.codec_context.time_base = 1 / rate
+        stream.codec_context.thread_count = 1
+        stream.options = {"crf": str(crf), "preset": "medium", "x264-params": "asm=0"}
+        for index, frame_H_W_3 in enumerate(frames_T_H_W_3):
+            frame = av.VideoFrame.from_ndarray(rgb_to_yuv420p(frame_H_W_3), format="yuv420p")
+            frame.pts, frame.time_base = index, 1 / rate
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def resize_video(
+    frames_T_3_H_W: torch.Tensor,
+    height: int,
+    width: int,
+    interpolation: InterpolationMode = InterpolationMode.BILINEAR,
+) -> torch.Tensor:
+    """Plain resize to ``(height, width)``, aspect ratio not kept, as the official multiview loader does.
+
+    Bilinear resizes use ``antialias=True`` (torchvision ``Resize`` on the uint8 frames, as upstream).
+    """
+    if tuple(frames_T_3_H_W.shape[-2:]) == (height, width):
+        return frames_T_3_H_W
+    antialias = interpolation != InterpolationMode.NEAREST
+    return TF.resize(frames_T_3_H_W, [height, width], interpolation=interpolation, antialias=antialias)
