@@ -9,10 +9,10 @@ registered folders include ours. Streaming 0.13.0's segment layout is pinned in 
 
 from __future__ import annotations
 
+import _posixshmem
 import os
 from tempfile import gettempdir
 
-import _posixshmem
 from streaming.base.constant import BARRIER_FILELOCK, CACHE_FILELOCK, LOCALS, SHM_TO_CLEAN
 from streaming.base.shared.memory import SharedMemory
 from streaming.base.shared.prefix import _each_prefix_int, _get_path, _unpack_locals

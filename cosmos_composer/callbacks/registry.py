@@ -1,0 +1,16 @@
+"""Callbacks a YAML may name under `callbacks:`, each built with the keyword arguments given there."""
+
+from __future__ import annotations
+
+from composer.callbacks import LRMonitor, MemoryMonitor, OptimizerMonitor, RuntimeEstimator, SpeedMonitor
+
+from .power_ema import PowerEMA
+
+CALLBACKS = {
+    "speed_monitor": SpeedMonitor,
+    "memory_monitor": MemoryMonitor,
+    "lr_monitor": LRMonitor,
+    "optimizer_monitor": OptimizerMonitor,
+    "runtime_estimator": RuntimeEstimator,
+    "power_ema": PowerEMA,
+}

@@ -1,0 +1,23 @@
+"""Reseed torch's RNG from (seed, batch, rank) at the start of every batch.
+
+The training noise, sigmas, conditioning-frame counts and text dropout then depend only on the step,
+so a run resumed from any checkpoint draws exactly what the uninterrupted run drew. Composer restores
+its saved RNG state only at epoch boundaries when the dataset resumes itself (Streaming does), so the
+global RNG alone would diverge after a mid-epoch resume.
+"""
+
+from __future__ import annotations
+
+import torch
+from composer.core import Callback, State
+from composer.loggers import Logger
+from composer.utils import dist
+
+
+class StepSeed(Callback):
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def batch_start(self, state: State, logger: Logger) -> None:
+        step = int(state.timestamp.batch)
+        torch.manual_seed((self.seed * 1_000_003 + step) * 4099 + dist.get_global_rank())

@@ -1,0 +1,205 @@
+"""Training configuration: a YAML file plus dot-list overrides, validated against a schema.
+
+`composer train.py yamls/hdmap.yaml max_duration=10ba model.train_base=true` works as in llm-foundry.
+Every section is a dataclass, so a misspelled key stops the run before anything is built, with the
+list of valid keys at that level.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+
+@dataclass
+class ModelConfig:
+    preset: str = MISSING
+    # Network config overrides by official names, e.g. {activation_checkpointing: true}.
+    overrides: dict[str, Any] = field(default_factory=dict)
+    train_base: bool = False  # the released recipe trains only the control branch
+    use_ema: bool = True
+    control_key: str = "hdmap_bbox"
+    sigma_shift: float = 5.0
+    conditional_frames_probs: dict[int, float] = field(default_factory=lambda: {0: 0.5, 1: 0.25, 2: 0.25})
+    text_dropout_rate: float = 0.2
+    eval_sigmas: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.5, 0.75, 0.9])
+
+
+@dataclass
+class EncodersConfig:
+    """Frozen encoders, used when the shards do not carry cached latents / text embeddings.
+
+    Each is a local path, an `hf://org/repo[/file][@revision]` URI, `tiny` (random CPU-sized
+    weights, for tests and the quickstart) or null (then the shards must carry the cached columns).
+    """
+
+    vae: Optional[str] = None
+    text: Optional[str] = None
+
+
+@dataclass
+class DatasetConfig:
+    local: str = MISSING
+    remote: Optional[str] = None
+    split: Optional[str] = None
+    num_frames: int = 29  # pixel frames per view (29 -> 8 latent frames)
+    height: int = 720
+    width: int = 1280
+    random_start: bool = False
+    shuffle: bool = True
+    shuffle_seed: int = 0
+    decode_video: bool = True  # false: serve only cached latents (faster)
+    # Optional demo data: generated and converted if `local` does not exist (quickstart only).
+    demo_if_missing: bool = False
+
+
+@dataclass
+class LoaderConfig:
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    num_workers: int = 4
+    pin_memory: bool = True
+    drop_last: bool = True
+    prefetch_factor: Optional[int] = 2
+
+
+@dataclass
+class OptimizerConfig:
+    lr: float = 8.63e-5
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    weight_decay: float = 1e-3
+
+
+@dataclass
+class SchedulerConfig:
+    """The LambdaLinear multiplier: warm-up f_start -> f_max, then linear toward f_min over cycle_length."""
+
+    warm_up_steps: int = 1000
+    f_start: float = 1e-6
+    f_max: float = 0.5
+    f_min: float = 0.2
+    cycle_length: int = 100_000
+
+
+@dataclass
+class TrainConfig:
+    run_name: str = MISSING
+    project: str = "cosmos_composer"
+    group: str = "default"
+    seed: int = 0
+    max_duration: str = MISSING
+    global_train_batch_size: int = MISSING
+    device_train_microbatch_size: Any = "auto"
+    precision: str = "amp_bf16"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    encoders: EncodersConfig = field(default_factory=EncodersConfig)
+    train_loader: LoaderConfig = field(default_factory=LoaderConfig)
+    eval_loader: Optional[LoaderConfig] = None
+    eval_interval: str = "1ep"
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    grad_clip_norm: float = 0.1
+    # Composer's parallelism config: {fsdp: {...FSDP2Config keys...}}; null for one process.
+    parallelism_config: Optional[dict[str, Any]] = None
+    # Checkpoints. save_folder defaults to <output root>/<project>/<group>/<run_name>/checkpoints.
+    save_folder: Optional[str] = None
+    save_interval: str = "200ba"
+    save_num_checkpoints_to_keep: int = -1
+    save_overwrite: bool = False
+    autoresume: bool = True
+    # A Composer checkpoint to resume, or a consolidated .pt / hf:// URI to start from.
+    load_path: Optional[str] = None
+    load_strict: bool = True
+    loggers: Optional[dict[str, Any]] = None
+    callbacks: dict[str, Any] = field(default_factory=dict)
+    console_log_interval: str = "1ba"
+    progress_bar: bool = True
+    log_to_console: bool = False
+    dist_timeout: float = 600.0
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def output_root() -> Path:
+    """`COSMOS_OUTPUT_ROOT`, else `IMAGINAIRE_OUTPUT_ROOT` (the official variable), else /tmp."""
+    root = os.environ.get("COSMOS_OUTPUT_ROOT") or os.environ.get("IMAGINAIRE_OUTPUT_ROOT")
+    return Path(root or "/tmp/cosmos-composer-output")
+
+
+def run_folder(cfg: TrainConfig | DictConfig) -> Path:
+    return output_root() / cfg.project / cfg.group / cfg.run_name
+
+
+def _valid_keys_message(schema: Any, full_key: str) -> str:
+    """The valid keys at the level of `full_key` in the schema."""
+    node = OmegaConf.structured(TrainConfig)
+    parts = [p for p in full_key.split(".")[:-1] if p]
+    for part in parts:
+        child = node.get(part) if isinstance(node, DictConfig) else None
+        if child is None or not isinstance(child, DictConfig):
+            # Optional sections default to None; show the schema of their type instead.
+            child = OmegaConf.structured({"eval_loader": LoaderConfig}.get(part, {}))
+        node = child
+    keys = sorted(node.keys()) if isinstance(node, DictConfig) else []
+    where = ".".join(parts) or "the top level"
+    return f"valid keys at {where}: {keys}"
+
+
+def load_config(yaml_path: str | os.PathLike, overrides: list[str] | None = None) -> DictConfig:
+    """Read a YAML, apply `key=value` overrides, validate against `TrainConfig`.
+
+    Unknown keys, wrong types and missing required values raise `ConfigError` naming the key.
+    """
+    yaml_path = Path(yaml_path)
+    if not yaml_path.is_file():
+        raise ConfigError(f"Config file {yaml_path} does not exist")
+    schema = OmegaConf.structured(TrainConfig)
+    try:
+        user = OmegaConf.load(yaml_path)
+        if overrides:
+            bad = [o for o in overrides if "=" not in o]
+            if bad:
+                raise ConfigError(f"Overrides must look like key=value, got {bad}")
+            user = OmegaConf.merge(user, OmegaConf.from_dotlist(overrides))
+        cfg = OmegaConf.merge(schema, user)
+    except ConfigKeyError as e:
+        key = e.full_key or str(e)
+        raise ConfigError(f"Unknown config key '{key}' in {yaml_path}; {_valid_keys_message(schema, key)}") from None
+    except ValidationError as e:
+        raise ConfigError(f"Invalid value for '{e.full_key}' in {yaml_path}: {e.msg}") from None
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"Missing required config value(s) {missing} in {yaml_path}")
+    _validate_sections(cfg, yaml_path)
+    return cfg
+
+
+KNOWN_LOGGERS = ("wandb", "jsonl")
+
+
+def _validate_sections(cfg: DictConfig, yaml_path: Path) -> None:
+    from composer.utils.parallelism import FSDP2Config
+
+    from .callbacks.registry import CALLBACKS
+
+    for name in cfg.loggers or {}:
+        if name not in KNOWN_LOGGERS:
+            raise ConfigError(f"Unknown logger '{name}' in {yaml_path}; known loggers: {list(KNOWN_LOGGERS)}")
+    for name in cfg.callbacks or {}:
+        if name not in CALLBACKS:
+            raise ConfigError(f"Unknown callback '{name}' in {yaml_path}; known callbacks: {sorted(CALLBACKS)}")
+    parallelism = cfg.parallelism_config or {}
+    for section in parallelism:
+        if section != "fsdp":
+            raise ConfigError(f"Unknown parallelism_config section '{section}' in {yaml_path}; only 'fsdp' (FSDP2)")
+    valid_fsdp = FSDP2Config.settable_attrs() - {"device_mesh"}
+    for key in parallelism.get("fsdp") or {}:
+        if key not in valid_fsdp:
+            raise ConfigError(f"Unknown key 'parallelism_config.fsdp.{key}' in {yaml_path}; valid keys: {sorted(valid_fsdp)}")

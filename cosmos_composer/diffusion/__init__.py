@@ -1,0 +1,1 @@
+"""Rectified-flow objective and sampling."""

@@ -1,0 +1,253 @@
+"""The Composer model: batch -> (encode) -> noise -> network -> rectified-flow loss.
+
+`net` is the trained network and `net_ema` its power-EMA copy, so the model's state dict holds
+`net.*` and `net_ema.*` exactly as the official checkpoints do. The frozen encoders (Wan2.1 VAE,
+Reason1 text embedder) are kept outside the module tree: they are not trained, not sharded and
+not checkpointed, and they are skipped entirely when the shards carry cached latents and embeddings.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from composer.models import ComposerModel
+from torch.distributed.tensor import DTensor
+from torchmetrics import Metric
+
+from ..data.precompute import crossattn_proj_fingerprint
+from ..diffusion import rectified_flow as rf
+from .network import CosmosTransferNet
+
+MULTIVIEW_CONDITIONAL_FRAMES_PROBS = {0: 0.5, 1: 0.25, 2: 0.25}
+SINGLEVIEW_CONDITIONAL_FRAMES_PROBS = {0: 0.4, 1: 0.4, 2: 0.2}
+
+
+@dataclass
+class ObjectiveConfig:
+    """The released recipe's objective (reference 4.1-4.3)."""
+
+    sigma_shift: float = 5.0
+    conditional_frames_probs: dict[int, float] = field(default_factory=lambda: dict(MULTIVIEW_CONDITIONAL_FRAMES_PROBS))
+    text_dropout_rate: float = 0.2
+    # Evaluation: the loss at fixed sigmas with fixed noise, comparable between runs.
+    eval_sigmas: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 0.9)
+    eval_seed: int = 1234
+
+
+class _FrozenEncoders:
+    """Holds the VAE and the text embedder without registering them as submodules."""
+
+    def __init__(self, vae=None, text_embedder=None):
+        self.vae = vae
+        self.text_embedder = text_embedder
+
+
+def _full(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor, gathering it if FSDP2 sharded it (a collective: call on every rank)."""
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+class CosmosTransferModel(ComposerModel):
+    def __init__(
+        self,
+        net: CosmosTransferNet,
+        objective: Optional[ObjectiveConfig] = None,
+        use_ema: bool = True,
+        train_base: bool = False,
+        control_key: str = "hdmap_bbox",
+        vae=None,
+        text_embedder=None,
+    ):
+        super().__init__()
+        self.net = net
+        self.objective = objective or ObjectiveConfig()
+        self.control_key = control_key
+        self.train_base = train_base
+        self.encoders = _FrozenEncoders(vae, text_embedder)
+        # Frozen base by default: only the control branch trains (reference 1.4).
+        net.requires_grad_(train_base)
+        if not train_base:
+            trainable = set(net.control_branch_parameter_names())
+            for name, param in net.named_parameters():
+                param.requires_grad_(name in trainable)
+        if use_ema:
+            self.net_ema = copy.deepcopy(net).requires_grad_(False)
+        self._checked_fingerprint: Optional[str] = None
+
+    # ------------------------------------------------------------------ batch -> network inputs
+    def _num_views(self, batch: dict) -> int:
+        if not self.net.config.is_multiview:
+            return 1
+        return int(batch["sample_n_views"][0])
+
+    @torch.no_grad()
+    def encode_batch(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Latents of video and control, text context, view ids and padding mask for the network.
+
+        Uses the cached columns when the batch has them; otherwise runs the frozen encoders.
+        """
+        num_views = self._num_views(batch)
+        if "video_latent" in batch:
+            x0 = batch["video_latent"].float()
+            control = batch["control_latent"].float()
+        else:
+            vae = self.encoders.vae
+            if vae is None:
+                raise ValueError("The batch has no cached latents and no VAE is configured: set `vae` in the config")
+            x0 = vae.encode_views(batch["video"], num_views).float()
+            control = vae.encode_views(batch[f"control_input_{self.control_key}"], num_views).float()
+
+        if "text_embedding" in batch:
+            context = batch["text_embedding"].float()
+            if context.shape[-1] == self.net.config.crossattn_emb_channels:
+                self._check_projection_fingerprint(batch)
+        else:
+            embedder = self.encoders.text_embedder
+            if embedder is None:
+                raise ValueError("The batch has no cached text embeddings and no text encoder is configured")
+            captions = [caption for sample_captions in batch["ai_caption"] for caption in sample_captions]
+            context_BV_L_D = embedder.embed(captions).float()
+            B = x0.shape[0]
+            context = context_BV_L_D.reshape(B, num_views * context_BV_L_D.shape[1], -1)
+
+        view_indices_B_T = None
+        if self.net.config.is_multiview:
+            # One camera id per latent frame: the first pixel frame's id of each view, repeated.
+            B, _, T, _, _ = x0.shape
+            view_ids_B_V = batch["view_indices"].reshape(B, num_views, -1)[:, :, 0]
+            view_indices_B_T = view_ids_B_V.repeat_interleave(T // num_views, dim=1).to(x0.device)
+        padding_mask = batch.get("padding_mask")
+        if padding_mask is None:
+            padding_mask = x0.new_zeros(x0.shape[0], 1, x0.shape[-2] * 8, x0.shape[-1] * 8)
+        return dict(
+            x0=x0,
+            control=control,
+            context=context,
+            view_indices_B_T=view_indices_B_T,
+            padding_mask=padding_mask.float(),
+            num_views=num_views,
+        )
+
+    def _check_projection_fingerprint(self, batch: dict) -> None:
+        """Cached 1024-d embeddings were made with one `crossattn_proj`; refuse any other one."""
+        if self.train_base:
+            raise ValueError(
+                "The shards hold projected (1024-d) text embeddings, which are only valid for a frozen "
+                "crossattn_proj; with train_base=true re-run the precompute with raw (100352-d) embeddings"
+            )
+        stored = batch.get("crossattn_proj_fingerprint")
+        stored = stored[0] if isinstance(stored, (list, tuple)) else stored
+        if self._checked_fingerprint is None:
+            self._checked_fingerprint = crossattn_proj_fingerprint(self.net.crossattn_proj)
+        if stored != self._checked_fingerprint:
+            raise ValueError(
+                f"The cached text embeddings were projected by a crossattn_proj with fingerprint {stored!r}, "
+                f"but this network's is {self._checked_fingerprint!r}. Re-run the precompute with this checkpoint "
+                "(convert_to_mds.py --precompute text) or cache raw embeddings instead."
+            )
+
+    def _null_text(self, context: torch.Tensor) -> torch.Tensor:
+        """The context of a dropped caption: zeros before the projection, hence GELU(bias) after it."""
+        if context.shape[-1] != self.net.config.crossattn_emb_channels or not self.net.config.use_crossattn_projection:
+            return torch.zeros_like(context)
+        bias = _full(self.net.crossattn_proj[0].bias.detach()).to(context.dtype)
+        return F.gelu(bias).expand_as(context)
+
+    # ------------------------------------------------------------------ the objective
+    def _velocity(self, net, inputs: dict, x_t, sigma_B, cond_mask, eps, context) -> torch.Tensor:
+        x0 = inputs["x0"]
+        x_in = rf.replace_conditioning_frames(x_t, x0, cond_mask)
+        v_pred = net(
+            x_B_C_T_H_W=x_in,
+            timesteps_B_T=(sigma_B * rf.NUM_TRAIN_TIMESTEPS)[:, None],
+            crossattn_emb=context,
+            latent_control_input=inputs["control"],
+            condition_video_input_mask_B_C_T_H_W=cond_mask,
+            padding_mask=inputs["padding_mask"],
+            view_indices_B_T=inputs["view_indices_B_T"],
+        ).float()
+        # The conditioning frames' prediction is replaced by their true velocity: zero loss there,
+        # but they still count in the mean (denoise_replace_gt_frames upstream).
+        return torch.where(cond_mask.bool(), eps - x0, v_pred)
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs = self.encode_batch(batch)
+        x0 = inputs["x0"]
+        B, _, T, H, W = x0.shape
+        device = x0.device
+        objective = self.objective
+
+        sigma_B = rf.sample_sigma(B, objective.sigma_shift, device=device)
+        eps = torch.randn_like(x0)
+        x_t, v_target = rf.interpolate(x0, eps, sigma_B)
+        n_cond_B = rf.sample_num_conditional_frames(B, objective.conditional_frames_probs, device=device)
+        cond_mask = rf.condition_mask(n_cond_B, inputs["num_views"], T // inputs["num_views"], H, W)
+
+        context = inputs["context"]
+        dropped_B = rf.text_dropout_mask(B, objective.text_dropout_rate, device)
+        null_context = self._null_text(context)  # computed every step: a collective under FSDP2
+        context = torch.where(dropped_B[:, None, None], null_context, context)
+
+        v_pred = self._velocity(self.net, inputs, x_t, sigma_B, cond_mask, eps, context)
+        return v_pred, v_target
+
+    def loss(self, outputs: tuple[torch.Tensor, torch.Tensor], batch: Any) -> torch.Tensor:
+        v_pred, v_target = outputs
+        per_sample = (v_pred.float() - v_target.float()).pow(2).mean(dim=tuple(range(1, v_pred.ndim)))
+        return per_sample.mean()
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def eval_forward(self, batch: dict, outputs: Optional[Any] = None) -> dict[float, torch.Tensor]:
+        """Per-sample loss at each of the fixed eval sigmas, with noise from a fixed seed.
+
+        No conditioning frames and no text dropout, so the numbers measure the denoiser alone.
+        """
+        inputs = self.encode_batch(batch)
+        x0 = inputs["x0"]
+        B, _, T, H, W = x0.shape
+        generator = torch.Generator().manual_seed(self.objective.eval_seed)
+        cond_mask = x0.new_zeros(B, 1, T, H, W)
+        losses = {}
+        for sigma in self.objective.eval_sigmas:
+            eps = torch.randn(x0.shape, generator=generator).to(x0.device)
+            sigma_B = torch.full((B,), sigma, device=x0.device)
+            x_t, v_target = rf.interpolate(x0, eps, sigma_B)
+            v_pred = self._velocity(self.net, inputs, x_t, sigma_B, cond_mask, eps, inputs["context"])
+            losses[sigma] = (v_pred - v_target).pow(2).mean(dim=tuple(range(1, v_pred.ndim)))
+        return losses
+
+    def get_metrics(self, is_train: bool = False) -> dict[str, Metric]:
+        if is_train:
+            return {}
+        metrics = {f"loss_sigma_{sigma:g}": LossAtSigma(sigma) for sigma in self.objective.eval_sigmas}
+        metrics["loss_fixed_sigmas"] = LossAtSigma(None)
+        return metrics
+
+    def update_metric(self, batch: Any, outputs: dict[float, torch.Tensor], metric: Metric) -> None:
+        metric.update(outputs)
+
+
+class LossAtSigma(Metric):
+    """Mean per-sample eval loss at one fixed sigma (or, with sigma=None, averaged over all of them)."""
+
+    def __init__(self, sigma: Optional[float]):
+        super().__init__()
+        self.sigma = sigma
+        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, losses_by_sigma: dict[float, torch.Tensor]) -> None:
+        if self.sigma is None:
+            per_sample = torch.stack(list(losses_by_sigma.values())).mean(dim=0)
+        else:
+            per_sample = losses_by_sigma[self.sigma]
+        self.total += per_sample.double().sum()
+        self.count += per_sample.numel()
+
+    def compute(self) -> torch.Tensor:
+        return (self.total / self.count.clamp(min=1)).float()

@@ -1,0 +1,191 @@
+"""The released recipe's optimizer, learning-rate schedule and gradient clipping (reference 4.6).
+
+- `build_optimizer`: AdamW over the trainable parameters, one param group, weight decay on all of
+  them (biases and norms included), as upstream's `get_base_optimizer`.
+- `LambdaLinearSchedule`: upstream's `LambdaLinearScheduler` multiplier
+  (`imaginaire/functional/lr_scheduler.py`) as a Composer scheduler.
+- `FiniteGradClip`: upstream's `GradClip(force_finite=True)` callback: NaN/Inf gradient entries
+  are set to 0, then the total gradient norm is clipped.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Optional, Union
+
+import torch
+from composer.core import Algorithm, Event, State
+from composer.loggers import Logger
+from torch import nn
+from torch.distributed.tensor import DTensor, Partial, Replicate, Shard
+
+__all__ = [
+    "FiniteGradClip",
+    "LambdaLinearSchedule",
+    "build_optimizer",
+    "clip_finite_grad_norm_",
+    "lambda_linear_multiplier",
+]
+
+
+# ----------------------------------------------------------------------------- optimizer
+def build_optimizer(
+    model_or_named_params: Union[nn.Module, Iterable[tuple[str, nn.Parameter]]],
+    lr: float = 8.63e-5,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 1e-3,
+) -> torch.optim.AdamW:
+    """torch AdamW over the parameters that require grad, in a single param group.
+
+    Upstream applies the weight decay to every trainable parameter, biases included (one group), so
+    this does too. Frozen parameters (the base DiT by default) are left out of the optimizer.
+    """
+    if isinstance(model_or_named_params, nn.Module):
+        named_params = model_or_named_params.named_parameters()
+    else:
+        named_params = model_or_named_params
+    params = [param for _, param in named_params if param.requires_grad]
+    if not params:
+        raise ValueError("build_optimizer: no parameter requires grad, so there is nothing to train")
+    return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+
+
+# ----------------------------------------------------------------------------- learning-rate schedule
+def lambda_linear_multiplier(
+    step: int,
+    warm_up_steps: int = 1000,
+    f_start: float = 1e-6,
+    f_max: float = 0.5,
+    f_min: float = 0.2,
+    cycle_length: int = 100_000,
+) -> float:
+    """The learning-rate multiplier of upstream's `LambdaLinearScheduler` (one cycle) at `step`.
+
+    - step < warm_up_steps:              f_start + (f_max - f_start) * step / warm_up_steps
+    - warm_up_steps <= step <= cycle_length: f_min + (f_max - f_min) * (cycle_length - step) / (cycle_length - warm_up_steps)
+
+    so the multiplier reaches f_max at the end of the warm-up and f_min at `cycle_length` (the cycle
+    length includes the warm-up). Past `cycle_length` it stays at f_min. Upstream has no value there:
+    its `find_in_interval` returns None and `schedule` raises a TypeError, so an upstream run never gets
+    that far (the recipes stop at 5000 steps with cycles of 5000 or 100,000).
+    """
+    if step < warm_up_steps:
+        return (f_max - f_start) / warm_up_steps * step + f_start
+    if step > cycle_length:
+        return f_min
+    return f_min + (f_max - f_min) * (cycle_length - step) / (cycle_length - warm_up_steps)
+
+
+class LambdaLinearSchedule:
+    """`lambda_linear_multiplier` as a Composer scheduler (a callable `(state, ssr) -> multiplier`).
+
+    Upstream wraps the multiplier in `torch.optim.lr_scheduler.LambdaLR` and calls `scheduler.step()`
+    after each optimizer step, so the optimizer step with 0-based index i uses multiplier(i).
+    Composer instead evaluates its schedulers once when it compiles them (before batch 0) and then
+    after every batch *before* advancing the timestamp, so at the end of batch i it sees
+    `state.timestamp.batch == i` while the value it returns is used by batch i + 1. This schedule
+    therefore returns multiplier(batch + 1) from those end-of-batch calls and multiplier(batch) from
+    the compile-time call, so that batch i trains with multiplier(i), exactly as upstream.
+
+    It keeps no state of its own: the step comes from `state.timestamp`, which Composer checkpoints,
+    and on resume the learning rate of the next batch comes back with the optimizer state (tested in
+    tests/test_recipe.py). `ssr` (Composer's scale_schedule_ratio) stretches the warm-up and the cycle.
+    Pass it to `Trainer(schedulers=...)`, not to `Trainer.fit(schedulers=...)` after some training:
+    there Composer recompiles while `state.schedulers` is not empty, and that one call would be a step
+    early.
+    """
+
+    def __init__(
+        self,
+        warm_up_steps: int = 1000,
+        f_start: float = 1e-6,
+        f_max: float = 0.5,
+        f_min: float = 0.2,
+        cycle_length: int = 100_000,
+    ):
+        if not 0 <= warm_up_steps < cycle_length:
+            raise ValueError(
+                f"need 0 <= warm_up_steps < cycle_length, got {warm_up_steps} and {cycle_length}"
+            )
+        self.warm_up_steps = warm_up_steps
+        self.f_start = f_start
+        self.f_max = f_max
+        self.f_min = f_min
+        self.cycle_length = cycle_length
+
+    def __call__(self, state: State, ssr: float = 1.0) -> float:
+        batch = int(state.timestamp.batch)
+        # Composer assigns `state.schedulers` only after compiling them: while it is empty this is
+        # the compile-time call, which sets the learning rate of the current batch.
+        step = batch if len(state.schedulers) == 0 else batch + 1
+        return lambda_linear_multiplier(
+            step,
+            warm_up_steps=round(self.warm_up_steps * ssr),
+            f_start=self.f_start,
+            f_max=self.f_max,
+            f_min=self.f_min,
+            cycle_length=round(self.cycle_length * ssr),
+        )
+
+
+# ----------------------------------------------------------------------------- gradient clipping
+def _global_count(local_count: torch.Tensor, like: Optional[DTensor]) -> torch.Tensor:
+    """Sum a per-shard count over the ranks that hold different shards (not over replicas)."""
+    if like is None:
+        return local_count
+    placements = [Partial("sum") if isinstance(p, Shard) else Replicate() for p in like.placements]
+    return DTensor.from_local(local_count, like.device_mesh, placements).full_tensor()
+
+
+@torch.no_grad()
+def clip_finite_grad_norm_(
+    parameters: Iterable[torch.Tensor], max_norm: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Set NaN/Inf gradient entries to 0, then clip the total gradient norm to `max_norm`.
+
+    Returns (total norm before clipping, number of non-finite entries), both over all ranks when the
+    gradients are FSDP2 DTensors. The norm is computed after the non-finite entries are zeroed.
+    """
+    params = [p for p in parameters if p.grad is not None]
+    if not params:
+        zero = torch.zeros(())
+        return zero, zero
+    grads = [p.grad for p in params]
+
+    # Zero the non-finite entries in place, on the local shards (views of the DTensor storage).
+    local_grads = [g.to_local() if isinstance(g, DTensor) else g for g in grads]
+    non_finite = torch.stack([torch.logical_not(torch.isfinite(g)).sum() for g in local_grads]).sum()
+    for g in local_grads:
+        torch.nan_to_num_(g, nan=0.0, posinf=0.0, neginf=0.0)
+    first_dtensor = next((g for g in grads if isinstance(g, DTensor)), None)
+    non_finite = _global_count(non_finite, first_dtensor)
+
+    # clip_grad_norm_ in two steps, so that the norm of DTensor gradients is made a plain tensor (all
+    # ranks agree on it) before the clip coefficient is formed, as torchtitan does.
+    total_norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
+    if isinstance(total_norm, DTensor):
+        total_norm = total_norm.full_tensor()
+    torch.nn.utils.clip_grads_with_norm_(params, max_norm, total_norm)
+    return total_norm, non_finite
+
+
+class FiniteGradClip(Algorithm):
+    """Upstream's `GradClip(clip_norm=0.1, force_finite=True)` as a Composer algorithm.
+
+    Runs on `Event.AFTER_TRAIN_BATCH`, which Composer fires after the backward passes of all
+    microbatches (and after unscaling fp16 gradients) and before `optimizer.step()`, the Event that
+    Composer's own `GradientClipping` uses. Logs `grad/norm` (the total norm before clipping) and
+    `grad/non_finite_count`.
+    """
+
+    def __init__(self, max_norm: float = 0.1):
+        self.max_norm = max_norm
+
+    def match(self, event: Event, state: State) -> bool:
+        return event == Event.AFTER_TRAIN_BATCH
+
+    def apply(self, event: Event, state: State, logger: Logger) -> None:
+        total_norm, non_finite = clip_finite_grad_norm_(state.model.parameters(), self.max_norm)
+        # One device-to-host copy for both values.
+        norm, count = torch.stack([total_norm.double(), non_finite.double()]).tolist()
+        logger.log_metrics({"grad/norm": norm, "grad/non_finite_count": int(count)})

@@ -1,0 +1,30 @@
+"""Post-train Cosmos-Transfer2.5: `composer train.py yamls/hdmap.yaml [key=value ...]`.
+
+One process: `python train.py yamls/quickstart.yaml`. Overrides are omegaconf dot-lists
+(`max_duration=10ba model.train_base=true loggers=null`); unknown keys are rejected.
+"""
+
+import sys
+
+from composer.utils import dist, get_device
+
+from cosmos_composer.builders import build_trainer
+from cosmos_composer.config import ConfigError, load_config
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) < 1 or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        sys.exit(0 if argv else 2)
+    try:
+        cfg = load_config(argv[0], argv[1:])
+        # Initialise the process group first: dataset preparation synchronises the ranks.
+        dist.initialize_dist(get_device(None), timeout=cfg.dist_timeout)
+        trainer = build_trainer(cfg)
+    except ConfigError as error:
+        sys.exit(f"config error: {error}")
+    trainer.fit()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
