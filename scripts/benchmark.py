@@ -28,6 +28,7 @@ flows back through the base blocks that receive control hints, so their activati
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import statistics
 import sys
@@ -40,7 +41,6 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cosmos_composer.checkpoint.diffusers_format import build_diffusers_models, diffusers_velocity  # noqa: E402
 from cosmos_composer.models import PRESETS, build_network  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -273,6 +273,9 @@ def _mib(nbytes: int | None) -> str:
 
 
 def run_network(args) -> None:
+    global build_diffusers_models, diffusers_velocity
+    from cosmos_composer.checkpoint.diffusers_format import build_diffusers_models, diffusers_velocity
+
     device = torch.device(args.device)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     variants, config = _build_variants(args, device, dtype)
@@ -382,11 +385,158 @@ def run_data(args) -> None:
         print(f"{key:>32}: {value}")
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Section: train
+# ---------------------------------------------------------------------------------------------------------------
+
+# Dense bf16 peak of the accelerators we know, for MFU (FLOP/s per chip).
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "B200": 2250e12}
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("train section (the recipe's step on cached latents)")
+    group.add_argument("--train-preset", default="tiny-multiview", help="a network preset or medium-singleview")
+    group.add_argument("--train-views", type=int, default=None, help="views (default: 7 multiview, 1 single view)")
+    group.add_argument("--train-latent-frames", type=int, default=None, help="latent frames per view (default state_t)")
+    group.add_argument("--train-latent-height", type=int, default=8, help="latent height (720p: 90)")
+    group.add_argument("--train-latent-width", type=int, default=8, help="latent width (1280: 160)")
+    group.add_argument("--train-batch-size", type=int, default=1)
+    group.add_argument("--train-steps", type=int, default=3, help="timed optimizer steps")
+    group.add_argument("--train-warmup", type=int, default=1)
+    group.add_argument("--no-activation-checkpointing", action="store_true")
+    group.add_argument("--flops-only", action="store_true", help="count FLOPs on the meta device, no timing")
+
+
+def _train_network(args, device) -> tuple[str, dict]:
+    if args.train_preset in BENCHMARK_PRESETS:
+        return BENCHMARK_PRESETS[args.train_preset]
+    return args.train_preset, {}
+
+
+def _cached_inputs(config, args, device) -> dict:
+    """A batch as it comes from shards with cached latents and projected text."""
+    views = args.train_views or (7 if config.is_multiview else 1)
+    frames = args.train_latent_frames or config.state_t
+    B, T, H, W = args.train_batch_size, views * frames, args.train_latent_height, args.train_latent_width
+    inputs = dict(
+        x0=torch.randn(B, 16, T, H, W, device=device),
+        control=torch.randn(B, 16, T, H, W, device=device),
+        context=torch.randn(B, views * 512, config.crossattn_emb_channels, device=device),
+        padding_mask=torch.zeros(B, 1, H * 8, W * 8, device=device),
+        view_indices_B_T=torch.arange(views, device=device).repeat_interleave(frames)[None].expand(B, -1)
+        if config.is_multiview
+        else None,
+        num_views=views,
+    )
+    tokens = T // config.patch_temporal * (H // config.patch_spatial) * (W // config.patch_spatial)
+    return inputs, tokens
+
+
+def _train_step(net, inputs, objective, optimizer, autocast_dtype, device) -> torch.Tensor:
+    from cosmos_composer.diffusion.objective import training_velocities
+
+    autocast = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
+    with autocast:
+        v_pred, v_target = training_velocities(net, inputs, objective, torch.zeros_like(inputs["context"]))
+        loss = (v_pred.float() - v_target).pow(2).mean()
+    loss.backward()
+    if optimizer is not None:
+        torch.nn.utils.clip_grad_norm_([p for p in net.parameters() if p.grad is not None], 0.1)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return loss
+
+
+def _model_flops_per_sample(preset, overrides, args) -> float:
+    """FLOPs of one forward + backward (frozen base: no weight gradients there), counted on the meta device.
+
+    Activation recomputation is not counted (model FLOPs, as MFU is usually defined).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from cosmos_composer.diffusion.objective import ObjectiveConfig
+
+    with torch.device("meta"):
+        net = build_network(preset, **overrides)
+        trainable = set(net.control_branch_parameter_names())
+        for name, p in net.named_parameters():
+            p.requires_grad_(name in trainable)
+        inputs, _ = _cached_inputs(net.config, args, "meta")
+    with FlopCounterMode(display=False) as counter:
+        _train_step(net, inputs, ObjectiveConfig(), None, None, torch.device("meta"))
+    return counter.get_total_flops() / args.train_batch_size
+
+
+def run_train(args) -> None:
+    """Samples/s, peak memory and MFU of the released recipe's training step on cached latents.
+
+    The step is the library's own (`training_velocities`: sigma, conditioning frames, text dropout,
+    control), with the frozen base, AdamW over the control branch, clipping to 0.1 and an fp32 EMA copy
+    held in memory as in training. Encoders are not run: this is the cached-latent path.
+    """
+    import copy
+
+    from cosmos_composer.diffusion.objective import ObjectiveConfig
+
+    device = torch.device(args.device)
+    preset, overrides = _train_network(args, device)
+    if not args.no_activation_checkpointing:
+        overrides = {**overrides, "activation_checkpointing": True}
+    flops = _model_flops_per_sample(preset, {k: v for k, v in overrides.items() if k != "activation_checkpointing"}, args)
+    print(f"train: preset={preset} model FLOPs per sample (fwd+bwd, frozen base) = {flops:.3e}")
+    if args.flops_only:
+        return
+
+    torch.manual_seed(0)
+    with torch.device(device):
+        net = build_network(preset, **overrides)
+    trainable = set(net.control_branch_parameter_names())
+    for name, p in net.named_parameters():
+        p.requires_grad_(name in trainable)
+    net_ema = copy.deepcopy(net).requires_grad_(False)  # memory as in training
+    params = [p for p in net.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=8.63e-5, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-3,
+                                  fused=device.type == "cuda")
+    inputs, tokens = _cached_inputs(net.config, args, device)
+    autocast_dtype = torch.bfloat16 if device.type == "cuda" else None
+    objective = ObjectiveConfig()
+    print(f"train: {sum(p.numel() for p in net.parameters()) / 1e9:.2f}B params, "
+          f"{sum(p.numel() for p in params) / 1e6:.0f}M trainable, {tokens} tokens per sample, "
+          f"device={device}, activation checkpointing={not args.no_activation_checkpointing}")
+
+    ema_params = [p for n, p in net_ema.named_parameters() if n in trainable]
+    for _ in range(args.train_warmup):
+        _train_step(net, inputs, objective, optimizer, autocast_dtype, device)
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(args.train_steps):
+        start = time.perf_counter()
+        loss = _train_step(net, inputs, objective, optimizer, autocast_dtype, device)
+        with torch.no_grad():
+            torch._foreach_lerp_(ema_params, params, 0.01)
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    step_s = statistics.median(times)
+    samples_per_s = args.train_batch_size / step_s
+    print(f"train: step {step_s:.3f} s (median of {len(times)}), {samples_per_s:.4f} samples/s, "
+          f"{1 / samples_per_s:.1f} device-seconds per sample, loss {loss.item():.4f}")
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        peak_gib = torch.cuda.max_memory_allocated(device) / 2**30
+        print(f"train: peak memory allocated {peak_gib:.1f} GiB on {name}")
+        peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+        if peak:
+            print(f"train: MFU {flops * samples_per_s / peak:.1%} (model FLOPs / dense bf16 peak {peak:.3g})")
+
+
 SECTIONS: dict[
     str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], None]]
 ] = {
     "network": (add_network_arguments, run_network),
     "data": (add_data_arguments, run_data),
+    "train": (add_train_arguments, run_train),
 }
 
 

@@ -42,10 +42,11 @@ def sample_num_conditional_frames(
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
     """Number of clean conditioning latent frames per sample (the same for every view of a sample)."""
-    counts = torch.tensor([int(k) for k in probs], device=device)
-    weights = torch.tensor([float(v) for v in probs.values()], device=device)
-    if (weights < 0).any() or not torch.isclose(weights.sum(), torch.tensor(1.0, device=device)):
+    weights_list = [float(v) for v in probs.values()]
+    if min(weights_list) < 0 or abs(sum(weights_list) - 1.0) > 1e-6:
         raise ValueError(f"conditional_frames_probs must be non-negative and sum to 1, got {dict(probs)}")
+    counts = torch.tensor([int(k) for k in probs], device=device)
+    weights = torch.tensor(weights_list, device=device)
     index_B = torch.multinomial(weights, batch_size, replacement=True, generator=generator)
     return counts[index_B]
 

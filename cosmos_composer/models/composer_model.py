@@ -9,7 +9,6 @@ not checkpointed, and they are skipped entirely when the shards carry cached lat
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
@@ -20,22 +19,8 @@ from torchmetrics import Metric
 
 from ..data.precompute import crossattn_proj_fingerprint
 from ..diffusion import rectified_flow as rf
+from ..diffusion.objective import ObjectiveConfig, predict_velocity, training_velocities
 from .network import CosmosTransferNet
-
-MULTIVIEW_CONDITIONAL_FRAMES_PROBS = {0: 0.5, 1: 0.25, 2: 0.25}
-SINGLEVIEW_CONDITIONAL_FRAMES_PROBS = {0: 0.4, 1: 0.4, 2: 0.2}
-
-
-@dataclass
-class ObjectiveConfig:
-    """The released recipe's objective (reference 4.1-4.3)."""
-
-    sigma_shift: float = 5.0
-    conditional_frames_probs: dict[int, float] = field(default_factory=lambda: dict(MULTIVIEW_CONDITIONAL_FRAMES_PROBS))
-    text_dropout_rate: float = 0.2
-    # Evaluation: the loss at fixed sigmas with fixed noise, comparable between runs.
-    eval_sigmas: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 0.9)
-    eval_seed: int = 1234
 
 
 class _FrozenEncoders:
@@ -158,42 +143,10 @@ class CosmosTransferModel(ComposerModel):
         return F.gelu(bias).expand_as(context)
 
     # ------------------------------------------------------------------ the objective
-    def _velocity(self, net, inputs: dict, x_t, sigma_B, cond_mask, eps, context) -> torch.Tensor:
-        x0 = inputs["x0"]
-        x_in = rf.replace_conditioning_frames(x_t, x0, cond_mask)
-        v_pred = net(
-            x_B_C_T_H_W=x_in,
-            timesteps_B_T=(sigma_B * rf.NUM_TRAIN_TIMESTEPS)[:, None],
-            crossattn_emb=context,
-            latent_control_input=inputs["control"],
-            condition_video_input_mask_B_C_T_H_W=cond_mask,
-            padding_mask=inputs["padding_mask"],
-            view_indices_B_T=inputs["view_indices_B_T"],
-        ).float()
-        # The conditioning frames' prediction is replaced by their true velocity: zero loss there,
-        # but they still count in the mean (denoise_replace_gt_frames upstream).
-        return torch.where(cond_mask.bool(), eps - x0, v_pred)
-
     def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         inputs = self.encode_batch(batch)
-        x0 = inputs["x0"]
-        B, _, T, H, W = x0.shape
-        device = x0.device
-        objective = self.objective
-
-        sigma_B = rf.sample_sigma(B, objective.sigma_shift, device=device)
-        eps = torch.randn_like(x0)
-        x_t, v_target = rf.interpolate(x0, eps, sigma_B)
-        n_cond_B = rf.sample_num_conditional_frames(B, objective.conditional_frames_probs, device=device)
-        cond_mask = rf.condition_mask(n_cond_B, inputs["num_views"], T // inputs["num_views"], H, W)
-
-        context = inputs["context"]
-        dropped_B = rf.text_dropout_mask(B, objective.text_dropout_rate, device)
-        null_context = self._null_text(context)  # computed every step: a collective under FSDP2
-        context = torch.where(dropped_B[:, None, None], null_context, context)
-
-        v_pred = self._velocity(self.net, inputs, x_t, sigma_B, cond_mask, eps, context)
-        return v_pred, v_target
+        null_context = self._null_text(inputs["context"])  # computed every step: a collective under FSDP2
+        return training_velocities(self.net, inputs, self.objective, null_context)
 
     def loss(self, outputs: tuple[torch.Tensor, torch.Tensor], batch: Any) -> torch.Tensor:
         v_pred, v_target = outputs
@@ -217,7 +170,7 @@ class CosmosTransferModel(ComposerModel):
             eps = torch.randn(x0.shape, generator=generator).to(x0.device)
             sigma_B = torch.full((B,), sigma, device=x0.device)
             x_t, v_target = rf.interpolate(x0, eps, sigma_B)
-            v_pred = self._velocity(self.net, inputs, x_t, sigma_B, cond_mask, eps, inputs["context"])
+            v_pred = predict_velocity(self.net, inputs, x_t, sigma_B, cond_mask, eps, inputs["context"])
             losses[sigma] = (v_pred - v_target).pow(2).mean(dim=tuple(range(1, v_pred.ndim)))
         return losses
 

@@ -17,6 +17,7 @@ the final layer stay in fp32 under bf16 autocast.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Optional, Union
 
@@ -36,10 +37,13 @@ def _trunc_normal_(weight: torch.Tensor, std: float) -> None:
 
 
 class _NoAutocast:
-    """Disable autocast on the tensor's device type, so the enclosed ops run in the dtype we give them."""
+    """Disable autocast on the tensor's device type, so the enclosed ops run in the dtype we give them.
+
+    The meta device (shape-only runs, FLOP counting) has no autocast, so nothing to disable there.
+    """
 
     def __init__(self, device_type: str):
-        self.ctx = torch.autocast(device_type=device_type, enabled=False)
+        self.ctx = torch.autocast(device_type, enabled=False) if device_type != "meta" else contextlib.nullcontext()
 
     def __enter__(self):
         return self.ctx.__enter__()
