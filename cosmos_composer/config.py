@@ -137,7 +137,7 @@ def run_folder(cfg: TrainConfig | DictConfig) -> Path:
     return output_root() / cfg.project / cfg.group / cfg.run_name
 
 
-def _valid_keys_message(schema: Any, full_key: str) -> str:
+def _valid_keys_message(full_key: str) -> str:
     """The valid keys at the level of `full_key` in the schema."""
     node = OmegaConf.structured(TrainConfig)
     parts = [p for p in full_key.split(".")[:-1] if p]
@@ -171,7 +171,7 @@ def load_config(yaml_path: str | os.PathLike, overrides: list[str] | None = None
         cfg = OmegaConf.merge(schema, user)
     except ConfigKeyError as e:
         key = e.full_key or str(e)
-        raise ConfigError(f"Unknown config key '{key}' in {yaml_path}; {_valid_keys_message(schema, key)}") from None
+        raise ConfigError(f"Unknown config key '{key}' in {yaml_path}; {_valid_keys_message(key)}") from None
     except ValidationError as e:
         raise ConfigError(f"Invalid value for '{e.full_key}' in {yaml_path}: {e.msg}") from None
     missing = sorted(OmegaConf.missing_keys(cfg))

@@ -1,0 +1,836 @@
+"""Export a Composer sharded checkpoint to the official consolidated formats, and to diffusers for single view.
+
+Training writes Distributed Checkpoint (DCP) folders: `<run>/checkpoints/ep{E}-ba{B}/` with one
+`__{rank}_0.distcp` per rank and a `.metadata` index, plus a `latest-rank0.pt` link to the newest one.
+The model state is stored under `state.model.`: `net.*` (the training weights) and `net_ema.*` (the power
+EMA). This module reads only those entries, on a CPU, without a process group, and writes what the
+official `scripts/convert_distcp_to_pt.py` writes (reference 6.2):
+
+==================== ============================================================================
+`model.pt`           the model state as saved: `net.*` and `net_ema.*`
+`model_ema_fp32.pt`  the EMA weights renamed `net_ema.` -> `net.`, in fp32
+`model_ema_bf16.pt`  the same in bf16 (non-float tensors unchanged): the file inference uses
+==================== ============================================================================
+
+Dtypes. Upstream trains with bf16 parameters and an fp32 EMA, so its `model.pt` holds `net.*` in bf16: the
+converter saves the DCP contents unchanged. We do the same (no cast), and since Composer keeps fp32 master
+weights under mixed precision, our `model.pt` holds `net.*` in fp32 too: lossless, and what
+`load_path: model.pt` needs to continue training from exactly these weights. The two EMA files are cast
+as their names say.
+
+`--format diffusers` (single view only; diffusers has no multiview model) writes `transformer/` and
+`controlnet/` folders that diffusers 0.38.0 loads with `from_pretrained`, from the EMA weights by default.
+
+Nothing but the weights goes into the files, so the network configuration needed to verify them (and to
+write the diffusers configs) comes from `preset` + `overrides` (`--preset`, `--set key=value`), or, when
+those are not given, is inferred: the checkpoint's parameter names and shapes (read from `.metadata`, no
+tensor loaded) must equal exactly those of one preset's network built on the meta device. For the 2B
+presets these are the released files' keys (`models/released_keys.py`), for the tiny presets their own.
+Settings that change no shape (RoPE extrapolation ratios, maximum sizes) cannot be inferred: a run that
+overrode them must pass `--preset` and `--set` as in its YAML (`model.preset`, `model.overrides`).
+
+Verification reloads every written file (`weights_only=True`), checks that it holds exactly the expected
+tensors (names, dtypes, bits), loads it strictly into a fresh network and compares a forward pass with the
+network holding the weights read from the checkpoint (identical output required). The diffusers folders are
+loaded with `from_pretrained`, their tensors compared bit for bit, and their velocity compared with ours
+(relative error below 1e-5; the two implementations differ in float rounding only).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache, partial
+from pathlib import Path
+from typing import Any, NamedTuple, Optional, Union
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+from tqdm import tqdm
+
+from ..models import PRESETS, NetworkConfig, build_network, get_config
+from ..models.released_keys import RELEASED_VARIANT_OF_PRESET, released_parameter_shapes
+from .load import CheckpointLoadError, load_network_weights, read_state_dict
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "OFFICIAL",
+    "DIFFUSERS",
+    "FORMATS",
+    "MODEL_PT",
+    "MODEL_EMA_FP32",
+    "MODEL_EMA_BF16",
+    "OFFICIAL_FILES",
+    "DIFFUSERS_FOLDERS",
+    "ExportError",
+    "VerificationError",
+    "TensorInfo",
+    "ResolvedNetwork",
+    "ExportResult",
+    "find_checkpoint",
+    "model_state_metadata",
+    "read_composer_model_state",
+    "ema_state_dict",
+    "official_state_dicts",
+    "network_weights",
+    "parse_overrides",
+    "resolve_network",
+    "example_inputs",
+    "export",
+    "verify_export",
+]
+
+OFFICIAL = "official"
+DIFFUSERS = "diffusers"
+FORMATS = (OFFICIAL, DIFFUSERS)
+
+MODEL_PT = "model.pt"
+MODEL_EMA_FP32 = "model_ema_fp32.pt"
+MODEL_EMA_BF16 = "model_ema_bf16.pt"
+OFFICIAL_FILES = (MODEL_PT, MODEL_EMA_FP32, MODEL_EMA_BF16)
+DIFFUSERS_FOLDERS = ("transformer", "controlnet")
+
+NET_PREFIX = "net."
+EMA_PREFIX = "net_ema."
+
+# Relative velocity error allowed between diffusers and our network (float rounding only; measured <= 7e-7 in
+# tests/test_network_diffusers_parity.py).
+DIFFUSERS_RELATIVE_TOLERANCE = 1e-5
+
+_MODEL_STATE_PREFIX = "state.model."
+_CHECKPOINT_FOLDER = re.compile(r"^ep(\d+)-ba(\d+)$")
+# Module wrappers whose names can appear in state-dict keys (activation checkpointing, torch.compile).
+_WRAPPER_SEGMENTS = ("_checkpoint_wrapped_module.", "_orig_mod.")
+# Tensors read per `dcp.load` call: bounds the overhead of each call and drives the progress bar.
+_READ_CHUNK_BYTES = 512 * 1024**2
+_WHERE_CHECKPOINTS_ARE = (
+    "Pass a Composer sharded checkpoint folder (<run>/checkpoints/ep<E>-ba<B>, holding .metadata and "
+    "__<rank>_0.distcp files), the <run>/checkpoints/latest-rank0.pt link, or the <run>/checkpoints folder "
+    "(the newest checkpoint in it is taken)."
+)
+
+
+class ExportError(RuntimeError):
+    """The checkpoint cannot be exported as asked; the message names the file and the fix."""
+
+
+class VerificationError(ExportError):
+    """A written file does not hold exactly the checkpoint's weights."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Finding and reading the checkpoint
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def find_checkpoint(path: Union[str, os.PathLike]) -> Path:
+    """The sharded checkpoint folder (the one holding `.metadata`) that `path` designates.
+
+    `path` is a checkpoint folder `ep{E}-ba{B}` (or a file inside it), the `latest-rank0.pt` link Composer
+    keeps next to them, a run's `checkpoints/` folder or the run folder itself (the newest complete
+    checkpoint by batch number is taken), or `<run>/checkpoints/latest`, as SPEC section 1 writes it.
+    """
+    given = Path(path)
+    if given.is_symlink() and not given.exists():
+        raise ExportError(f"{given} is a link to {os.readlink(given)}, which does not exist. {_WHERE_CHECKPOINTS_ARE}")
+    if not given.exists():
+        if given.name == "latest" and given.parent.is_dir():
+            return _newest_checkpoint_in(given.parent)
+        raise ExportError(f"{given} does not exist. {_WHERE_CHECKPOINTS_ARE}")
+
+    folder = given.resolve()
+    if folder.is_file():
+        if folder.name == ".metadata" or folder.suffix == ".distcp":
+            folder = folder.parent
+        else:
+            raise ExportError(
+                f"{given} is a file, not a sharded checkpoint. Export reads the DCP folders that training writes "
+                "with parallelism_config.fsdp.state_dict_type=sharded. A consolidated .pt file needs no export "
+                f"(use it as load_path or with generate.py). {_WHERE_CHECKPOINTS_ARE}"
+            )
+    if (folder / ".metadata").is_file():
+        return folder
+    if _CHECKPOINT_FOLDER.match(folder.name):
+        raise ExportError(
+            f"{given} has no .metadata: its save did not finish. Export an earlier checkpoint, or pass the "
+            "checkpoints folder to take the newest complete one."
+        )
+    if (folder / "checkpoints").is_dir():
+        folder = folder / "checkpoints"
+    return _newest_checkpoint_in(folder)
+
+
+def _newest_checkpoint_in(folder: Path) -> Path:
+    complete: list[tuple[tuple[int, int], Path]] = []
+    incomplete: list[str] = []
+    for child in folder.iterdir():
+        match = _CHECKPOINT_FOLDER.match(child.name)
+        if not match or not child.is_dir():
+            continue
+        epoch, batch = int(match.group(1)), int(match.group(2))
+        if (child / ".metadata").is_file():
+            complete.append(((batch, epoch), child))
+        else:
+            incomplete.append(child.name)
+    if not complete:
+        detail = f" ({', '.join(sorted(incomplete))} have no .metadata: an unfinished save)" if incomplete else ""
+        raise ExportError(f"No sharded checkpoint in {folder}{detail}. {_WHERE_CHECKPOINTS_ARE}")
+    (newest_batch, _), newest = max(complete)
+    newer_incomplete = [name for name in incomplete if int(_CHECKPOINT_FOLDER.match(name).group(2)) > newest_batch]
+    if newer_incomplete:
+        log.warning("Skipping %s (no .metadata: an unfinished save); using %s", ", ".join(newer_incomplete), newest)
+    return newest
+
+
+class TensorInfo(NamedTuple):
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+
+def _model_entries(checkpoint_dir: Path) -> dict[str, tuple[str, TensorStorageMetadata]]:
+    """`{model-state key: (DCP key, metadata)}` for every tensor under `state.model.`."""
+    try:
+        metadata = FileSystemReader(str(checkpoint_dir)).read_metadata()
+    except Exception as error:  # a truncated or foreign .metadata file
+        raise ExportError(
+            f"Cannot read {checkpoint_dir / '.metadata'} as a torch.distributed.checkpoint index: {error}"
+        ) from None
+    entries = {}
+    for dcp_key, entry in metadata.state_dict_metadata.items():
+        if not dcp_key.startswith(_MODEL_STATE_PREFIX):
+            continue  # optimizer, schedulers, timestamp, RNG, ...: never read
+        key = dcp_key[len(_MODEL_STATE_PREFIX) :]
+        for segment in _WRAPPER_SEGMENTS:
+            key = key.replace(segment, "")
+        if not isinstance(entry, TensorStorageMetadata):
+            if "_extra_state" in key:
+                continue  # TransformerEngine metadata, skipped by every loader (reference 2.1)
+            raise ExportError(
+                f"{checkpoint_dir}: the model entry {key!r} is a pickled object, not a tensor; the official "
+                "formats hold tensors only"
+            )
+        entries[key] = (dcp_key, entry)
+    if not entries:
+        raise ExportError(
+            f"{checkpoint_dir} holds no model state ('state.model.*' entries): it is not a Composer checkpoint "
+            "of a CosmosTransferModel"
+        )
+    return entries
+
+
+def model_state_metadata(checkpoint: Union[str, os.PathLike]) -> dict[str, TensorInfo]:
+    """Shape and dtype of every model-state tensor (`net.*`, `net_ema.*`), read from `.metadata` only."""
+    entries = _model_entries(find_checkpoint(checkpoint))
+    return {key: TensorInfo(tuple(entry.size), entry.properties.dtype) for key, (_, entry) in entries.items()}
+
+
+def read_composer_model_state(
+    checkpoint: Union[str, os.PathLike],
+    prefixes: Optional[Sequence[str]] = (NET_PREFIX, EMA_PREFIX),
+    progress: bool = True,
+) -> dict[str, torch.Tensor]:
+    """The model state of a Composer sharded checkpoint, as CPU tensors: `{"net.<...>": t, "net_ema.<...>": t}`.
+
+    `checkpoint` is anything `find_checkpoint` accepts. Only the entries under `state.model.` whose key starts
+    with one of `prefixes` are read (`("net_ema.",)` for the EMA alone, None for the whole model state); the
+    optimizer state is never touched. Works with any number of ranks' shards, in a plain process: no process
+    group is started or needed (it also works inside a process that has one). Tensors keep the dtype they
+    were saved in (fp32 for our training). Keys are in the model's `state_dict()` order.
+    """
+    checkpoint_dir = find_checkpoint(checkpoint)
+    entries = _model_entries(checkpoint_dir)
+    if prefixes is not None:
+        prefixes = tuple(prefixes)
+        entries = {key: value for key, value in entries.items() if key.startswith(prefixes)}
+        if not entries:
+            raise ExportError(
+                f"{checkpoint_dir}: the model state has no entries starting with {list(prefixes)}; it has "
+                f"{_prefix_summary(_model_entries(checkpoint_dir))}"
+            )
+
+    reader = FileSystemReader(str(checkpoint_dir))
+    state: dict[str, torch.Tensor] = {}
+    total = sum(_nbytes(entry) for _, entry in entries.values())
+    with tqdm(total=total, unit="B", unit_scale=True, desc=f"read {checkpoint_dir.name}", disable=not progress) as bar:
+        for chunk in _chunks(list(entries.items()), _READ_CHUNK_BYTES):
+            buffers = {
+                dcp_key: torch.empty(entry.size, dtype=entry.properties.dtype) for _, (dcp_key, entry) in chunk
+            }
+            with warnings.catch_warnings():
+                # dcp.load announces single-process loading even when no_dist=True is asked for explicitly.
+                warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+                dcp.load(buffers, storage_reader=reader, no_dist=True)
+            for key, (dcp_key, entry) in chunk:
+                state[key] = buffers[dcp_key]
+                bar.update(_nbytes(entry))
+    return state
+
+
+def _nbytes(entry: TensorStorageMetadata) -> int:
+    return entry.size.numel() * entry.properties.dtype.itemsize
+
+
+def _chunks(items: list, max_bytes: int) -> Iterable[list]:
+    chunk, size = [], 0
+    for item in items:
+        chunk.append(item)
+        size += _nbytes(item[1][1])
+        if size >= max_bytes:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
+
+
+def _prefix_summary(keys: Iterable[str]) -> str:
+    counts: dict[str, int] = {}
+    for key in keys:
+        prefix = key.split(".", 1)[0] + "."
+        counts[prefix] = counts.get(prefix, 0) + 1
+    return ", ".join(f"{count} '{prefix}*' keys" for prefix, count in counts.items())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The official files (pure functions: they work on meta tensors too)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _cast(tensor: torch.Tensor, dtype: Optional[torch.dtype]) -> torch.Tensor:
+    """Floating-point tensors to `dtype` (no copy when already there); integer buffers unchanged."""
+    if dtype is None or not tensor.is_floating_point():
+        return tensor
+    return tensor.to(dtype)
+
+
+def ema_state_dict(model_state: Mapping[str, torch.Tensor], dtype: Optional[torch.dtype]) -> dict[str, torch.Tensor]:
+    """The EMA weights under `net.` (renamed from `net_ema.`), floats cast to `dtype`: model_ema_*.pt."""
+    _require_ema(model_state)
+    return {
+        NET_PREFIX + key[len(EMA_PREFIX) :]: _cast(value, dtype)
+        for key, value in model_state.items()
+        if key.startswith(EMA_PREFIX)
+    }
+
+
+def _require_ema(keys: Iterable[str]) -> None:
+    keys = list(keys)
+    if not any(key.startswith(EMA_PREFIX) for key in keys):
+        raise ExportError(
+            f"The model state has no EMA weights ({EMA_PREFIX}* keys; it has {_prefix_summary(keys)}), and the "
+            "official inference files are EMA weights. Train with model.use_ema=true (the default) and the "
+            "power_ema callback, or export the training weights to diffusers (format diffusers, weights net)."
+        )
+
+
+def official_state_dicts(model_state: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """`{file name: state dict}` of the three official files, from the model state (`net.*`, `net_ema.*`).
+
+    Nothing is written; on meta tensors this gives the files' keys, shapes and dtypes.
+    """
+    if not any(key.startswith(NET_PREFIX) for key in model_state):
+        raise ExportError(f"The model state has no '{NET_PREFIX}*' keys (it has {_prefix_summary(model_state)})")
+    return {
+        MODEL_PT: dict(model_state),  # as saved, like upstream's dcp_to_torch_save
+        MODEL_EMA_FP32: ema_state_dict(model_state, torch.float32),
+        MODEL_EMA_BF16: ema_state_dict(model_state, torch.bfloat16),
+    }
+
+
+def network_weights(model_state: Mapping[str, torch.Tensor], weights: str = "ema") -> dict[str, torch.Tensor]:
+    """One network's weights without prefix: the EMA (`weights="ema"`) or the training weights ("net")."""
+    if weights not in ("ema", "net"):
+        raise ValueError(f"weights must be 'ema' or 'net', not {weights!r}")
+    prefix = EMA_PREFIX if weights == "ema" else NET_PREFIX
+    out = {key[len(prefix) :]: value for key, value in model_state.items() if key.startswith(prefix)}
+    if not out:
+        raise ExportError(
+            f"The model state has no '{prefix}*' keys (it has {_prefix_summary(model_state)}); "
+            f"choose weights={'net' if weights == 'ema' else 'ema'!r}"
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Which network the weights belong to
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ResolvedNetwork:
+    preset: str
+    overrides: dict[str, Any]
+    config: NetworkConfig
+    inferred: bool  # True: found from the checkpoint's shapes, not given
+
+    def describe(self) -> str:
+        sets = "".join(f" --set {key}={value}" for key, value in self.overrides.items())
+        how = "inferred from the parameter names and shapes" if self.inferred else "as given"
+        return f"--preset {self.preset}{sets} ({how})"
+
+    def build_empty(self) -> torch.nn.Module:
+        """A fresh network whose every value will come from a strict load (built on meta, then allocated)."""
+        with torch.device("meta"):
+            net = build_network(self.preset, **self.overrides)
+        if any(True for _ in net.buffers()):  # buffers must be initialised, not just allocated
+            net = build_network(self.preset, **self.overrides)
+        else:
+            net = net.to_empty(device="cpu")
+        return net.eval()
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """`["num_blocks=6", "rope_h_extrapolation_ratio=2.0", "extra_image_context_dim=null"]` -> typed dict."""
+    overrides = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ExportError(f"Override {item!r} is not key=value (e.g. --set num_blocks=6)")
+        overrides[key.strip()] = _literal(text.strip())
+    return overrides
+
+
+def _literal(text: str) -> Any:
+    lowered = text.lower()
+    if lowered in ("null", "none", "~"):
+        return None
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+@lru_cache(maxsize=16)
+def _preset_shapes(preset: str, overrides: tuple[tuple[str, Any], ...] = ()) -> dict[str, tuple[int, ...]]:
+    """`{key: shape}` of the preset's network: the released file's for a 2B preset, else built on meta."""
+    if not overrides and preset in RELEASED_VARIANT_OF_PRESET:
+        return released_parameter_shapes(preset)  # equal to our network's (tests/test_network.py)
+    with torch.device("meta"):
+        net = build_network(preset, **dict(overrides))
+    return {key: tuple(value.shape) for key, value in net.state_dict().items()}
+
+
+def _shape_differences(found: Mapping[str, tuple], expected: Mapping[str, tuple], limit: int = 6) -> str:
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    mismatched = [k for k in expected if k in found and tuple(found[k]) != tuple(expected[k])]
+    lines = []
+    if missing:
+        lines.append(f"{len(missing)} parameters missing from the checkpoint: {', '.join(missing[:limit])}")
+    if unexpected:
+        lines.append(f"{len(unexpected)} checkpoint keys not in the network: {', '.join(unexpected[:limit])}")
+    for key in mismatched[:limit]:
+        lines.append(f"{key}: checkpoint {list(found[key])} vs network {list(expected[key])}")
+    return "\n  ".join(lines)
+
+
+def resolve_network(
+    shapes: Mapping[str, Sequence[int]],
+    preset: Optional[str] = None,
+    overrides: Optional[Mapping[str, Any]] = None,
+) -> ResolvedNetwork:
+    """The network config that `shapes` (`{key without net.: shape}`) belongs to.
+
+    With `preset` (and `overrides`, official config names): that config, checked against the shapes. Without:
+    the preset whose network has exactly these keys and shapes; an ExportError asks for `--preset` when none
+    or several match.
+    """
+    shapes = {key: tuple(shape) for key, shape in shapes.items()}
+    overrides = dict(overrides or {})
+    if preset is None:
+        if overrides:
+            raise ExportError("Network overrides (--set) need the preset they apply to: add --preset")
+        matches = [name for name in PRESETS if _preset_shapes(name) == shapes]
+        if len(matches) != 1:
+            found = "no preset" if not matches else f"several presets ({', '.join(matches)})"
+            raise ExportError(
+                f"The checkpoint's parameter names and shapes match {found}. Pass the run's network config: "
+                f"--preset <model.preset> and --set key=value for each of model.overrides (presets: {sorted(PRESETS)})"
+            )
+        return ResolvedNetwork(matches[0], {}, get_config(matches[0]), inferred=True)
+
+    try:
+        config = get_config(preset, **overrides)
+        expected = _preset_shapes(preset, tuple(sorted(overrides.items())))
+    except (ValueError, TypeError) as error:
+        raise ExportError(f"Invalid network config: {error}") from None
+    if expected != shapes:
+        raise ExportError(
+            f"The checkpoint does not hold a {preset} network{' with ' + str(overrides) if overrides else ''}:\n  "
+            f"{_shape_differences(shapes, expected)}\nPass the run's model.preset and model.overrides as --preset "
+            "and --set, or leave both out to infer the preset."
+        )
+    return ResolvedNetwork(preset, overrides, config, inferred=False)
+
+
+def _network_shapes(metadata: Mapping[str, TensorInfo]) -> dict[str, tuple[int, ...]]:
+    """`{key: shape}` of one network in the model state (`net.*`, or `net_ema.*` when there is no `net.*`)."""
+    for prefix in (NET_PREFIX, EMA_PREFIX):
+        shapes = {key[len(prefix) :]: info.shape for key, info in metadata.items() if key.startswith(prefix)}
+        if shapes:
+            return shapes
+    raise ExportError(f"The model state holds no network ({_prefix_summary(metadata)})")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _atomic_write(destination: Path, write: Callable[[Path], None]) -> None:
+    """`write(temporary path)` next to `destination`, then rename: readers never see a partial file."""
+    temporary = destination.with_name(f".{destination.name}.tmp-{os.getpid()}")
+    try:
+        write(temporary)
+        os.replace(temporary, destination)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _torch_save(state: Mapping[str, torch.Tensor], path: Path) -> None:
+    """A flat dict of tensors, as the official files are (readable with weights_only=True)."""
+    with open(path, "wb") as f:
+        torch.save(dict(state), f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _save_diffusers_folders(
+    out_dir: Path, weights: Mapping[str, torch.Tensor], config: NetworkConfig, dtype: Optional[torch.dtype]
+) -> list[Path]:
+    """`out_dir/transformer` and `out_dir/controlnet`, each written whole in a temporary folder first."""
+    from .diffusers_format import save_diffusers
+
+    staging = out_dir / f".diffusers.tmp-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        save_diffusers(staging, weights, config, dtype=dtype)
+        written = []
+        for name in DIFFUSERS_FOLDERS:
+            destination = out_dir / name
+            previous = out_dir / f".{name}.old-{os.getpid()}"
+            if destination.exists():
+                os.replace(destination, previous)
+            os.replace(staging / name, destination)
+            shutil.rmtree(previous, ignore_errors=True)
+            written.append(destination)
+        return written
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Verification
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def example_inputs(config: NetworkConfig, seed: int = 0) -> dict[str, Any]:
+    """A small random input for `net(**inputs)` that exercises every module of `config`'s network.
+
+    Two latent frames (multiview: two views of `state_t` frames), 2x2 tokens, raw text embeddings (through
+    `crossattn_proj`), image context when the network has it, control latents, a conditioning mask.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    T = 2 * config.state_t if config.is_multiview else 2
+    H = W = 2 * config.patch_spatial
+    text_width = config.crossattn_proj_in_channels if config.use_crossattn_projection else config.crossattn_emb_channels
+    inputs = dict(
+        x_B_C_T_H_W=torch.randn(1, config.in_channels, T, H, W, generator=generator),
+        timesteps_B_T=torch.rand(1, 1, generator=generator) * 1000,
+        crossattn_emb=torch.randn(1, 4, text_width, generator=generator),
+        latent_control_input=torch.randn(1, config.in_channels, T, H, W, generator=generator),
+        condition_video_input_mask_B_C_T_H_W=(torch.arange(T) < 1).float().view(1, 1, T, 1, 1).expand(1, 1, T, H, W),
+        padding_mask=torch.zeros(1, 1, 8 * H, 8 * W),
+    )
+    if config.extra_image_context_dim is not None:
+        inputs["img_context_emb"] = torch.randn(1, 4, config.extra_image_context_dim, generator=generator)
+    return inputs
+
+
+def _compare_tensors(
+    found: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], source: str, limit: int = 5
+) -> None:
+    """`found` must hold exactly `expected`: the same keys, dtypes, shapes and bits."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} keys missing: {', '.join(missing[:limit])}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys: {', '.join(unexpected[:limit])}")
+    for key in expected:
+        if key not in found:
+            continue
+        have, want = found[key], expected[key]
+        if have.dtype != want.dtype or have.shape != want.shape:
+            problems.append(f"{key}: {have.dtype} {list(have.shape)} instead of {want.dtype} {list(want.shape)}")
+        elif not torch.equal(have, want):
+            differing = (have != want).sum().item()
+            max_diff = (have.double() - want.double()).abs().max().item()
+            problems.append(f"{key}: {differing} of {want.numel()} values differ (max |diff| {max_diff:.3g})")
+        if len(problems) >= limit:
+            problems.append("...")
+            break
+    if problems:
+        raise VerificationError(
+            f"{source} does not hold the checkpoint's weights:\n  " + "\n  ".join(problems)
+            + "\nRe-run the export (the file may have been modified or truncated)."
+        )
+
+
+class _ForwardCheck:
+    """Strict load into one fresh network + a forward pass, compared with the checkpoint's weights' output."""
+
+    def __init__(self, network: ResolvedNetwork):
+        self.network = network
+        self.net = network.build_empty()
+        self.inputs = example_inputs(network.config)
+        self._reference_outputs: dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def output(self, weights: Mapping[str, torch.Tensor], source: str) -> torch.Tensor:
+        try:
+            load_network_weights(self.net, dict(weights), source, strict=True)
+        except CheckpointLoadError as error:
+            raise VerificationError(
+                f"{source} does not load strictly into a fresh network ({self.network.describe()}):\n{error}"
+            ) from None
+        return self.net(**self.inputs)
+
+    def reference(self, tag: str, weights: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        if tag not in self._reference_outputs:
+            self._reference_outputs[tag] = self.output(weights, f"checkpoint weights ({tag})")
+        return self._reference_outputs[tag]
+
+    def check(self, tag: str, expected: Mapping[str, torch.Tensor], file_weights: Mapping[str, torch.Tensor],
+              source: str) -> None:
+        reference = self.reference(tag, expected)
+        output = self.output(file_weights, source)
+        loaded = self.net.state_dict()
+        _compare_tensors(loaded, {k: v.to(loaded[k].dtype) for k, v in expected.items()}, f"{source} (loaded)")
+        if not torch.equal(output, reference):
+            max_diff = (output - reference).abs().max().item()
+            raise VerificationError(f"{source}: the forward pass differs from the checkpoint's (max |diff| {max_diff:.3g})")
+
+
+def _strip(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
+
+
+def _verify_official(
+    out_dir: Path, expected_files: Mapping[str, Mapping[str, torch.Tensor]], network: ResolvedNetwork,
+    progress: bool,
+) -> None:
+    forward = _ForwardCheck(network)
+    for name in tqdm(list(expected_files), desc="verify", unit="file", disable=not progress):
+        path = out_dir / name
+        try:
+            found = read_state_dict(path)  # weights_only=True
+        except CheckpointLoadError as error:
+            raise VerificationError(str(error)) from None
+        expected = expected_files[name]
+        _compare_tensors(found, expected, str(path))
+        # The weights a loader takes from each file: model.pt carries two networks.
+        halves = [(NET_PREFIX, "net" if name == MODEL_PT else f"ema-{name}")]
+        if name == MODEL_PT and any(key.startswith(EMA_PREFIX) for key in found):
+            halves.append((EMA_PREFIX, f"ema-{MODEL_EMA_FP32}"))
+        for prefix, tag in halves:
+            forward.check(tag, _strip(expected, prefix), _strip(found, prefix), f"{path} ({prefix}*)")
+    log.info("verified %s", ", ".join(expected_files))
+
+
+def _verify_diffusers(
+    out_dir: Path, weights: Mapping[str, torch.Tensor], network: ResolvedNetwork, dtype: Optional[torch.dtype]
+) -> float:
+    """Bit-exact tensors in both folders and the velocity of diffusers vs ours; returns the relative error."""
+    from diffusers import CosmosControlNetModel, CosmosTransformer3DModel
+    from safetensors.torch import load_file
+
+    from .diffusers_format import diffusers_velocity, set_qk_norm_eps, to_diffusers
+
+    weights = {key: _cast(value, dtype) for key, value in weights.items()}
+    converted = to_diffusers(weights, network.config)
+    models = []
+    for name, cls, expected in (
+        ("transformer", CosmosTransformer3DModel, converted.transformer_state_dict),
+        ("controlnet", CosmosControlNetModel, converted.controlnet_state_dict),
+    ):
+        folder = out_dir / name
+        weights_file = folder / "diffusion_pytorch_model.safetensors"
+        if not weights_file.is_file():
+            raise VerificationError(f"{weights_file} is missing; re-run the export with format diffusers")
+        _compare_tensors(load_file(str(weights_file)), expected, str(weights_file))
+        try:
+            model = cls.from_pretrained(str(folder), torch_dtype=torch.float32)
+        except Exception as error:
+            raise VerificationError(f"diffusers cannot load {folder} with from_pretrained: {error}") from None
+        set_qk_norm_eps(model)  # diffusers builds q/k norms with eps 1e-5; the original uses 1e-6
+        models.append(model.eval())
+    transformer, controlnet = models
+
+    forward = _ForwardCheck(network)
+    inputs = forward.inputs
+    with torch.no_grad():
+        ours = forward.output(weights, "exported weights")
+        theirs = diffusers_velocity(transformer, controlnet, **inputs)
+    error = ((theirs - ours).norm() / ours.norm()).item()
+    if not error <= DIFFUSERS_RELATIVE_TOLERANCE:
+        raise VerificationError(
+            f"{out_dir}: the diffusers velocity differs from our network's by {error:.3g} (relative), more than "
+            f"{DIFFUSERS_RELATIVE_TOLERANCE:g}: the diffusers config does not describe the network "
+            f"({network.describe()}); pass the run's --preset and --set"
+        )
+    return error
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Export
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ExportResult:
+    checkpoint: Path
+    out_dir: Path
+    written: list[Path]
+    network: Optional[ResolvedNetwork]
+    verified: bool = False
+    diffusers_relative_error: Optional[float] = None
+
+
+def _formats(formats: Union[str, Sequence[str]]) -> tuple[str, ...]:
+    if isinstance(formats, str):
+        formats = [formats]
+    chosen = []
+    for name in formats:
+        for fmt in FORMATS if name == "all" else [name]:
+            if fmt not in FORMATS:
+                raise ExportError(f"Unknown export format {fmt!r}; choose from {[*FORMATS, 'all']}")
+            if fmt not in chosen:
+                chosen.append(fmt)
+    if not chosen:
+        raise ExportError("No export format given")
+    return tuple(chosen)
+
+
+def _plan(
+    checkpoint: Union[str, os.PathLike],
+    formats: Union[str, Sequence[str]],
+    preset: Optional[str],
+    overrides: Optional[Mapping[str, Any]],
+    weights: str,
+    needs_network: bool,
+) -> tuple[Path, tuple[str, ...], Optional[ResolvedNetwork], tuple[str, ...]]:
+    """Everything that can fail before a tensor is read: checkpoint, formats, network config, EMA presence."""
+    formats = _formats(formats)
+    if weights not in ("ema", "net"):
+        raise ExportError(f"weights must be 'ema' or 'net', not {weights!r}")
+    checkpoint_dir = find_checkpoint(checkpoint)
+    metadata = model_state_metadata(checkpoint_dir)
+
+    network = None
+    if needs_network or DIFFUSERS in formats or preset is not None or overrides:
+        network = resolve_network(_network_shapes(metadata), preset, overrides)
+        if DIFFUSERS in formats and network.config.is_multiview:
+            raise ExportError(
+                f"{checkpoint_dir} holds a multiview network ({network.preset}), and diffusers has no multiview "
+                "Cosmos-Transfer2.5 model. Export the official formats (--format official) and run them with "
+                "the official inference or scripts/generate.py."
+            )
+
+    if OFFICIAL in formats or weights == "ema":
+        _require_ema(metadata)
+    # Read what the formats need: both networks for model.pt, one for diffusers alone.
+    prefixes = (NET_PREFIX, EMA_PREFIX) if OFFICIAL in formats else (EMA_PREFIX if weights == "ema" else NET_PREFIX,)
+    return checkpoint_dir, formats, network, prefixes
+
+
+def export(
+    checkpoint: Union[str, os.PathLike],
+    out_dir: Union[str, os.PathLike],
+    formats: Union[str, Sequence[str]] = (OFFICIAL,),
+    *,
+    preset: Optional[str] = None,
+    overrides: Optional[Mapping[str, Any]] = None,
+    weights: str = "ema",
+    diffusers_dtype: Optional[torch.dtype] = None,
+    verify: bool = False,
+    progress: bool = True,
+) -> ExportResult:
+    """Export a Composer sharded checkpoint (see the module docstring) and optionally verify what was written.
+
+    formats: "official" (model.pt, model_ema_fp32.pt, model_ema_bf16.pt), "diffusers" (transformer/ and
+    controlnet/, single view), or "all". weights: the network the diffusers folders get, "ema" or "net".
+    diffusers_dtype: cast the diffusers weights (default: as saved, fp32). preset / overrides: the network
+    config, needed by `verify` and the diffusers format; inferred from the checkpoint's shapes when omitted.
+    Files are written to a temporary name and renamed, and existing ones are replaced.
+    """
+    checkpoint_dir, formats, network, prefixes = _plan(checkpoint, formats, preset, overrides, weights, verify)
+    if network is not None:
+        log.info("network: %s", network.describe())
+    model_state = read_composer_model_state(checkpoint_dir, prefixes, progress=progress)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = ExportResult(checkpoint_dir, out_dir, [], network)
+
+    official_files = official_state_dicts(model_state) if OFFICIAL in formats else {}
+    steps = [*official_files, *(["diffusers"] if DIFFUSERS in formats else [])]
+    with tqdm(steps, desc="write", unit="file", disable=not progress) as bar:
+        for step in bar:
+            bar.set_postfix_str(step)
+            if step in official_files:
+                destination = out_dir / step
+                _atomic_write(destination, partial(_torch_save, official_files[step]))
+                result.written.append(destination)
+            else:
+                weights_to_save = network_weights(model_state, weights)
+                result.written += _save_diffusers_folders(out_dir, weights_to_save, network.config, diffusers_dtype)
+
+    if verify:
+        if official_files:
+            _verify_official(out_dir, official_files, network, progress)
+        if DIFFUSERS in formats:
+            result.diffusers_relative_error = _verify_diffusers(
+                out_dir, network_weights(model_state, weights), network, diffusers_dtype
+            )
+        result.verified = True
+    return result
+
+
+def verify_export(
+    checkpoint: Union[str, os.PathLike],
+    out_dir: Union[str, os.PathLike],
+    formats: Union[str, Sequence[str]] = (OFFICIAL,),
+    *,
+    preset: Optional[str] = None,
+    overrides: Optional[Mapping[str, Any]] = None,
+    weights: str = "ema",
+    diffusers_dtype: Optional[torch.dtype] = None,
+    progress: bool = True,
+) -> ExportResult:
+    """Check files written earlier by `export` (with the same options) against the checkpoint.
+
+    Raises VerificationError naming the file and the first differing keys; see the module docstring.
+    """
+    checkpoint_dir, formats, network, prefixes = _plan(checkpoint, formats, preset, overrides, weights, True)
+    model_state = read_composer_model_state(checkpoint_dir, prefixes, progress=progress)
+    out_dir = Path(out_dir)
+    result = ExportResult(checkpoint_dir, out_dir, [], network, verified=True)
+    if OFFICIAL in formats:
+        _verify_official(out_dir, official_state_dicts(model_state), network, progress)
+    if DIFFUSERS in formats:
+        result.diffusers_relative_error = _verify_diffusers(
+            out_dir, network_weights(model_state, weights), network, diffusers_dtype
+        )
+    return result

@@ -1,0 +1,97 @@
+#!/usr/bin/env python
+"""Export a Composer sharded checkpoint to the official Cosmos-Transfer2.5 files (and diffusers for single view).
+
+CHECKPOINT is a checkpoint folder (<run>/checkpoints/ep<E>-ba<B>), the <run>/checkpoints/latest-rank0.pt link,
+or the <run>/checkpoints folder (the newest checkpoint is taken). It is read on the CPU, without a process
+group; only the model weights are read, never the optimizer state.
+
+--format official writes, as the official convert_distcp_to_pt.py does:
+  model.pt            net.* (training weights, fp32 as saved) and net_ema.* (EMA)
+  model_ema_fp32.pt   the EMA weights as net.*, fp32
+  model_ema_bf16.pt   the same in bf16: the file the official inference and scripts/generate.py take
+--format diffusers writes transformer/ and controlnet/ for diffusers' CosmosTransformer3DModel and
+CosmosControlNetModel (single view only), from the EMA weights unless --weights net.
+
+--verify reloads every written file, checks its tensors bit for bit, loads it strictly into a fresh network
+and compares a forward pass (diffusers: from_pretrained and the velocity). The network config comes from
+--preset/--set (the run's model.preset and model.overrides), or is inferred from the checkpoint's parameter
+shapes when they match one preset exactly; a run that overrode shape-neutral settings (RoPE extrapolation
+ratios, maximum sizes) must pass them for --format diffusers.
+
+Examples:
+    python scripts/export_checkpoint.py runs/cosmos_composer/hdmap/run1/checkpoints/latest-rank0.pt exported/
+    python scripts/export_checkpoint.py runs/.../checkpoints exported/ --format all --verify
+    python scripts/export_checkpoint.py runs/.../ep0-ba500 exported/ --verify --preset tiny-singleview --set num_blocks=6
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import torch
+
+from cosmos_composer.checkpoint.export import FORMATS, ExportError, export, parse_overrides
+from cosmos_composer.models import PRESETS
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", help="sharded checkpoint folder, latest-rank0.pt link or checkpoints folder")
+    parser.add_argument("out_dir", help="folder to write into (created; existing export files are replaced)")
+    parser.add_argument(
+        "--format", choices=[*FORMATS, "all"], default="official", help="what to write (default: official)"
+    )
+    parser.add_argument("--verify", action="store_true", help="reload and check everything written")
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="the run's model.preset (default: inferred)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="a network config override, as in the run's model.overrides (repeatable; needs --preset)",
+    )
+    parser.add_argument(
+        "--weights", choices=["ema", "net"], default="ema",
+        help="weights for --format diffusers: the EMA or the training weights (default: ema)",
+    )
+    parser.add_argument(
+        "--diffusers-dtype", choices=sorted(DTYPES), default="fp32", help="dtype of the diffusers weights (default: fp32)"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    try:
+        result = export(
+            args.checkpoint,
+            args.out_dir,
+            formats=args.format,
+            preset=args.preset,
+            overrides=parse_overrides(args.overrides),
+            weights=args.weights,
+            diffusers_dtype=DTYPES[args.diffusers_dtype],
+            verify=args.verify,
+            progress=not args.quiet,
+        )
+    except ExportError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"Exported {result.checkpoint}")
+    if result.network is not None:
+        print(f"  network: {result.network.describe()}")
+    for path in result.written:
+        print(f"  wrote {path}")
+    if result.verified:
+        detail = ""
+        if result.diffusers_relative_error is not None:
+            detail = f" (diffusers velocity relative error {result.diffusers_relative_error:.2g})"
+        print(f"  verified: every file reloads strictly with the checkpoint's exact weights{detail}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
