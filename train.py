@@ -9,6 +9,8 @@ import sys
 from composer.utils import dist, get_device
 
 from cosmos_composer.builders import build_trainer
+from cosmos_composer.checkpoint.hf import HfResolveError
+from cosmos_composer.checkpoint.load import CheckpointLoadError
 from cosmos_composer.config import ConfigError, load_config
 
 
@@ -23,6 +25,8 @@ def main(argv: list[str]) -> None:
         trainer = build_trainer(cfg)
     except ConfigError as error:
         sys.exit(f"config error: {error}")
+    except (CheckpointLoadError, HfResolveError) as error:
+        sys.exit(f"load_path error: {error}")
     trainer.fit()
 
 

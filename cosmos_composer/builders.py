@@ -215,12 +215,20 @@ def build_trainer(cfg: DictConfig) -> Trainer:
     save_folder = cfg.save_folder or str(run_folder(cfg) / "checkpoints")
 
     load_path = cfg.load_path
-    if load_path is not None and not _is_composer_checkpoint(load_path):
-        from .checkpoint.load import load_consolidated_into_model
+    if load_path is not None:
+        if cfg.autoresume and _has_autoresume_checkpoint(save_folder):
+            load_path = None  # autoresume wins; never download what would not be used
+        else:
+            local = resolve(load_path)  # hf:// -> the HF cache (a file, or a folder of the repo)
+            if _is_composer_checkpoint(local):
+                load_path = local
+            else:
+                from .checkpoint.load import load_consolidated_into_model
 
-        if not _has_autoresume_checkpoint(save_folder) or not cfg.autoresume:
-            load_consolidated_into_model(model, load_path, strict=cfg.load_strict)
-        load_path = None
+                load_consolidated_into_model(  # given the URI, so its report names what the user wrote
+                    model, load_path, strict=cfg.load_strict, allow_shape_mismatch=cfg.load_allow_shape_mismatch
+                )
+                load_path = None
 
     return Trainer(
         run_name=cfg.run_name,

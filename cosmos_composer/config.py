@@ -115,6 +115,8 @@ class TrainConfig:
     # A Composer checkpoint to resume, or a consolidated .pt / hf:// URI to start from.
     load_path: Optional[str] = None
     load_strict: bool = True
+    # Also drop (and print) tensors whose shape differs from the network's instead of failing.
+    load_allow_shape_mismatch: bool = False
     loggers: Optional[dict[str, Any]] = None
     callbacks: dict[str, Any] = field(default_factory=dict)
     console_log_interval: str = "1ba"

@@ -1,12 +1,41 @@
 """Load consolidated `.pt` checkpoints in the official formats into our network, strictly.
 
 Formats (reference 2.1, 6.2):
-- EMA-only files (`*_ema_bf16.pt`, `model_ema_fp32.pt`, `model_ema_bf16.pt`): every key under `net.`.
-- `model.pt`: `net.*` (training weights) and `net_ema.*`. Training starts from `net.*`, as upstream.
+- EMA-only files (`*_ema_bf16.pt` of the release, `model_ema_fp32.pt`, `model_ema_bf16.pt`): every key
+  under `net.` (the EMA weights renamed), in bf16 or fp32.
+- `model.pt`: `net.*` (training weights) and `net_ema.*`. Training starts from `net.*`, as upstream
+  (reference 6.3): `net_ema.*` is ignored (and reported), because the EMA restarts from the loaded net.
 
-Strict by default: the known non-parameter entries are skipped, every other key must match a parameter
-of the network with the same shape. Files are read with `weights_only=True` (no arbitrary unpickling)
-and `mmap=True`, so the ranks of a node share the file's pages instead of each holding a copy.
+Rules:
+- Strict by default. The known non-parameter entries of the released files are skipped unless the
+  network has them: keys containing `_extra_state`, `accum_*` counters, the RoPE buffers under
+  `pos_embedder.` / `pos_embedder_options.n_cameras_N.` (see `spec/released_checkpoint_keys.json`).
+  Every other key must be a tensor of the network with the same shape; a key missing from the file, a
+  key the network lacks (`unexpected`), or a shape mismatch raises `CheckpointLoadError` with the full
+  report (each shape mismatch names the key, the file's shape and the network's shape).
+- `strict=False` (YAML `load_strict: false`) loads the matching keys, keeps the network's initial
+  values for missing keys, and prints every key it dropped or left at init. Shape mismatches still
+  raise, unless `allow_shape_mismatch=True` (YAML `load_allow_shape_mismatch: true`) also drops those,
+  printing each with both shapes.
+- Nothing is copied unless the whole check passes, so a refused file leaves the network untouched.
+- Values are cast to the network's dtype (a bf16 file into fp32 parameters is exact).
+
+Reading: `torch.load(weights_only=True, mmap=True)`. `weights_only` never runs pickled code: a file
+holding any pickled object other than tensors and plain containers is refused, naming the file and
+the offending type; a file that is not a flat `{str: tensor}` dict is refused too. (A file in torch's
+legacy non-zip format cannot be memory-mapped; it is read with `weights_only=True` and without mmap.)
+
+Memory, per rank and per node: every rank of a Composer run builds the full model and calls this loader
+before FSDP2 shards it. With `mmap=True`, `torch.load` maps the file read-only and builds tensors that
+point into the mapping; no rank reads the file into private memory. The bytes live once per node in the
+OS page cache, shared by all local ranks (after the first rank has faulted them in, the others read the
+same pages). Each rank then copies tensor by tensor from the mapping into its own parameters with
+`param.copy_(mapped)` (casting on the fly, so not even a per-tensor converted copy is allocated), and
+drops the mapping when the load returns. So the checkpoint itself costs one copy per node (page cache,
+reclaimable); what each rank holds is only its own model, which it needs anyway. (That model is
+the larger cost: for the 2B presets, `net` + `net_ema` in fp32 are about 16 GB per rank until FSDP2
+shards them. Removing it would mean building on the meta device and loading on rank 0 with a
+broadcast, as upstream does; that is the builders' business, not this loader's.)
 """
 
 from __future__ import annotations
@@ -14,8 +43,11 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable, Optional
 
 import torch
 from torch import nn
@@ -27,6 +59,7 @@ log = logging.getLogger(__name__)
 # Entries the released files may hold that are not parameters of the network (released_checkpoint_keys.json).
 NON_PARAMETER_MARKERS = ("_extra_state",)
 NON_PARAMETER_PREFIXES = ("accum_", "pos_embedder.", "pos_embedder_options.")
+NETWORK_PREFIXES = ("net.", "net_ema.")
 
 
 class CheckpointLoadError(RuntimeError):
@@ -38,101 +71,262 @@ class LoadReport:
     source: str
     loaded: list[str] = field(default_factory=list)
     skipped_non_parameters: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    shape_mismatches: dict[str, tuple[tuple, tuple]] = field(default_factory=dict)
+    ignored: list[str] = field(default_factory=list)  # the other network of a model.pt (net_ema.*)
+    missing: list[str] = field(default_factory=list)  # in the network, not in the file: left at init
+    unexpected: list[str] = field(default_factory=list)  # in the file, not in the network: dropped
+    shape_mismatches: dict[str, tuple[tuple, tuple]] = field(default_factory=dict)  # key: (file, network)
+    strict: bool = True
+    allow_shape_mismatch: bool = False
+    matched: int = 0  # tensors whose key and shape match the network (all loaded unless the load is refused)
 
-    def summary(self) -> str:
-        lines = [f"{self.source}: loaded {len(self.loaded)} tensors"]
+    @property
+    def dropped(self) -> list[str]:
+        """Keys of the file that were not loaded although they could be parameters."""
+        return [*self.unexpected, *self.shape_mismatches]
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.missing or self.unexpected or self.shape_mismatches)
+
+    def summary(self, limit: Optional[int] = None) -> str:
+        """The report; `limit` shortens each key list (None lists every key)."""
+        if self.loaded or not self.matched:
+            lines = [f"{self.source}: loaded {len(self.loaded)} tensors into the network"]
+        else:
+            lines = [f"{self.source}: {self.matched} tensors match the network (nothing was loaded)"]
         if self.skipped_non_parameters:
-            lines.append(f"  skipped {len(self.skipped_non_parameters)} non-parameter entries (_extra_state, accum_*, RoPE)")
-        for title, keys in (("missing from the file", self.missing), ("not in the network", self.unexpected)):
-            if keys:
-                lines.append(f"  {len(keys)} keys {title}: {_preview(keys)}")
-        for key, (in_file, in_net) in self.shape_mismatches.items():
+            lines.append(
+                f"  skipped {len(self.skipped_non_parameters)} non-parameter entries (_extra_state, accum_*, RoPE buffers)"
+            )
+        if self.ignored:
+            lines.append(
+                f"  ignored {len(self.ignored)} '{self.ignored[0].split('.', 1)[0]}.*' entries: training starts from "
+                "'net.*' and the EMA restarts from it"
+            )
+        if self.missing:
+            lines.append(f"  {len(self.missing)} network keys missing from the file (left at their initial values): "
+                         + _listing(self.missing, limit))
+        if self.unexpected:
+            lines.append(f"  {len(self.unexpected)} file keys not in the network (dropped): "
+                         + _listing(self.unexpected, limit))
+        mismatches = list(self.shape_mismatches.items())
+        shown = mismatches if limit is None else mismatches[:limit]
+        for key, (in_file, in_net) in shown:
             lines.append(f"  shape mismatch {key}: file {list(in_file)} vs network {list(in_net)}")
+        if len(shown) < len(mismatches):
+            lines.append(f"  ... (+{len(mismatches) - len(shown)} more shape mismatches)")
         return "\n".join(lines)
 
 
-def _preview(keys: list[str], limit: int = 12) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... (+{len(keys) - limit} more)" if len(keys) > limit else "")
+def _listing(keys: list[str], limit: Optional[int]) -> str:
+    if limit is None or len(keys) <= limit:
+        return ", ".join(keys)
+    return ", ".join(keys[:limit]) + f", ... (+{len(keys) - limit} more)"
 
 
 def is_non_parameter(key: str) -> bool:
-    """`key` without the `net.` prefix."""
+    """A known non-parameter entry of the released files; `key` without the `net.` prefix."""
     return any(m in key for m in NON_PARAMETER_MARKERS) or key.startswith(NON_PARAMETER_PREFIXES)
+
+
+def _is_non_parameter_entry(full_key: str) -> bool:
+    """`is_non_parameter` for a key of the file (with its `net.` / `net_ema.` prefix)."""
+    for prefix in NETWORK_PREFIXES:
+        if full_key.startswith(prefix):
+            return is_non_parameter(full_key[len(prefix) :])
+    return is_non_parameter(full_key)
+
+
+def _unpickling_detail(error: Exception) -> str:
+    """The useful line of torch's weights_only error (which global was refused), without its advice."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    match = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if match:
+        return f"it contains a pickled {match.group(1)!r}"
+    match = re.search(r"WeightsUnpickler error: ([^\n]*)", text)
+    detail = match.group(1).strip() if match else (text.splitlines()[0][:200] if text else type(error).__name__)
+    return f"the weights-only unpickler rejected it ({detail})"
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The file's flat tensor dict, read safely (weights_only) and lazily (mmap)."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointLoadError(
+            f"{path} is a folder; a consolidated checkpoint is a single .pt file (a Composer sharded checkpoint "
+            "folder is resumed by Composer, not by this loader)"
+        )
     if not path.is_file():
         raise CheckpointLoadError(f"Checkpoint {path} does not exist")
+    mmap = zipfile.is_zipfile(path)  # torch's default format since 1.6; the legacy format cannot be mapped
+    if not mmap:
+        with open(path, "rb") as f:
+            if f.read(1) != b"\x80":  # torch's legacy format is a pickle stream (protocol >= 2)
+                raise CheckpointLoadError(
+                    f"{path} is not a readable torch checkpoint (neither torch's zip format nor its legacy format)"
+                )
+        log.warning("%s is not in torch's zip format; reading it without mmap (one copy per rank)", path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
         raise CheckpointLoadError(
-            f"{path} holds objects other than tensors and was refused (weights_only=True never unpickles arbitrary "
-            f"code). Re-save it as a plain dict of tensors. Detail: {str(error).splitlines()[0]}"
+            f"{path} was refused: {_unpickling_detail(error)}, and checkpoints are read with weights_only=True, which "
+            "never unpickles objects other than tensors (that could run arbitrary code). An official consolidated "
+            "checkpoint is a plain dict of tensors; re-save yours as {name: tensor}."
         ) from None
-    except RuntimeError as error:
-        raise CheckpointLoadError(f"{path} is not a readable torch checkpoint: {error}") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointLoadError(f"{path} is not a flat dict of tensors (an official consolidated .pt file)")
+    except Exception as error:  # noqa: BLE001 - torch raises RuntimeError, KeyError, EOFError... on garbage
+        raise CheckpointLoadError(
+            f"{path} is not a readable torch checkpoint ({type(error).__name__}: {str(error)[:300]})"
+        ) from None
+    if not isinstance(state, dict):
+        raise CheckpointLoadError(
+            f"{path} holds a {type(state).__name__}, not a dict of tensors (an official consolidated .pt file)"
+        )
+    for key, value in state.items():
+        if isinstance(key, str) and _is_non_parameter_entry(key) and not isinstance(value, (dict, list, tuple)):
+            continue  # e.g. an `_extra_state` saved as None or bytes: skipped at load anyway
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise CheckpointLoadError(
+                f"{path} is not a flat dict of tensors (an official consolidated .pt file): entry {key!r} is of type "
+                f"{type(value).__name__}"
+                + (" (a nested state dict? pass a file whose keys are 'net.*')" if isinstance(value, dict) else "")
+            )
     return state
 
 
-def network_weights_from_consolidated(state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
-    """The `net.*` entries with the prefix removed (`net_ema.*` of a model.pt is ignored: the EMA restarts)."""
-    weights = {k[len("net.") :]: v for k, v in state.items() if k.startswith("net.")}
+def split_consolidated(
+    state: dict[str, torch.Tensor], source: str, prefix: str = "net."
+) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
+    """(the `prefix` entries with the prefix removed, the other network's keys, keys of neither network).
+
+    `prefix="net."` (training) takes `net.*` and ignores the `net_ema.*` of a model.pt; `prefix="net_ema."`
+    takes the EMA of a model.pt (for generation).
+    """
+    weights: dict[str, torch.Tensor] = {}
+    ignored: list[str] = []
+    foreign: list[str] = []
+    for key, value in state.items():
+        if key.startswith(prefix):
+            weights[key[len(prefix) :]] = value
+        elif key.startswith(NETWORK_PREFIXES):
+            ignored.append(key)
+        else:
+            foreign.append(key)
     if not weights:
-        sample = list(state)[:5]
+        has = sorted({k.split(".", 1)[0] + "." for k in state if "." in k})
         raise CheckpointLoadError(
-            f"{source} has no 'net.*' keys (first keys: {sample}); expected an official consolidated checkpoint "
-            "(model.pt, model_ema_*.pt or a released *_ema_bf16.pt)"
+            f"{source} has no '{prefix}*' keys (its key prefixes: {has[:8]}, first keys: {list(state)[:5]}); expected "
+            "an official consolidated checkpoint (model.pt, model_ema_*.pt or a released *_ema_bf16.pt)"
         )
-    return weights
+    return weights, ignored, foreign
 
 
 @torch.no_grad()
 def load_network_weights(
-    net: nn.Module, weights: dict[str, torch.Tensor], source: str, strict: bool = True
+    net: nn.Module,
+    weights: dict[str, torch.Tensor],
+    source: str,
+    strict: bool = True,
+    allow_shape_mismatch: bool = False,
+    unexpected: Iterable[str] = (),
+    ignored: Iterable[str] = (),
 ) -> LoadReport:
-    """Copy `weights` (keys without `net.`) into `net`.
+    """Copy `weights` (keys without `net.`) into `net`; see the module docstring for the rules.
 
-    strict=True: any missing or unexpected key, or any shape mismatch, raises with the full report.
-    strict=False: loads what matches and logs what it dropped (shape mismatches still raise).
+    `unexpected`: further keys of the file (full names) that belong to no network; they count as unexpected.
+    `ignored`: keys deliberately not loaded (the `net_ema.*` of a model.pt), only reported.
+    Raises CheckpointLoadError, with the report, before copying anything if the load is refused.
     """
-    report = LoadReport(source=source)
-    params = dict(net.state_dict())
+    report = LoadReport(source=source, strict=strict, allow_shape_mismatch=allow_shape_mismatch)
+    report.ignored = list(ignored)
+    params = net.state_dict(keep_vars=True)
+    to_copy: list[tuple[str, torch.Tensor]] = []
     for key, tensor in weights.items():
-        if is_non_parameter(key):
+        if not isinstance(tensor, torch.Tensor):  # only non-parameter entries may be (read_state_dict)
             report.skipped_non_parameters.append(key)
-        elif key not in params:
+        elif key in params:
+            target = params[key]
+            if tuple(tensor.shape) != tuple(target.shape):
+                report.shape_mismatches[key] = (tuple(tensor.shape), tuple(target.shape))
+            elif tensor.is_floating_point() != target.is_floating_point():
+                raise CheckpointLoadError(
+                    f"{source}: {key} is {tensor.dtype} in the file but {target.dtype} in the network"
+                )
+            else:
+                to_copy.append((key, tensor))
+        elif is_non_parameter(key):
+            report.skipped_non_parameters.append(key)
+        else:
             report.unexpected.append(key)
-        elif tuple(tensor.shape) != tuple(params[key].shape):
-            report.shape_mismatches[key] = (tuple(tensor.shape), tuple(params[key].shape))
-    report.missing = sorted(k for k in params if k not in weights)
-    if report.shape_mismatches or (strict and (report.missing or report.unexpected)):
-        hint = "" if report.shape_mismatches else " Pass load_strict=false to load the matching keys anyway."
-        raise CheckpointLoadError(f"Checkpoint does not match the network.{hint}\n{report.summary()}")
-    for key, tensor in weights.items():
-        if key in params and key not in report.unexpected:
-            params[key].copy_(tensor.to(params[key].dtype))
-            report.loaded.append(key)
-    if report.missing or report.unexpected:
-        log.warning("Partial load (load_strict=false) dropped keys:\n%s", report.summary())
+    for key in unexpected:
+        (report.skipped_non_parameters if is_non_parameter(key) else report.unexpected).append(key)
+    report.missing = [k for k in params if k not in weights]
+    report.matched = len(to_copy)
+
+    problems = []
+    if report.shape_mismatches and not allow_shape_mismatch:
+        problems.append(
+            f"{len(report.shape_mismatches)} shape mismatches (load_allow_shape_mismatch=true drops them instead)"
+        )
+    if strict and (report.missing or report.unexpected):
+        problems.append(
+            f"{len(report.missing)} missing and {len(report.unexpected)} unexpected keys "
+            "(load_strict=false loads the matching keys and drops the rest)"
+        )
+    if problems:
+        raise CheckpointLoadError(
+            f"Checkpoint {source} does not match the network: {'; '.join(problems)}.\n{report.summary(limit=20)}"
+        )
+    for key, tensor in to_copy:
+        params[key].copy_(tensor)  # casts to the parameter's dtype; reads straight from the mapped file
+        report.loaded.append(key)
     return report
 
 
-def load_consolidated_into_model(model: nn.Module, path_or_uri: str, strict: bool = True) -> LoadReport:
-    """Load an official consolidated checkpoint (or hf:// URI) into `model.net`; restart the EMA from it."""
+def _announce(report: LoadReport) -> None:
+    """Print the report once (global rank 0); a partial load lists every key it dropped or left at init."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        log.debug(report.summary(limit=20))
+        return
+    text = report.summary(limit=None if report.partial else 20)
+    print(("PARTIAL LOAD: " if report.partial else "") + text, flush=True)
+
+
+def load_consolidated_into_network(
+    net: nn.Module,
+    path_or_uri: str | os.PathLike,
+    strict: bool = True,
+    allow_shape_mismatch: bool = False,
+    prefix: str = "net.",
+    announce: bool = True,
+) -> LoadReport:
+    """Load an official consolidated checkpoint (a path or hf:// URI) into a bare network."""
+    source = str(path_or_uri)
     path = resolve(path_or_uri)
-    weights = network_weights_from_consolidated(read_state_dict(path), str(path_or_uri))
-    report = load_network_weights(model.net, weights, str(path_or_uri), strict=strict)
+    state = read_state_dict(path)
+    weights, ignored, foreign = split_consolidated(state, source, prefix)
+    report = load_network_weights(
+        net, weights, source, strict=strict, allow_shape_mismatch=allow_shape_mismatch,
+        unexpected=foreign, ignored=ignored,
+    )
+    del state, weights  # unmaps the file
+    if announce:
+        _announce(report)
+    return report
+
+
+def load_consolidated_into_model(
+    model: nn.Module, path_or_uri: str | os.PathLike, strict: bool = True, allow_shape_mismatch: bool = False
+) -> LoadReport:
+    """Load an official consolidated checkpoint (or hf:// URI) into `model.net`; restart the EMA from it.
+
+    As upstream (reference 6.3), `model.net_ema` becomes an exact copy of the loaded `model.net`,
+    whatever the file's `net_ema.*` holds.
+    """
+    report = load_consolidated_into_network(
+        model.net, path_or_uri, strict=strict, allow_shape_mismatch=allow_shape_mismatch, announce=False
+    )
     if getattr(model, "net_ema", None) is not None:
         model.net_ema.load_state_dict(model.net.state_dict())
-    log.info(report.summary())
-    print(report.summary())
+    _announce(report)
     return report
