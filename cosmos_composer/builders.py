@@ -10,7 +10,6 @@ from typing import Any, Optional
 
 import torch
 from composer import Trainer
-from composer.loggers import WandBLogger
 from composer.utils import dist, reproducibility
 from composer.utils.parallelism import FSDP2Config
 from omegaconf import DictConfig, OmegaConf
@@ -19,7 +18,7 @@ from .callbacks.registry import CALLBACKS
 from .callbacks.step_seed import StepSeed
 from .checkpoint.hf import is_hf_uri, resolve
 from .config import ConfigError, run_folder
-from .loggers import JSONLinesLogger
+from .loggers import JSONLinesLogger, WandBLogger
 from .models import build_network
 from .models.composer_model import CosmosTransferModel, ObjectiveConfig
 from .optim import FiniteGradClip, LambdaLinearSchedule, build_optimizer

@@ -1,4 +1,4 @@
-"""A machine-readable metrics log: one JSON object per `log_metrics` call, written by global rank 0."""
+"""Logger destinations: a JSON-lines metrics file, and W&B with a fix for offline autoresume."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from composer.loggers import LoggerDestination
+from composer.loggers import WandBLogger as ComposerWandBLogger
 from composer.utils import dist
 
 
@@ -30,3 +31,17 @@ class JSONLinesLogger(LoggerDestination):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+
+
+class WandBLogger(ComposerWandBLogger):
+    """Composer's W&B logger, except that checkpoints are never fetched from W&B unless they are
+    uploaded there (`log_artifacts: true`).
+
+    Composer 0.32.1's autoresume asks every file-capable logger for the latest checkpoint; its W&B
+    logger then calls the W&B API, which fails in offline mode (`WANDB_MODE=offline`) and stops the run.
+    """
+
+    def download_file(self, remote_file_name: str, destination: str, overwrite: bool = False, progress_bar: bool = True):
+        if not self._log_artifacts:
+            raise FileNotFoundError(f"{remote_file_name}: checkpoints are not uploaded to W&B (log_artifacts is off)")
+        return super().download_file(remote_file_name, destination, overwrite=overwrite, progress_bar=progress_bar)

@@ -37,11 +37,7 @@ CONTROL_SCALES = (0.0, 0.5, 1.0)
 VAE_SPATIAL_FACTOR = 8  # padding masks come at pixel resolution and are resized inside
 
 _REPO = Path(__file__).resolve().parents[1]
-_RELEASED_KEYS_CANDIDATES = (
-    _REPO / "spec" / "released_checkpoint_keys.json",
-    _REPO / "shared" / "spec" / "released_checkpoint_keys.json",
-    _REPO.parent / "shared" / "spec" / "released_checkpoint_keys.json",
-)
+_RELEASED_KEYS = _REPO / "cosmos_composer" / "spec" / "released_checkpoint_keys.json"
 
 # Two tiny single-view networks. "image-context" also changes the control layout (5 blocks, hints after blocks
 # 0, 2 and 4), the temporal RoPE ratio, uses a non-square latent, one timestep per sample and already projected
@@ -258,13 +254,6 @@ def test_released_2b_configs_match_the_diffusers_release():
     assert transformer_config["img_context_dim_in"] is None  # the post-train default has no image context
 
 
-def _find_released_keys() -> Path:
-    for path in _RELEASED_KEYS_CANDIDATES:
-        if path.is_file():
-            return path
-    pytest.skip("spec/released_checkpoint_keys.json not found")
-
-
 @pytest.mark.parametrize(
     "variant,preset",
     [
@@ -274,7 +263,7 @@ def _find_released_keys() -> Path:
 )
 def test_released_checkpoint_keys_map_onto_diffusers(variant: str, preset: str):
     """The released files' `net.*` keys (with their non-parameter entries) convert to strict diffusers keys."""
-    released = json.loads(_find_released_keys().read_text())[variant]
+    released = json.loads(_RELEASED_KEYS.read_text())[variant]
     state_dict = {key: torch.empty(shape, device="meta") for key, shape in released.items()}
     # Entries a released file may also hold; the conversion drops them (reference 2.1).
     for extra in (

@@ -100,6 +100,20 @@ def test_wandb_without_credentials_stops_before_step_0_naming_both_fixes(tmp_pat
     assert time.time() - start < 120  # it stops before building the 2B model
 
 
+def test_wandb_offline_mode_trains_and_logs_locally(tmp_path, demo_mds):
+    """WANDB_MODE=offline is the documented way to run W&B without credentials; autoresume must not
+    try to fetch checkpoints from the W&B API (Composer 0.32.1 would, and fail)."""
+    env = {**_env(tmp_path), "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), str(QUICKSTART), *_data_overrides(demo_mds), "max_duration=2ba",
+         "parallelism_config=null", "loggers={wandb: {project: cosmos-test}}", "callbacks.sample_videos.every_n_batches=2"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert list((tmp_path / "out").rglob("samples/ba2/*.mp4"))
+
+
 # ----------------------------------------------------------------------------- FSDP2, checkpoints, resume
 def test_two_process_fsdp2_sharded_checkpoints_and_exact_resume_after_kill(tmp_path, demo_mds):
     # 4 samples, 2 per batch: batch 3 is mid-epoch, so the Streaming position must come back too.
@@ -164,7 +178,7 @@ def test_tiny_model_loss_falls_on_the_demo_dataset(tmp_path, demo_mds):
     result = _python_train(
         [QUICKSTART, f"train_loader.dataset.local={demo_mds}", eval_loader, "eval_interval=20ba",
          "max_duration=200ba", "save_interval=1000ba", "parallelism_config=null", "model.train_base=true",
-         "run_name=lf", f"loggers={{jsonl: {{path: {jsonl}}}}}"],
+         "run_name=lf", f"loggers={{jsonl: {{path: {jsonl}}}}}", "callbacks.sample_videos.every_n_batches=1000"],
         tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]

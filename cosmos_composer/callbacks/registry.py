@@ -5,6 +5,7 @@ from __future__ import annotations
 from composer.callbacks import LRMonitor, MemoryMonitor, OptimizerMonitor, RuntimeEstimator, SpeedMonitor
 
 from .power_ema import PowerEMA
+from .sample_videos import SampleVideos
 
 CALLBACKS = {
     "speed_monitor": SpeedMonitor,
@@ -13,4 +14,5 @@ CALLBACKS = {
     "optimizer_monitor": OptimizerMonitor,
     "runtime_estimator": RuntimeEstimator,
     "power_ema": PowerEMA,
+    "sample_videos": SampleVideos,
 }

@@ -36,6 +36,7 @@ from typing import Optional, Union
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -92,12 +93,17 @@ def guided_velocity(cond_v: torch.Tensor, uncond_v: torch.Tensor, guidance: floa
 def unconditional_context(net: nn.Module, like: torch.Tensor) -> torch.Tensor:
     """The text-dropout context of training (zeros before ``crossattn_proj``), shaped like ``like``.
 
-    It is given to the network unprojected (zeros of the raw width), so the network projects it in its
-    own forward pass; that also works when ``net`` is sharded by FSDP2.
+    For a raw (unprojected) ``like`` that is zeros; for an already projected one (cached 1024-d
+    embeddings) it is what the projection makes of zeros, ``GELU(bias)``. Under FSDP2 the bias is gathered
+    (a collective: call on every rank).
     """
     config = net.config
-    width = config.crossattn_proj_in_channels if config.use_crossattn_projection else config.crossattn_emb_channels
-    return like.new_zeros(*like.shape[:-1], width)
+    if config.use_crossattn_projection and like.shape[-1] == config.crossattn_emb_channels:
+        bias = net.crossattn_proj[0].bias.detach()
+        if hasattr(bias, "full_tensor"):  # a DTensor shard of FSDP2
+            bias = bias.full_tensor()
+        return F.gelu(bias.float()).to(device=like.device, dtype=like.dtype).expand_as(like).contiguous()
+    return torch.zeros_like(like)
 
 
 @dataclass
@@ -133,7 +139,7 @@ class Conditioning:
     def validate(self) -> None:
         if self.control.ndim != 5:
             raise ValueError(f"control latents must be [B, C, T, H, W], got shape {tuple(self.control.shape)}")
-        if self.context.shape != self.uncond_context.shape[:-1] + self.context.shape[-1:]:
+        if self.context.shape[:2] != self.uncond_context.shape[:2]:
             raise ValueError(
                 f"context {tuple(self.context.shape)} and uncond_context {tuple(self.uncond_context.shape)} "
                 "must agree in batch and token count"
