@@ -228,8 +228,11 @@ def _camera_aliases(camera: str) -> list[str]:
     return [camera, FOLDER_PREFIX + camera, *short]
 
 
-def camera_video_files(folder: str | os.PathLike, cameras: Sequence[str], what: str = "--control") -> dict[str, Path]:
-    """The mp4 of each camera in ``folder``: ``<camera>.mp4`` or a subfolder ``<camera>/`` with one mp4.
+def camera_video_files(
+    folder: str | os.PathLike, cameras: Sequence[str], what: str = "--control", sample: Optional[str] = None
+) -> dict[str, Path]:
+    """The mp4 of each camera in ``folder``: ``<camera>.mp4`` or a subfolder ``<camera>/`` with one mp4
+    (or, with ``sample``, the subfolder's ``<sample>.mp4``: a dataset's folder in the official layout).
 
     ``<camera>`` may be the camera key (``camera_front_wide_120fov``), its folder name in the official
     layout (``ftheta_camera_front_wide_120fov``) or the official inference's short name (``front_wide``).
@@ -249,11 +252,13 @@ def camera_video_files(folder: str | os.PathLike, cameras: Sequence[str], what: 
                 candidates.append(folder / f"{alias}.mp4")
             subfolder = folder / alias
             if subfolder.is_dir():
-                videos = sorted(subfolder.glob("*.mp4"))
+                videos = [subfolder / f"{sample}.mp4"] if sample else sorted(subfolder.glob("*.mp4"))
+                videos = [v for v in videos if v.is_file()]
                 if len(videos) > 1:
                     raise GenerationError(
-                        f"{what}: {subfolder} holds {len(videos)} mp4 files; it must hold exactly one. Fix: point "
-                        f"{what} at a folder with one video per camera (e.g. {folder}/{camera}.mp4)"
+                        f"{what}: {subfolder} holds {len(videos)} mp4 files; it must hold exactly one. Fix: name the "
+                        f"sample with --sample <name> (e.g. --sample {videos[0].stem}), or point {what} at a folder "
+                        f"with one video per camera (e.g. {folder}/{camera}.mp4)"
                     )
                 candidates += videos
         if not candidates:
@@ -538,6 +543,7 @@ class GenerateOptions:
     width: Optional[int] = None
     fps: Optional[float] = None
     cameras: Optional[list[str]] = None
+    sample: Optional[str] = None  # the sample's name when --control/--input are official-layout dataset folders
     caption_mode: str = "prefixed"
     num_conditional_frames: int = 0
     input: Optional[str] = None
@@ -628,7 +634,7 @@ def generate(options: GenerateOptions) -> list[Path]:
         cameras = sorted(dict.fromkeys(cameras), key=CAMERA_TO_VIEW_INDEX.__getitem__)
         if len(cameras) > net.config.n_cameras_emb:
             raise GenerationError(f"--cameras: at most {net.config.n_cameras_emb} views")
-        control_files = [camera_video_files(options.control, cameras)[c] for c in cameras]
+        control_files = [camera_video_files(options.control, cameras, sample=options.sample)[c] for c in cameras]
     else:
         if options.cameras:
             raise GenerationError("--cameras is only for multiview presets")
@@ -645,7 +651,7 @@ def generate(options: GenerateOptions) -> list[Path]:
     input_clip = None
     if options.num_conditional_frames > 0:
         if is_multiview:
-            input_files = [camera_video_files(options.input, cameras, "--input")[c] for c in cameras]
+            input_files = [camera_video_files(options.input, cameras, "--input", sample=options.sample)[c] for c in cameras]
         else:
             input_files = [Path(options.input)]
             if not input_files[0].is_file():

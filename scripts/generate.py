@@ -76,6 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     inputs = parser.add_argument_group("inputs")
     inputs.add_argument("--control", required=True,
                         help="control mp4 (single view) or a folder with one mp4 per camera (multiview)")
+    inputs.add_argument("--sample", help="multiview: the sample to take from a dataset's control folder in the "
+                        "official layout (ftheta_<camera>/<sample>.mp4)")
     text = inputs.add_mutually_exclusive_group(required=True)
     text.add_argument("--prompt", help="the text prompt")
     text.add_argument("--text-embedding", help="a cached Reason1 embedding (.pt tensor [L, D], or [V, L, D] per view)")
@@ -119,6 +121,7 @@ def options_from_args(args: argparse.Namespace) -> GenerateOptions:
         checkpoint=args.checkpoint,
         preset=args.preset,
         control=args.control,
+        sample=args.sample,
         output=args.output,
         prompt=args.prompt,
         text_embedding=args.text_embedding,
