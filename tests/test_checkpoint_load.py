@@ -9,12 +9,11 @@ file and an `hf://` URI from an offline HF cache.
 
 import hashlib
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_train
 
 from cosmos_composer.checkpoint import load as load_module
 from cosmos_composer.checkpoint.load import (
@@ -28,8 +27,6 @@ from cosmos_composer.models import build_network
 from cosmos_composer.models.composer_model import CosmosTransferModel
 from cosmos_composer.models.released_keys import RELEASED_VARIANT_OF_PRESET, released_parameter_shapes
 
-REPO = Path(__file__).resolve().parents[1]
-QUICKSTART = REPO / "yamls" / "quickstart.yaml"
 PRESETS = ["tiny-singleview", "tiny-multiview"]
 WRONG_KEY = "blocks.0.self_attn.q_proj.weight"
 
@@ -359,33 +356,6 @@ def test_hf_uri_loads_from_the_offline_cache(model_and_file, tmp_path, monkeypat
 
 
 # ----------------------------------------------------------------------------- through train.py
-def _env(tmp_path: Path, **extra) -> dict:
-    env = dict(os.environ)
-    env["COSMOS_OUTPUT_ROOT"] = str(tmp_path / "out")
-    for key in ("WANDB_API_KEY", "WANDB_MODE", "HF_TOKEN", "HF_HUB_CACHE", "HF_HOME", "RANK", "WORLD_SIZE"):
-        env.pop(key, None)
-    env["NETRC"] = str(tmp_path / "no-netrc")
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
-
-
-def _train(args, tmp_path, **env):
-    return subprocess.run(
-        [sys.executable, str(REPO / "train.py"), str(QUICKSTART), *map(str, args)],
-        cwd=tmp_path, env=_env(tmp_path, **env), capture_output=True, text=True, timeout=600,
-    )
-
-
-@pytest.fixture(scope="module")
-def demo_mds(tmp_path_factory):
-    """The quickstart's demo dataset with cached latents, made once by a 1-batch quickstart run."""
-    root = tmp_path_factory.mktemp("demo")
-    result = _train(["max_duration=1ba", "parallelism_config=null", "eval_loader=null", "run_name=setup"], root)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return root / "data" / "quickstart_mds"
-
-
 def _one_batch(mds: Path, run_name: str) -> list[str]:
     return [f"train_loader.dataset.local={mds}", "eval_loader=null", "parallelism_config=null",
             "max_duration=1ba", "save_interval=1ba", f"run_name={run_name}"]
@@ -395,7 +365,7 @@ def test_train_py_starts_from_the_loaded_file(tmp_path, demo_mds):
     source = _random_net("tiny-multiview", seed=5)
     state = _ema_file(source)
     torch.save(state, tmp_path / "start_ema_bf16.pt")
-    result = _train([*_one_batch(demo_mds, "loaded"), f"load_path={tmp_path / 'start_ema_bf16.pt'}"], tmp_path)
+    result = run_train([*_one_batch(demo_mds, "loaded"), f"load_path={tmp_path / 'start_ema_bf16.pt'}"], tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     n_params = len(source.state_dict())
     assert f"start_ema_bf16.pt: loaded {n_params} tensors" in result.stdout
@@ -415,7 +385,7 @@ def test_train_py_fails_on_a_wrong_shape_naming_the_key(tmp_path, demo_mds):
     state = _ema_file(_random_net("tiny-multiview", seed=5))
     state["net." + WRONG_KEY] = torch.zeros(64, 32, dtype=torch.bfloat16)
     torch.save(state, tmp_path / "wrong.pt")
-    result = _train([*_one_batch(demo_mds, "wrong"), f"load_path={tmp_path / 'wrong.pt'}", "load_strict=false"],
+    result = run_train([*_one_batch(demo_mds, "wrong"), f"load_path={tmp_path / 'wrong.pt'}", "load_strict=false"],
                     tmp_path)
     assert result.returncode != 0
     assert f"shape mismatch {WRONG_KEY}: file [64, 32] vs network [64, 64]" in result.stderr
@@ -435,7 +405,7 @@ def test_train_py_load_allow_shape_mismatch_drops_and_prints_the_key(tmp_path, d
     state = _ema_file(_random_net("tiny-multiview", seed=5))
     state["net." + WRONG_KEY] = torch.zeros(64, 32, dtype=torch.bfloat16)
     torch.save(state, tmp_path / "wrong.pt")
-    result = _train([*_one_batch(demo_mds, "mismatch"), f"load_path={tmp_path / 'wrong.pt'}",
+    result = run_train([*_one_batch(demo_mds, "mismatch"), f"load_path={tmp_path / 'wrong.pt'}",
                      "load_allow_shape_mismatch=true"], tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "PARTIAL LOAD" in result.stdout
@@ -452,11 +422,11 @@ def test_train_py_loads_an_hf_uri_offline_with_a_partial_load(tmp_path, demo_mds
     uri = f"hf://nvidia/Cosmos-Transfer2.5-2B/auto/multiview/4ecc66e9_ema_bf16.pt@{commit}"
     env = {"HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1"}
 
-    result = _train([*_one_batch(demo_mds, "hf_strict"), f"load_path={uri}"], tmp_path, **env)
+    result = run_train([*_one_batch(demo_mds, "hf_strict"), f"load_path={uri}"], tmp_path, **env)
     assert result.returncode != 0  # strict by default: the extra key is refused
     assert "blocks.0.self_attn.extra_gate.weight" in result.stderr and "load_strict=false" in result.stderr
 
-    result = _train([*_one_batch(demo_mds, "hf"), f"load_path={uri}", "load_strict=false"], tmp_path, **env)
+    result = run_train([*_one_batch(demo_mds, "hf"), f"load_path={uri}", "load_strict=false"], tmp_path, **env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"PARTIAL LOAD: {uri}: loaded" in result.stdout
     assert "(dropped): blocks.0.self_attn.extra_gate.weight" in result.stdout
@@ -465,7 +435,7 @@ def test_train_py_loads_an_hf_uri_offline_with_a_partial_load(tmp_path, demo_mds
 def test_a_missing_hf_file_offline_fails_before_training(tmp_path, demo_mds):
     (tmp_path / "hf_home" / "hub").mkdir(parents=True)
     uri = "hf://nvidia/Cosmos-Transfer2.5-2B/auto/multiview/4ecc66e9_ema_bf16.pt"
-    result = _train([*_one_batch(demo_mds, "hf_missing"), f"load_path={uri}"], tmp_path,
+    result = run_train([*_one_batch(demo_mds, "hf_missing"), f"load_path={uri}"], tmp_path,
                     HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="1")
     assert result.returncode != 0
     assert "not in the local Hugging Face cache" in result.stderr and "HF_HUB_OFFLINE=1" in result.stderr

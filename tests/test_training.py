@@ -11,30 +11,17 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
+from helpers import QUICKSTART, REPO, run_train, train_env
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
-REPO = Path(__file__).resolve().parents[1]
-QUICKSTART = REPO / "yamls" / "quickstart.yaml"
+_env = train_env
 
 
-def _env(tmp_path: Path) -> dict:
-    env = dict(os.environ)
-    env["COSMOS_OUTPUT_ROOT"] = str(tmp_path / "out")
-    env.pop("WANDB_API_KEY", None)
-    env.pop("WANDB_MODE", None)
-    env["NETRC"] = str(tmp_path / "no-netrc")
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def _python_train(args, tmp_path, timeout=600):
-    return subprocess.run(
-        [sys.executable, str(REPO / "train.py"), *map(str, args)],
-        cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=timeout,
-    )
+def _python_train(args, tmp_path):
+    yaml, *overrides = args
+    return run_train(overrides, tmp_path, yaml=yaml)
 
 
 def _composer_cmd(args):
@@ -50,19 +37,6 @@ def _losses(jsonl: Path) -> dict[int, float]:
         if "loss/train/total" in record:
             losses[record["step"]] = record["loss/train/total"]
     return losses
-
-
-@pytest.fixture(scope="module")
-def demo_mds(tmp_path_factory):
-    """The quickstart's demo dataset with cached latents, made once by a 1-batch quickstart run."""
-    root = tmp_path_factory.mktemp("demo")
-    result = _python_train(
-        [QUICKSTART, "max_duration=1ba", "parallelism_config=null", "eval_loader=null", "run_name=setup"], root
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    mds = root / "data" / "quickstart_mds"
-    assert (mds / "index.json").exists()
-    return mds
 
 
 def _data_overrides(mds: Path) -> list[str]:
