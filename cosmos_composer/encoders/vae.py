@@ -553,43 +553,26 @@ class WanVAE(nn.Module):
 
         ``[B, 3, V*T, H, W]`` -> ``[B, 16, V*t, h, w]`` with ``t = 1 + (T - 1) / 4``, views kept in order.
         """
-        batch, channels, total_frames, height, width = video_B_3_VT_H_W.shape
-        if num_views < 1 or total_frames % num_views:
-            raise ValueError(
-                f"cosmos_composer/encoders/vae.py: {total_frames} frames cannot be split into {num_views} views."
-            )
-        frames_per_view = total_frames // num_views
-        video_BV_3_T_H_W = (
-            video_B_3_VT_H_W.reshape(batch, channels, num_views, frames_per_view, height, width)
-            .transpose(1, 2)
-            .reshape(batch * num_views, channels, frames_per_view, height, width)
-        )
-        latent_BV_16_t_h_w = self.encode(video_BV_3_T_H_W)
-        _, latent_channels, t, h, w = latent_BV_16_t_h_w.shape
-        return (
-            latent_BV_16_t_h_w.reshape(batch, num_views, latent_channels, t, h, w)
-            .transpose(1, 2)
-            .reshape(batch, latent_channels, num_views * t, h, w)
-        )
+        return _merge_views(self.encode(_split_views(video_B_3_VT_H_W, num_views, "frames")), num_views)
 
     @torch.no_grad()
     def decode_views(self, latent_B_16_Vt_h_w: torch.Tensor, num_views: int) -> torch.Tensor:
         """Inverse of :meth:`encode_views`: ``[B, 16, V*t, h, w]`` -> ``[B, 3, V*T, H, W]`` in [-1, 1]."""
-        batch, channels, total_t, h, w = latent_B_16_Vt_h_w.shape
-        if num_views < 1 or total_t % num_views:
-            raise ValueError(
-                f"cosmos_composer/encoders/vae.py: {total_t} latent frames cannot be split into {num_views} views."
-            )
-        t = total_t // num_views
-        latent_BV = (
-            latent_B_16_Vt_h_w.reshape(batch, channels, num_views, t, h, w)
-            .transpose(1, 2)
-            .reshape(batch * num_views, channels, t, h, w)
-        )
-        video_BV_3_T_H_W = self.decode(latent_BV)
-        _, video_channels, num_frames, height, width = video_BV_3_T_H_W.shape
-        return (
-            video_BV_3_T_H_W.reshape(batch, num_views, video_channels, num_frames, height, width)
-            .transpose(1, 2)
-            .reshape(batch, video_channels, num_views * num_frames, height, width)
-        )
+        return _merge_views(self.decode(_split_views(latent_B_16_Vt_h_w, num_views, "latent frames")), num_views)
+
+
+def _split_views(x_B_C_VT_H_W: torch.Tensor, num_views: int, what: str) -> torch.Tensor:
+    """``[B, C, V*T, H, W]`` -> ``[B*V, C, T, H, W]``: views moved into the batch."""
+    batch, channels, total, height, width = x_B_C_VT_H_W.shape
+    if num_views < 1 or total % num_views:
+        raise ValueError(f"cosmos_composer/encoders/vae.py: {total} {what} cannot be split into {num_views} views.")
+    x_B_V_C_T_H_W = x_B_C_VT_H_W.reshape(batch, channels, num_views, total // num_views, height, width).transpose(1, 2)
+    return x_B_V_C_T_H_W.reshape(batch * num_views, channels, total // num_views, height, width)
+
+
+def _merge_views(x_BV_C_T_H_W: torch.Tensor, num_views: int) -> torch.Tensor:
+    """Inverse of :func:`_split_views`: ``[B*V, C, T, H, W]`` -> ``[B, C, V*T, H, W]``."""
+    batch_views, channels, frames, height, width = x_BV_C_T_H_W.shape
+    batch = batch_views // num_views
+    x_B_C_V_T_H_W = x_BV_C_T_H_W.reshape(batch, num_views, channels, frames, height, width).transpose(1, 2)
+    return x_B_C_V_T_H_W.reshape(batch, channels, num_views * frames, height, width)
