@@ -113,18 +113,13 @@ def test_singleview_round_trip(singleview: Path, tmp_path: Path, control_key: st
             assert not any(column.startswith("control_") and column != mds.CONTROL_KEY for column in row)
 
 
+def _multiview_argv(source: Path, output: Path) -> list[str]:
+    return ["--layout", "multiview-hdmap", "--input", str(source), "--output", str(output), "--min-frames", "9"]
+
+
 def test_cli_converts_and_prints_a_summary(multiview: Path, tmp_path: Path, capsys):
     output = tmp_path / "mds"
-    argv = [
-        "--layout",
-        "multiview-hdmap",
-        "--input",
-        str(multiview),
-        "--output",
-        str(output),
-        "--min-frames",
-        "9",
-    ]
+    argv = _multiview_argv(multiview, output)
     assert convert_script.main(argv + ["--no-progress"]) == 0
     assert f"Wrote 3 of 3 samples to {output}" in capsys.readouterr().out
     # A second run refuses to replace the dataset, and --overwrite replaces it.
@@ -229,16 +224,7 @@ BAD_INPUTS = [
 def test_bad_input_stops_with_a_clear_error_and_no_output(multiview: Path, tmp_path: Path, capsys, breakage):
     path, problem = breakage(multiview)
     output = tmp_path / "mds"
-    argv = [
-        "--layout",
-        "multiview-hdmap",
-        "--input",
-        str(multiview),
-        "--output",
-        str(output),
-        "--min-frames",
-        "9",
-    ]
+    argv = _multiview_argv(multiview, output)
     assert convert_script.main(argv + ["--no-progress"]) == 1
     err = capsys.readouterr().err
     assert str(path) in err and problem in err and "Fix:" in err, err
@@ -252,16 +238,7 @@ def test_bad_input_stops_with_a_clear_error_and_no_output(multiview: Path, tmp_p
 def test_skip_invalid_leaves_the_sample_out_and_says_why(multiview: Path, tmp_path: Path, capsys, breakage):
     path, problem = breakage(multiview)
     output = tmp_path / "mds"
-    argv = [
-        "--layout",
-        "multiview-hdmap",
-        "--input",
-        str(multiview),
-        "--output",
-        str(output),
-        "--min-frames",
-        "9",
-    ]
+    argv = _multiview_argv(multiview, output)
     assert convert_script.main(argv + ["--skip-invalid", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "Wrote 2 of 3 samples" in out
@@ -353,16 +330,7 @@ def test_files_that_are_not_samples_are_reported(multiview: Path, tmp_path: Path
     stray = multiview / "videos" / FRONT / "demo_0003.MP4"
     stray.write_bytes(b"upper-case extension")
     output = tmp_path / "mds"
-    argv = [
-        "--layout",
-        "multiview-hdmap",
-        "--input",
-        str(multiview),
-        "--output",
-        str(output),
-        "--min-frames",
-        "9",
-    ]
+    argv = _multiview_argv(multiview, output)
     assert convert_script.main(argv + ["--no-progress"]) == 0
     out = capsys.readouterr().out
     assert (
