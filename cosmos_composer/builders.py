@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .callbacks.registry import CALLBACKS
 from .callbacks.step_seed import StepSeed
-from .checkpoint.hf import is_hf_uri, resolve
+from .checkpoint.hf import resolve
 from .config import ConfigError, run_folder
 from .loggers import JSONLinesLogger, WandBLogger
 from .models import build_network
@@ -260,9 +260,9 @@ def build_trainer(cfg: DictConfig) -> Trainer:
 
 
 def _is_composer_checkpoint(path: str) -> bool:
-    """A Composer checkpoint (a sharded DCP folder or a Composer .pt) rather than a consolidated weights file."""
-    if is_hf_uri(path):
-        return False
+    """A Composer checkpoint (a sharded DCP folder or a Composer .pt) rather than a consolidated weights file.
+
+    `path` is local: hf:// URIs are resolved before this is asked."""
     p = Path(path)
     return p.is_dir() or "{" in path or p.name.startswith(("latest-rank", "ep"))
 

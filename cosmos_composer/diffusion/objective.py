@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 from . import rectified_flow as rf
 
@@ -25,6 +26,22 @@ class ObjectiveConfig:
     # Evaluation: the loss at fixed sigmas with fixed noise, comparable between runs.
     eval_sigmas: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 0.9)
     eval_seed: int = 1234
+
+
+def unconditional_context(net, like: torch.Tensor) -> torch.Tensor:
+    """The text-dropout context of training (zeros before ``crossattn_proj``), shaped like ``like``.
+
+    For a raw (unprojected) ``like`` that is zeros; for an already projected one (cached 1024-d
+    embeddings) it is what the projection makes of zeros, ``GELU(bias)``. Under FSDP2 the bias is gathered
+    (a collective: call on every rank).
+    """
+    config = net.config
+    if config.use_crossattn_projection and like.shape[-1] == config.crossattn_emb_channels:
+        bias = net.crossattn_proj[0].bias.detach()
+        if hasattr(bias, "full_tensor"):  # a DTensor shard of FSDP2
+            bias = bias.full_tensor()
+        return F.gelu(bias.float()).to(device=like.device, dtype=like.dtype).expand_as(like).contiguous()
+    return torch.zeros_like(like)
 
 
 def predict_velocity(net, inputs: dict, x_t, sigma_B, cond_mask, eps, context) -> torch.Tensor:

@@ -36,11 +36,11 @@ from typing import Optional, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from . import rectified_flow as rf
+from .objective import unconditional_context  # noqa: F401  (the unconditional branch's text, re-exported)
 
 # The official sampler's defaults (reference 4.3; CT `generate_samples_from_batch`).
 DEFAULT_SHIFT = 5.0
@@ -88,22 +88,6 @@ def make_scheduler(num_steps: int = DEFAULT_NUM_STEPS, shift: float = DEFAULT_SH
 def guided_velocity(cond_v: torch.Tensor, uncond_v: torch.Tensor, guidance: float) -> torch.Tensor:
     """The transfer models' classifier-free guidance: ``cond + guidance * (cond - uncond)``."""
     return cond_v + guidance * (cond_v - uncond_v)
-
-
-def unconditional_context(net: nn.Module, like: torch.Tensor) -> torch.Tensor:
-    """The text-dropout context of training (zeros before ``crossattn_proj``), shaped like ``like``.
-
-    For a raw (unprojected) ``like`` that is zeros; for an already projected one (cached 1024-d
-    embeddings) it is what the projection makes of zeros, ``GELU(bias)``. Under FSDP2 the bias is gathered
-    (a collective: call on every rank).
-    """
-    config = net.config
-    if config.use_crossattn_projection and like.shape[-1] == config.crossattn_emb_channels:
-        bias = net.crossattn_proj[0].bias.detach()
-        if hasattr(bias, "full_tensor"):  # a DTensor shard of FSDP2
-            bias = bias.full_tensor()
-        return F.gelu(bias.float()).to(device=like.device, dtype=like.dtype).expand_as(like).contiguous()
-    return torch.zeros_like(like)
 
 
 @dataclass

@@ -12,14 +12,17 @@ import copy
 from typing import Any, Optional
 
 import torch
-import torch.nn.functional as F
 from composer.models import ComposerModel
-from torch.distributed.tensor import DTensor
 from torchmetrics import Metric
 
 from ..data.precompute import crossattn_proj_fingerprint
 from ..diffusion import rectified_flow as rf
-from ..diffusion.objective import ObjectiveConfig, predict_velocity, training_velocities
+from ..diffusion.objective import (
+    ObjectiveConfig,
+    predict_velocity,
+    training_velocities,
+    unconditional_context,
+)
 from .network import CosmosTransferNet
 
 
@@ -29,11 +32,6 @@ class _FrozenEncoders:
     def __init__(self, vae=None, text_embedder=None):
         self.vae = vae
         self.text_embedder = text_embedder
-
-
-def _full(tensor: torch.Tensor) -> torch.Tensor:
-    """The whole tensor, gathering it if FSDP2 sharded it (a collective: call on every rank)."""
-    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
 
 class CosmosTransferModel(ComposerModel):
@@ -135,17 +133,10 @@ class CosmosTransferModel(ComposerModel):
                 "(convert_to_mds.py --precompute text) or cache raw embeddings instead."
             )
 
-    def _null_text(self, context: torch.Tensor) -> torch.Tensor:
-        """The context of a dropped caption: zeros before the projection, hence GELU(bias) after it."""
-        if context.shape[-1] != self.net.config.crossattn_emb_channels or not self.net.config.use_crossattn_projection:
-            return torch.zeros_like(context)
-        bias = _full(self.net.crossattn_proj[0].bias.detach()).to(context.dtype)
-        return F.gelu(bias).expand_as(context)
-
     # ------------------------------------------------------------------ the objective
     def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         inputs = self.encode_batch(batch)
-        null_context = self._null_text(inputs["context"])  # computed every step: a collective under FSDP2
+        null_context = unconditional_context(self.net, inputs["context"])  # every step: a collective under FSDP2
         return training_velocities(self.net, inputs, self.objective, null_context)
 
     def loss(self, outputs: tuple[torch.Tensor, torch.Tensor], batch: Any) -> torch.Tensor:

@@ -36,20 +36,12 @@ def _trunc_normal_(weight: torch.Tensor, std: float) -> None:
     nn.init.trunc_normal_(weight, std=std, a=-3 * std, b=3 * std)
 
 
-class _NoAutocast:
-    """Disable autocast on the tensor's device type, so the enclosed ops run in the dtype we give them.
+def _no_autocast(device_type: str):
+    """Autocast off on this device type, so the enclosed ops run in the dtype we give them.
 
-    The meta device (shape-only runs, FLOP counting) has no autocast, so nothing to disable there.
+    The meta device (shape-only runs, FLOP counting) has no autocast, so nothing to turn off there.
     """
-
-    def __init__(self, device_type: str):
-        self.ctx = torch.autocast(device_type, enabled=False) if device_type != "meta" else contextlib.nullcontext()
-
-    def __enter__(self):
-        return self.ctx.__enter__()
-
-    def __exit__(self, *exc):
-        return self.ctx.__exit__(*exc)
+    return torch.autocast(device_type, enabled=False) if device_type != "meta" else contextlib.nullcontext()
 
 
 class Fp32Linear(nn.Linear):
@@ -57,7 +49,7 @@ class Fp32Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.float()
-        with _NoAutocast(x.device.type):
+        with _no_autocast(x.device.type):
             return F.linear(x.float(), self.weight.float(), bias)
 
 
@@ -399,7 +391,7 @@ class FinalLayer(nn.Module):
 
     def forward(self, x_B_T_H_W_D, emb_B_T_D, adaln_lora_B_T_3D) -> torch.Tensor:
         shift_B_T_D, scale_B_T_D = (self.adaln_modulation(emb_B_T_D) + adaln_lora_B_T_3D[..., : 2 * self.dim]).chunk(2, -1)
-        with _NoAutocast(x_B_T_H_W_D.device.type):
+        with _no_autocast(x_B_T_H_W_D.device.type):
             x = self.layer_norm(x_B_T_H_W_D.float())
             x = x * (1 + scale_B_T_D[:, :, None, None, :]) + shift_B_T_D[:, :, None, None, :]
         return self.linear(x)
