@@ -2,46 +2,102 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import netrc
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 from composer import Trainer
+from composer.core.precision import Precision
+from composer.distributed.fsdp2 import create_mixed_precision_policy
 from composer.utils import dist, reproducibility
 from composer.utils.parallelism import FSDP2Config
 from omegaconf import DictConfig, OmegaConf
 
 from .callbacks.registry import CALLBACKS
 from .callbacks.step_seed import StepSeed
-from .checkpoint.hf import resolve
+from .checkpoint.hf import HfResolveError, resolve
+from .checkpoint.load import load_consolidated_into_network, load_network_weights
 from .config import ConfigError, run_folder
 from .loggers import JSONLinesLogger, WandBLogger
-from .models import build_network
+from .models import CosmosTransferNet, build_network
 from .models.composer_model import CosmosTransferModel, ObjectiveConfig
+from .models.parallelize import (
+    FROZEN_DTYPE,
+    apply_dtypes,
+    apply_fsdp,
+    composer_keeps_our_sharding,
+    materialize_,
+    set_trainable_,
+)
 from .optim import FiniteGradClip, LambdaLinearSchedule, build_optimizer
 
 log = logging.getLogger(__name__)
 
 
+# ----------------------------------------------------------------------------- inputs
+@dataclass
+class RunInputs:
+    """Every file the run reads, resolved to a local path (hf:// URIs are in the HF cache by then)."""
+
+    weights: Optional[str] = None  # a consolidated .pt to start from (`load_path`)
+    composer_checkpoint: Optional[str] = None  # a Composer checkpoint to start from (`load_path`)
+    resumes: bool = False  # an autoresume checkpoint exists in save_folder: Composer loads it
+    vae: Optional[str] = None  # a path, or "tiny"
+    text: Optional[str] = None
+
+
+def _resolve_key(key: str, value: str) -> str:
+    """`value` (a path or hf:// URI) as an existing local path, or a ConfigError naming `key`."""
+    try:
+        local = resolve(value)
+    except HfResolveError as error:
+        raise ConfigError(f"{key}={value!r}: {error}") from None
+    if not Path(local).exists():
+        raise ConfigError(f"{key}={value!r} does not exist; fix the path, or set {key}=null")
+    return local
+
+
+def resolve_inputs(cfg: DictConfig, save_folder: Optional[str]) -> RunInputs:
+    """Resolve and check every input file before anything heavy is built: a missing file fails in seconds.
+
+    Downloads (hf://) happen here, on every rank (huggingface_hub downloads each file once under a lock).
+    """
+    resumes = bool(cfg.autoresume) and save_folder is not None and _has_autoresume_checkpoint(save_folder)
+    inputs = RunInputs(resumes=resumes)
+    for name in ("vae", "text"):
+        value = cfg.encoders[name]
+        if value is not None and value != "tiny":
+            value = _resolve_key(f"encoders.{name}", value)
+        setattr(inputs, name, value)
+    if cfg.load_path is not None and not inputs.resumes:  # autoresume wins: never fetch what is not used
+        local = _resolve_key("load_path", cfg.load_path)
+        if _is_composer_checkpoint(local):
+            inputs.composer_checkpoint = local
+        else:
+            inputs.weights = local
+    return inputs
+
+
 # ----------------------------------------------------------------------------- model
-def build_encoders(cfg: DictConfig) -> tuple[Any, Any]:
-    """(vae, text_embedder) from `encoders:`; None where not configured (cached columns needed)."""
+def build_encoders(inputs: RunInputs) -> tuple[Any, Any]:
+    """(vae, text_embedder) from the resolved `encoders:`; None where not configured (cached columns needed)."""
     from .encoders import Reason1TextEmbedder, WanVAE
 
     vae = text = None
-    if cfg.vae == "tiny":
+    if inputs.vae == "tiny":
         vae = WanVAE.tiny(seed=0)
-    elif cfg.vae:
-        path = resolve(cfg.vae)
-        vae = WanVAE.from_diffusers(path) if Path(path).is_dir() else WanVAE.from_official_pth(path)
-    if cfg.text == "tiny":
+    elif inputs.vae:
+        vae = WanVAE.from_diffusers(inputs.vae) if Path(inputs.vae).is_dir() else WanVAE.from_official_pth(inputs.vae)
+    if inputs.text == "tiny":
         text = Reason1TextEmbedder.tiny(seed=0)
-    elif cfg.text:
-        text = Reason1TextEmbedder.from_pretrained(resolve(cfg.text))
-    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    elif inputs.text:
+        text = Reason1TextEmbedder.from_pretrained(inputs.text)
+    device = training_device()
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     return (
         None if vae is None else vae.to(device=device, dtype=dtype).eval(),
@@ -49,16 +105,62 @@ def build_encoders(cfg: DictConfig) -> tuple[Any, Any]:
     )
 
 
-def build_model(cfg: DictConfig) -> CosmosTransferModel:
+def training_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def build_training_network(cfg: DictConfig, inputs: RunInputs) -> CosmosTransferNet:
+    """The network with its weights, laid out for training (see `models/parallelize.py`).
+
+    With FSDP2 it is built on the meta device, sharded, and each rank fills only its own shards: from
+    the consolidated `load_path` file (mmapped), from a fresh initialisation, or not at all when Composer
+    loads a checkpoint next (autoresume, or a Composer checkpoint as `load_path`).
+    """
     m = cfg.model
-    net = build_network(m.preset, **OmegaConf.to_container(m.overrides))
+    overrides = OmegaConf.to_container(m.overrides)
+    fsdp = build_parallelism(cfg)
+    load = dict(strict=cfg.load_strict, allow_shape_mismatch=cfg.load_allow_shape_mismatch, source=cfg.load_path)
+    fresh_init = not (inputs.weights or inputs.composer_checkpoint or inputs.resumes)
+
+    if fsdp is None:  # one process, no sharding: the network is built whole
+        net = build_network(m.preset, **overrides)
+        if inputs.weights:
+            load_consolidated_into_network(net, inputs.weights, **load)
+        set_trainable_(net, m.train_base)
+        # Without FSDP2 nothing casts the frozen weights for an fp32 forward, so they stay fp32 there.
+        apply_dtypes(net, FROZEN_DTYPE if cfg.precision == "amp_bf16" else torch.float32)
+        return net
+
+    # The fresh weights are drawn first, whole, from the run's seed (small presets: the 2B starts from a file).
+    initial = build_network(m.preset, **overrides).state_dict() if fresh_init else None
+    with torch.device("meta"):
+        net = build_network(m.preset, **overrides)
+    set_trainable_(net, m.train_base)
+    apply_dtypes(net)
+    fsdp_config = fsdp["fsdp"]
+    mp_policy = create_mixed_precision_policy(Precision(cfg.precision), fsdp_config.mixed_precision)
+    apply_fsdp(net, mp_policy, fsdp_config.reshard_after_forward, fsdp_config.device_mesh)
+    materialize_(net, training_device())
+    if inputs.weights:
+        load_consolidated_into_network(net, inputs.weights, **load)
+    elif initial is not None:
+        load_network_weights(net, initial, "the fresh initialisation")
+    else:
+        for tensor in net.state_dict().values():  # Composer's checkpoint load overwrites every one
+            tensor.detach().zero_()
+    return net
+
+
+def build_model(cfg: DictConfig, inputs: RunInputs) -> CosmosTransferModel:
+    m = cfg.model
+    net = build_training_network(cfg, inputs)
     objective = ObjectiveConfig(
         sigma_shift=m.sigma_shift,
         conditional_frames_probs={int(k): float(v) for k, v in m.conditional_frames_probs.items()},
         text_dropout_rate=m.text_dropout_rate,
         eval_sigmas=tuple(m.eval_sigmas),
     )
-    vae, text = build_encoders(cfg.encoders)
+    vae, text = build_encoders(inputs)
     return CosmosTransferModel(
         net,
         objective=objective,
@@ -164,8 +266,11 @@ def build_loggers(cfg: DictConfig) -> list:
 def build_callbacks(cfg: DictConfig) -> list:
     callbacks = []
     for name, kwargs in (cfg.callbacks or {}).items():
-        kwargs = OmegaConf.to_container(kwargs) if kwargs is not None else {}
-        callbacks.append(CALLBACKS[name](**kwargs))
+        if kwargs is None:  # `callbacks.<name>=null` turns a callback of the YAML off
+            continue
+        callbacks.append(CALLBACKS[name](**OmegaConf.to_container(kwargs)))
+    if "run_summary" not in (cfg.callbacks or {}):  # every run ends with its summary line
+        callbacks.append(CALLBACKS["run_summary"](path=str(run_folder(cfg) / "summary.json")))
     return callbacks
 
 
@@ -191,8 +296,19 @@ def check_dataset_paths(cfg: DictConfig) -> None:
             )
 
 
+def apply_gpu_memory_cap(cap_gib: Optional[float]) -> None:
+    """Cap this process's CUDA memory, so that a larger GPU stands in for a smaller one (80 GB on an H200)."""
+    if cap_gib is None or not torch.cuda.is_available():
+        return
+    total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    if cap_gib * 2**30 > total:
+        raise ConfigError(f"gpu_memory_cap_gib={cap_gib} is more than this GPU's {total / 2**30:.1f} GiB")
+    torch.cuda.set_per_process_memory_fraction(cap_gib * 2**30 / total)
+
+
 def build_trainer(cfg: DictConfig) -> Trainer:
-    # Cheap checks first: a missing dataset or W&B credentials fail before the model is built.
+    apply_gpu_memory_cap(cfg.gpu_memory_cap_gib)
+    # Cheap checks first: a missing dataset or file, or W&B credentials, fail before the model is built.
     check_dataset_paths(cfg)
     loggers = build_loggers(cfg)
     world_size = dist.get_world_size()
@@ -201,62 +317,52 @@ def build_trainer(cfg: DictConfig) -> Trainer:
             f"global_train_batch_size={cfg.global_train_batch_size} is not divisible by the {world_size} processes"
         )
     batch_size = cfg.global_train_batch_size // world_size
+    checkpoints = cfg.save_interval is not None
+    save_folder = (cfg.save_folder or str(run_folder(cfg) / "checkpoints")) if checkpoints else None
+    inputs = resolve_inputs(cfg, save_folder)
+
     # Seed before the model is built, so a fresh run's initial weights are reproducible too.
     reproducibility.seed_all(cfg.seed)
-    model = build_model(cfg)
+    model = build_model(cfg, inputs)
     train_loader = build_dataloader(cfg.train_loader, batch_size, model)
     eval_loader = None
     if cfg.eval_loader is not None:
         eval_loader = build_dataloader(cfg.eval_loader, batch_size, model)
 
-    optimizer = build_optimizer(model, **OmegaConf.to_container(cfg.optimizer))
+    optimizer = build_optimizer(model, **OmegaConf.to_container(cfg.optimizer), fused=torch.cuda.is_available())
     scheduler = LambdaLinearSchedule(**OmegaConf.to_container(cfg.scheduler))
-    save_folder = cfg.save_folder or str(run_folder(cfg) / "checkpoints")
-
-    load_path = cfg.load_path
-    if load_path is not None:
-        if cfg.autoresume and _has_autoresume_checkpoint(save_folder):
-            load_path = None  # autoresume wins; never download what would not be used
-        else:
-            local = resolve(load_path)  # hf:// -> the HF cache (a file, or a folder of the repo)
-            if _is_composer_checkpoint(local):
-                load_path = local
-            else:
-                from .checkpoint.load import load_consolidated_into_model
-
-                load_consolidated_into_model(  # given the URI, so its report names what the user wrote
-                    model, load_path, strict=cfg.load_strict, allow_shape_mismatch=cfg.load_allow_shape_mismatch
-                )
-                load_path = None
-
-    return Trainer(
-        run_name=cfg.run_name,
-        model=model,
-        train_dataloader=train_loader,
-        eval_dataloader=eval_loader,
-        eval_interval=cfg.eval_interval if eval_loader is not None else 1,
-        optimizers=optimizer,
-        schedulers=scheduler,
-        step_schedulers_every_batch=True,
-        max_duration=cfg.max_duration,
-        device_train_microbatch_size=cfg.device_train_microbatch_size,
-        precision=cfg.precision,
-        parallelism_config=build_parallelism(cfg),
-        algorithms=[FiniteGradClip(max_norm=cfg.grad_clip_norm)],
-        callbacks=[StepSeed(cfg.seed), *build_callbacks(cfg)],
-        loggers=loggers,
-        save_folder=save_folder,
-        save_interval=cfg.save_interval,
-        save_num_checkpoints_to_keep=cfg.save_num_checkpoints_to_keep,
-        save_overwrite=cfg.save_overwrite,
-        autoresume=cfg.autoresume,
-        load_path=load_path,
-        seed=cfg.seed,
-        progress_bar=cfg.progress_bar,
-        log_to_console=cfg.log_to_console,
-        console_log_interval=cfg.console_log_interval,
-        dist_timeout=cfg.dist_timeout,
-    )
+    parallelism = build_parallelism(cfg)
+    # The model is sharded already (build_training_network): Composer must not shard it again.
+    sharding = composer_keeps_our_sharding() if parallelism else contextlib.nullcontext()
+    with sharding:
+        return Trainer(
+            run_name=cfg.run_name,
+            model=model,
+            train_dataloader=train_loader,
+            eval_dataloader=eval_loader,
+            eval_interval=cfg.eval_interval if eval_loader is not None else 1,
+            optimizers=optimizer,
+            schedulers=scheduler,
+            step_schedulers_every_batch=True,
+            max_duration=cfg.max_duration,
+            device_train_microbatch_size=cfg.device_train_microbatch_size,
+            precision=cfg.precision,
+            parallelism_config=parallelism,
+            algorithms=[FiniteGradClip(max_norm=cfg.grad_clip_norm)],
+            callbacks=[StepSeed(cfg.seed), *build_callbacks(cfg)],
+            loggers=loggers,
+            save_folder=save_folder,
+            save_interval=cfg.save_interval,
+            save_num_checkpoints_to_keep=cfg.save_num_checkpoints_to_keep,
+            save_overwrite=cfg.save_overwrite,
+            autoresume=cfg.autoresume and checkpoints,
+            load_path=inputs.composer_checkpoint,
+            seed=cfg.seed,
+            progress_bar=cfg.progress_bar,
+            log_to_console=cfg.log_to_console,
+            console_log_interval=cfg.console_log_interval,
+            dist_timeout=cfg.dist_timeout,
+        )
 
 
 def _is_composer_checkpoint(path: str) -> bool:

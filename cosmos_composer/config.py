@@ -108,7 +108,7 @@ class TrainConfig:
     parallelism_config: Optional[dict[str, Any]] = None
     # Checkpoints. save_folder defaults to <output root>/<project>/<group>/<run_name>/checkpoints.
     save_folder: Optional[str] = None
-    save_interval: str = "200ba"
+    save_interval: Optional[str] = "200ba"  # null: no checkpoints and no autoresume (benchmarks, smoke tests)
     save_num_checkpoints_to_keep: int = -1
     save_overwrite: bool = False
     autoresume: bool = True
@@ -118,11 +118,13 @@ class TrainConfig:
     # Also drop (and print) tensors whose shape differs from the network's instead of failing.
     load_allow_shape_mismatch: bool = False
     loggers: Optional[dict[str, Any]] = None
-    callbacks: dict[str, Any] = field(default_factory=dict)
+    callbacks: dict[str, Any] = field(default_factory=dict)  # name: kwargs; `callbacks.<name>=null` turns one off
     console_log_interval: str = "1ba"
     progress_bar: bool = True
     log_to_console: bool = False
     dist_timeout: float = 600.0
+    # Cap each process's CUDA memory (GiB), e.g. 80 to run as on an 80 GB card; null: the whole GPU.
+    gpu_memory_cap_gib: Optional[float] = None
 
 
 class ConfigError(ValueError):

@@ -34,11 +34,13 @@ def build_optimizer(
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
     weight_decay: float = 1e-3,
+    fused: bool = False,
 ) -> torch.optim.AdamW:
     """torch AdamW over the parameters that require grad, in a single param group.
 
     Upstream applies the weight decay to every trainable parameter, biases included (one group), so
-    this does too. Frozen parameters (the base DiT by default) are left out of the optimizer.
+    this does too. Frozen parameters (the base DiT by default) are left out of the optimizer, so only
+    the trainable ones have optimizer state. `fused=True` (CUDA) runs the whole update in one kernel.
     """
     if isinstance(model_or_named_params, nn.Module):
         named_params = model_or_named_params.named_parameters()
@@ -47,7 +49,7 @@ def build_optimizer(
     params = [param for _, param in named_params if param.requires_grad]
     if not params:
         raise ValueError("build_optimizer: no parameter requires grad, so there is nothing to train")
-    return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+    return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, fused=fused or None)
 
 
 # ----------------------------------------------------------------------------- learning-rate schedule

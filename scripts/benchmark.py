@@ -39,9 +39,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
-from cosmos_composer.models import PRESETS, build_network  # noqa: E402
+from cosmos_composer.models import build_network, get_config  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------------------------
 # Section: network
@@ -72,16 +73,6 @@ DIFFUSERS_CONTROL_PREFIXES = ("control_blocks.", "patch_embed.")
 
 def add_network_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("network section")
-    group.add_argument(
-        "--preset",
-        default="medium-singleview",
-        help=f"network preset or benchmark size: {sorted(BENCHMARK_PRESETS)} or a single-view preset "
-        f"of {sorted(p for p in PRESETS if 'multiview' not in p)}",
-    )
-    group.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="network config override (official name), repeatable, e.g. --set num_blocks=4",
-    )  # fmt: skip
     group.add_argument("--batch-size", type=int, default=1)
     group.add_argument("--frames", type=int, default=4, help="latent frames")
     group.add_argument("--height", type=int, default=16, help="latent height")
@@ -117,7 +108,8 @@ def _parse_override(text: str):
 
 
 def _network_config_args(args) -> tuple[str, dict]:
-    preset, overrides = BENCHMARK_PRESETS.get(args.preset, (args.preset, {}))
+    name = args.preset or "medium-singleview"
+    preset, overrides = BENCHMARK_PRESETS.get(name, (name, {}))
     overrides = dict(overrides)
     overrides.update(_parse_override(text) for text in args.overrides)
     return preset, overrides
@@ -414,10 +406,16 @@ def _train_network(args, device) -> tuple[str, dict]:
 
 
 def _cached_inputs(config, args, device) -> dict:
-    """A batch as it comes from shards with cached latents and projected text."""
+    """A batch as it comes from shards with cached latents and projected text (shapes from the train_* args)."""
     views = args.train_views or (7 if config.is_multiview else 1)
     frames = args.train_latent_frames or config.state_t
-    B, T, H, W = args.train_batch_size, views * frames, args.train_latent_height, args.train_latent_width
+    return _cached_batch(config, args.train_batch_size, views, frames, args.train_latent_height,
+                         args.train_latent_width, device)
+
+
+def _cached_batch(config, B: int, views: int, frames: int, H: int, W: int, device) -> tuple[dict, int]:
+    """(network inputs of B samples of `views` x `frames` latent frames of H x W, tokens per sample)."""
+    T = views * frames
     inputs = dict(
         x0=torch.randn(B, 16, T, H, W, device=device),
         control=torch.randn(B, 16, T, H, W, device=device),
@@ -447,7 +445,7 @@ def _train_step(net, inputs, objective, optimizer, autocast_dtype, device) -> to
     return loss
 
 
-def _model_flops_per_sample(preset, overrides, args) -> float:
+def _model_flops_per_sample(preset, overrides, args, shape: tuple[int, int, int, int] | None = None) -> float:
     """FLOPs of one forward + backward (frozen base: no weight gradients there), counted on the meta device.
 
     Activation recomputation is not counted (model FLOPs, as MFU is usually defined).
@@ -461,10 +459,15 @@ def _model_flops_per_sample(preset, overrides, args) -> float:
         trainable = set(net.control_branch_parameter_names())
         for name, p in net.named_parameters():
             p.requires_grad_(name in trainable)
-        inputs, _ = _cached_inputs(net.config, args, "meta")
+        if shape is None:
+            inputs, _ = _cached_inputs(net.config, args, "meta")
+            batch = args.train_batch_size
+        else:  # (views, latent frames, latent height, latent width) of one sample
+            inputs, _ = _cached_batch(net.config, 1, *shape, device="meta")
+            batch = 1
     with FlopCounterMode(display=False) as counter:
         _train_step(net, inputs, ObjectiveConfig(), None, None, torch.device("meta"))
-    return counter.get_total_flops() / args.train_batch_size
+    return counter.get_total_flops() / batch
 
 
 def run_train(args) -> None:
@@ -531,12 +534,178 @@ def run_train(args) -> None:
             print(f"train: MFU {flops * samples_per_s / peak:.1%} (model FLOPs / dense bf16 peak {peak:.3g})")
 
 
+
+# ---------------------------------------------------------------------------------------------------------------
+# Section: trainer
+# ---------------------------------------------------------------------------------------------------------------
+
+# The recipe YAML of each kind of preset: the benchmark runs exactly what a user runs.
+TRAINER_RECIPES = {True: REPO / "yamls" / "hdmap.yaml", False: REPO / "yamls" / "singleview_edge.yaml"}
+TRAINER_METRICS = (
+    "samples_per_s", "device_s_per_sample", "peak_alloc_gib", "peak_reserved_gib", "host_rss_gib_per_rank",
+    "first_step_s", "mfu",
+)  # fmt: skip
+
+
+def add_trainer_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "trainer section (`composer -n N train.py <recipe YAML>` on synthetic cached shards; --preset and "
+        "--set KEY=VALUE, a train.py override, apply too)"
+    )
+    group.add_argument("--nproc", type=int, default=1, help="processes (one per GPU)")
+    group.add_argument("--views", type=int, default=None, help="views per sample (default: 7 multiview, 1)")
+    group.add_argument("--latent-frames", type=int, default=None, help="latent frames per view (default state_t)")
+    group.add_argument("--latent-height", type=int, default=None, help="latent height (default: the recipe's)")
+    group.add_argument("--latent-width", type=int, default=None, help="latent width (default: the recipe's)")
+    group.add_argument("--steps", type=int, default=3, help="optimizer steps; all but the first are timed")
+    group.add_argument("--load-path", default=None, help="a consolidated .pt to start from (load_path)")
+    group.add_argument("--gpu-memory-cap-gib", type=float, default=None, help="cap each process's CUDA memory")
+
+
+def _write_synthetic_shards(folder: Path, cfg, views: int, latent_frames: int, H: int, W: int, samples: int,
+                            fingerprint: str, text_kind: str) -> dict:
+    """Cached-latent MDS shards of the recipe's columns (random latents and text), through our column schema."""
+    import numpy as np
+    from streaming import MDSWriter
+
+    from cosmos_composer.data import mds
+    from cosmos_composer.data.cameras import DEFAULT_CAMERAS
+    from cosmos_composer.data.layouts import MULTIVIEW_HDMAP, ON_THE_FLY_CONTROLS, SINGLEVIEW
+
+    network = get_config(cfg.model.preset)
+    layout = MULTIVIEW_HDMAP if network.is_multiview else SINGLEVIEW
+    cameras = DEFAULT_CAMERAS[:views] if network.is_multiview else (None,)
+    control_key = cfg.model.control_key
+    # The Wan2.1 VAE: 4x in time (plus the first frame), 8x in space.
+    num_frames, height, width = (latent_frames - 1) * 4 + 1, H * 8, W * 8
+    text_dim = network.crossattn_emb_channels if text_kind == "projected" else network.crossattn_proj_in_channels
+    columns = mds.dataset_columns(layout, control_key, cameras, latents=True, text=True)
+    rng = np.random.default_rng(0)
+    latent_shape = (16, views * latent_frames, H, W)
+    with MDSWriter(out=str(folder), columns=columns, size_limit="1gb", progress_bar=False) as writer:
+        for index in range(samples):
+            row = {
+                mds.SAMPLE_NAME: f"synthetic_{index:04d}", mds.LAYOUT: layout,
+                mds.CAMERA_NAMES: [c for c in cameras if c], mds.CAPTION: "synthetic", mds.FPS: 10.0,
+                mds.NUM_FRAMES: num_frames, mds.CONTROL_KEY: control_key,
+                mds.VIDEO_LATENT: rng.standard_normal(latent_shape, dtype=np.float32).astype(np.float16),
+                mds.CONTROL_LATENT: rng.standard_normal(latent_shape, dtype=np.float32).astype(np.float16),
+                mds.LATENT_NUM_FRAMES: num_frames, mds.LATENT_HEIGHT: height, mds.LATENT_WIDTH: width,
+                mds.TEXT_EMBEDDING: rng.standard_normal((views * 512, text_dim), dtype=np.float32).astype(np.float16),
+                mds.TEXT_EMBEDDING_KIND: text_kind, mds.CROSSATTN_PROJ_FINGERPRINT: fingerprint,
+            }  # fmt: skip
+            for camera in cameras:
+                row[mds.video_column(camera)] = b""  # not decoded: the run serves the cached latents
+                if control_key not in ON_THE_FLY_CONTROLS:
+                    row[mds.control_column(control_key, camera)] = b""
+            writer.write(row)
+    return dict(num_frames=num_frames, height=height, width=width)
+
+
+def _crossattn_proj_fingerprint(cfg, load_path: str | None) -> str:
+    """The fingerprint of the run's `crossattn_proj` weights, which cached projected text must carry."""
+    from composer.utils import reproducibility
+
+    from cosmos_composer.checkpoint.load import read_state_dict
+    from cosmos_composer.data.precompute import crossattn_proj_fingerprint
+    from cosmos_composer.models.parallelize import FROZEN_DTYPE
+
+    overrides = dict(cfg.model.overrides)
+    if load_path:
+        state = read_state_dict(load_path)
+        with torch.device("meta"):
+            net = build_network(cfg.model.preset, **overrides)
+        proj = net.crossattn_proj.to_empty(device="cpu")
+        proj.load_state_dict({k[len("net.crossattn_proj."):]: v for k, v in state.items()
+                              if k.startswith("net.crossattn_proj.")})  # fmt: skip
+    else:
+        reproducibility.seed_all(cfg.seed)  # as train.py draws the fresh weights
+        proj = build_network(cfg.model.preset, **overrides).crossattn_proj
+    return crossattn_proj_fingerprint(proj.to(FROZEN_DTYPE))  # projected text needs it frozen: stored in bf16
+
+
+def run_trainer(args) -> None:
+    """Samples/s, memory and MFU of the real training path: `composer -n N train.py` on the recipe YAML.
+
+    Synthetic cached shards (random latents, control latents and projected text of the preset's shapes) are
+    written to a temporary folder; the run uses the recipe YAML with `loggers=null`, no checkpoints and those
+    shards. The figures come from the run's own `run_summary` callback (see callbacks/run_summary.py).
+    MFU = model FLOPs per sample (forward + backward with the frozen base: no weight gradients there; activation
+    recomputation not counted; counted by torch's FlopCounterMode on the meta device) x samples/s /
+    (ranks x the GPU's dense bf16 peak).
+    """
+    import json
+    import os
+    import subprocess
+    import tempfile
+
+    from cosmos_composer.config import load_config
+
+    preset = args.preset or "tiny-multiview"
+    network = get_config(preset)
+    recipe = TRAINER_RECIPES[network.is_multiview]
+    cfg = load_config(recipe, [f"model.preset={preset}", *args.overrides])
+    views = args.views or (7 if network.is_multiview else 1)
+    latent_frames = args.latent_frames or network.state_t
+    H = args.latent_height or cfg.train_loader.dataset.height // 8
+    W = args.latent_width or cfg.train_loader.dataset.width // 8
+    if args.steps < 2:
+        raise SystemExit("--steps must be at least 2: the first step is not timed")
+    text_kind = "projected" if network.use_crossattn_projection else "raw"
+    fingerprint = _crossattn_proj_fingerprint(cfg, args.load_path) if text_kind == "projected" else ""
+    tokens = views * latent_frames // network.patch_temporal * (H // network.patch_spatial) * (W // network.patch_spatial)
+    print(f"trainer: {recipe.name} with preset={preset}, {args.nproc} x {args.device}, {views} views x "
+          f"{latent_frames} latent frames x {H}x{W} ({tokens} tokens per sample), {args.steps} steps", flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="cosmos-trainer-bench-") as tmp:
+        tmp = Path(tmp)
+        pixels = _write_synthetic_shards(tmp / "mds", cfg, views, latent_frames, H, W, args.nproc * args.steps,
+                                         fingerprint, text_kind)
+        summary_path = tmp / "summary.json"
+        overrides = [
+            "loggers=null", "eval_loader=null", "save_interval=null", "encoders.vae=null", "encoders.text=null",
+            "callbacks.sample_videos=null",
+            f"model.preset={preset}", f"load_path={args.load_path or 'null'}",
+            f"train_loader.dataset.local={tmp / 'mds'}", "train_loader.dataset.decode_video=false",
+            "train_loader.dataset.random_start=false", "train_loader.dataset.shuffle=false",
+            f"train_loader.dataset.num_frames={pixels['num_frames']}",
+            f"train_loader.dataset.height={pixels['height']}", f"train_loader.dataset.width={pixels['width']}",
+            "train_loader.num_workers=0", f"global_train_batch_size={args.nproc}", "device_train_microbatch_size=1",
+            f"max_duration={args.steps}ba", f"callbacks.run_summary.path={summary_path}", "progress_bar=false",
+            *([f"gpu_memory_cap_gib={args.gpu_memory_cap_gib}"] if args.gpu_memory_cap_gib else []),
+            # Composer has no amp_bf16 on a CPU: the weights keep their dtypes, the compute is fp32.
+            *(["precision=fp32"] if args.device == "cpu" else []),
+            *args.overrides,
+        ]  # fmt: skip
+        env = {**os.environ, "COSMOS_OUTPUT_ROOT": str(tmp / "out"), "PYTHONUNBUFFERED": "1"}
+        if args.device == "cpu":
+            env["CUDA_VISIBLE_DEVICES"] = ""
+        composer = Path(sys.executable).with_name("composer")
+        command = [str(composer), "-n", str(args.nproc), str(REPO / "train.py"), str(recipe), *overrides]
+        result = subprocess.run(command, cwd=tmp, env=env)
+        if result.returncode != 0 or not summary_path.exists():
+            raise SystemExit(f"trainer: the training run failed (exit {result.returncode})")
+        summary = json.loads(summary_path.read_text())
+
+    summary["mfu"] = float("nan")
+    if args.device == "cuda":
+        flops = _model_flops_per_sample(preset, dict(cfg.model.overrides), args, (views, latent_frames, H, W))
+        name = torch.cuda.get_device_name()
+        peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+        if peak:
+            summary["mfu"] = flops * summary["samples_per_s"] / (args.nproc * peak)
+        print(f"trainer: {flops:.4g} model FLOPs per sample; MFU against {peak} FLOP/s per GPU ({name})")
+    print("trainer: " + " ".join(f"{key.replace('samples_per_s', 'samples/s')}={summary[key]:.4g}"
+                                 for key in TRAINER_METRICS))  # fmt: skip
+
+
 SECTIONS: dict[
     str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], None]]
 ] = {
     "network": (add_network_arguments, run_network),
     "data": (add_data_arguments, run_data),
     "train": (add_train_arguments, run_train),
+    "trainer": (add_trainer_arguments, run_trainer),
 }
 
 
@@ -549,6 +718,16 @@ def main(argv: list[str] | None = None) -> None:
         "--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu"
     )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument(
+        "--preset", default=None,
+        help=f"network preset: network section {sorted(BENCHMARK_PRESETS)} or a single-view preset (default "
+        "medium-singleview); trainer section any preset (default tiny-multiview)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="repeatable; network section: a network config override (official name, e.g. num_blocks=4); "
+        "trainer section: a train.py override (e.g. model.overrides.activation_checkpointing=false)",
+    )  # fmt: skip
     for add_arguments, _ in SECTIONS.values():
         add_arguments(parser)
     args = parser.parse_args(argv)

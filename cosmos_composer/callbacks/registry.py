@@ -5,6 +5,7 @@ from __future__ import annotations
 from composer.callbacks import LRMonitor, MemoryMonitor, OptimizerMonitor, RuntimeEstimator, SpeedMonitor
 
 from .power_ema import PowerEMA
+from .run_summary import RunSummary
 from .sample_videos import SampleVideos
 
 CALLBACKS = {
@@ -15,4 +16,5 @@ CALLBACKS = {
     "runtime_estimator": RuntimeEstimator,
     "power_ema": PowerEMA,
     "sample_videos": SampleVideos,
+    "run_summary": RunSummary,  # always on; name it to set its `path`
 }

@@ -36,6 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .. import generate as gen
 from ..diffusion import sampler
+from ..models.parallelize import ema_weights
 
 log = logging.getLogger(__name__)
 
@@ -162,11 +163,14 @@ class SampleVideos(Callback):
 
     @torch.no_grad()
     def _sample(self, state: State, logger: Logger, batch_index: int) -> None:
+        model = _unwrap(state.model)
+        # The EMA's trainable weights are swapped into `net`, which runs through its FSDP2 units.
+        with ema_weights(model.net, getattr(model, "net_ema", None) if self.use_ema else None) as net:
+            self._sample_items(state, logger, batch_index, model, net)
+
+    def _sample_items(self, state: State, logger: Logger, batch_index: int, model, net) -> None:
         from ..data.dataset import collate_samples
 
-        model = _unwrap(state.model)
-        net = getattr(model, "net_ema", None) if self.use_ema else None
-        net = net if net is not None else model.net
         vae, text_embedder = model.encoders.vae, model.encoders.text_embedder
         dataset = state.train_dataloader.dataset
         dataset_size = int(getattr(dataset, "num_samples", None) or len(dataset))

@@ -52,6 +52,7 @@ from typing import Iterable, Optional
 import torch
 from torch import nn
 
+from ..models.parallelize import copy_full_into_
 from .hf import resolve
 
 log = logging.getLogger(__name__)
@@ -278,7 +279,9 @@ def load_network_weights(
             f"Checkpoint {source} does not match the network: {'; '.join(problems)}.\n{report.summary(limit=20)}"
         )
     for key, tensor in to_copy:
-        params[key].copy_(tensor)  # casts to the parameter's dtype; reads straight from the mapped file
+        # Casts to the parameter's dtype and reads straight from the mapped file; an FSDP2 shard takes
+        # only its own rows, so a rank touches only its part of the file.
+        copy_full_into_(params[key], tensor)
         report.loaded.append(key)
     return report
 
@@ -299,9 +302,13 @@ def load_consolidated_into_network(
     allow_shape_mismatch: bool = False,
     prefix: str = "net.",
     announce: bool = True,
+    source: Optional[str] = None,
 ) -> LoadReport:
-    """Load an official consolidated checkpoint (a path or hf:// URI) into a bare network."""
-    source = str(path_or_uri)
+    """Load an official consolidated checkpoint (a path or hf:// URI) into a bare or FSDP2-sharded network.
+
+    `source` names the file in the report (default: `path_or_uri`), e.g. the URI a resolved path came from.
+    """
+    source = source or str(path_or_uri)
     path = resolve(path_or_uri)
     state = read_state_dict(path)
     weights, ignored, foreign = split_consolidated(state, source, prefix)

@@ -48,8 +48,10 @@ def crossattn_proj_fingerprint(crossattn_proj: nn.Module) -> str:
     (bf16 -> fp32 is exact), because the released checkpoint is bf16 while a training run may hold the
     frozen projection in fp32 or cast it to bf16. Use :func:`check_crossattn_proj_fingerprint` to compare.
     """
+    from ..models.parallelize import full_tensor
+
     return fingerprint_tensors(
-        (name, parameter.float()) for name, parameter in crossattn_proj.named_parameters()
+        (name, full_tensor(parameter.detach()).float()) for name, parameter in crossattn_proj.named_parameters()
     )
 
 

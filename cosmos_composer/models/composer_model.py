@@ -8,7 +8,6 @@ not checkpointed, and they are skipped entirely when the shards carry cached lat
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Optional
 
 import torch
@@ -24,6 +23,7 @@ from ..diffusion.objective import (
     unconditional_context,
 )
 from .network import CosmosTransferNet
+from .parallelize import build_ema_network, set_trainable_
 
 
 class _FrozenEncoders:
@@ -51,14 +51,12 @@ class CosmosTransferModel(ComposerModel):
         self.control_key = control_key
         self.train_base = train_base
         self.encoders = _FrozenEncoders(vae, text_embedder)
-        # Frozen base by default: only the control branch trains (reference 1.4).
-        net.requires_grad_(train_base)
-        if not train_base:
-            trainable = set(net.control_branch_parameter_names())
-            for name, param in net.named_parameters():
-                param.requires_grad_(name in trainable)
+        # Frozen base by default: only the control branch trains, as in the released recipe
+        # (control_blocks, control_embedder, input_hint_block; upstream's `vace` training config).
+        set_trainable_(net, train_base)
         if use_ema:
-            self.net_ema = copy.deepcopy(net).requires_grad_(False)
+            # Every key of net, but only the trainable weights are copies: it starts from net's weights.
+            self.net_ema = build_ema_network(net)
         self._checked_fingerprint: Optional[str] = None
 
     # ------------------------------------------------------------------ batch -> network inputs
@@ -125,7 +123,7 @@ class CosmosTransferModel(ComposerModel):
         stored = batch.get("crossattn_proj_fingerprint")
         stored = stored[0] if isinstance(stored, (list, tuple)) else stored
         if self._checked_fingerprint is None:
-            self._checked_fingerprint = crossattn_proj_fingerprint(self.net.crossattn_proj)
+            self._checked_fingerprint = crossattn_proj_fingerprint(self.net.crossattn_proj)  # a collective under FSDP2
         if stored != self._checked_fingerprint:
             raise ValueError(
                 f"The cached text embeddings were projected by a crossattn_proj with fingerprint {stored!r}, "

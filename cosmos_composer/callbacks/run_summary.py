@@ -1,0 +1,104 @@
+"""The end-of-run summary: speed, time to first step, memory of the device and of the host, per rank.
+
+At the end of `fit` every rank measures itself and rank 0 prints one line and writes `summary.json`:
+
+- `first_step_s`: seconds from the start of the process to the end of the first optimizer step (model
+  build, weight loading, data start-up and the first step, as a user waits for them);
+- `step_s`: median seconds of the steps after the first (the first compiles kernels and warms caches);
+- `samples_per_s`: the global batch over `step_s`; `device_s_per_sample`: ranks x step_s / global batch;
+- `peak_alloc_gib` / `peak_reserved_gib`: CUDA's peak allocated / reserved memory, max over ranks;
+- `host_rss_gib_per_rank`: the peak resident host memory of each rank process (max over ranks), from
+  `getrusage` (it includes pages of mmapped checkpoint files that the rank read).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import time
+from pathlib import Path
+from typing import Optional
+
+import psutil
+import torch
+from composer.core import Callback, State
+from composer.loggers import Logger
+from composer.utils import dist
+
+def peak_host_rss_gib() -> float:
+    """Peak resident memory of this process in GiB (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+class RunSummary(Callback):
+    """Print a summary line at the end of training and write it as JSON (rank 0).
+
+    Args:
+        path: where to write the JSON (train.py passes `<run folder>/summary.json`); None: print only.
+    """
+
+    def __init__(self, path: Optional[str] = None):
+        self.path = path
+        self.process_start = psutil.Process(os.getpid()).create_time()
+        self.first_step_s: Optional[float] = None
+        self.step_times: list[float] = []
+        self._step_start = 0.0
+
+    def batch_start(self, state: State, logger: Logger) -> None:
+        _synchronize()
+        self._step_start = time.perf_counter()
+
+    def batch_end(self, state: State, logger: Logger) -> None:
+        _synchronize()
+        if self.first_step_s is None:
+            self.first_step_s = time.time() - self.process_start
+        else:
+            self.step_times.append(time.perf_counter() - self._step_start)
+
+    def summary(self, state: State) -> dict:
+        world = dist.get_world_size()
+        global_batch = int(state.timestamp.sample) / max(int(state.timestamp.batch), 1)
+        step_s = statistics.median(self.step_times) if self.step_times else float("nan")
+        local = [peak_host_rss_gib(), self.first_step_s or float("nan"), 0.0, 0.0]
+        if torch.cuda.is_available():
+            local[2] = torch.cuda.max_memory_allocated() / 2**30
+            local[3] = torch.cuda.max_memory_reserved() / 2**30
+        per_rank = dist.all_gather_object(local)
+        return {
+            "ranks": world,
+            "batches": int(state.timestamp.batch),
+            "global_batch": global_batch,
+            "timed_steps": len(self.step_times),
+            "step_s": step_s,
+            "samples_per_s": global_batch / step_s,
+            "device_s_per_sample": world * step_s / global_batch,
+            "first_step_s": max(r[1] for r in per_rank),
+            "peak_alloc_gib": max(r[2] for r in per_rank),
+            "peak_reserved_gib": max(r[3] for r in per_rank),
+            "host_rss_gib_per_rank": max(r[0] for r in per_rank),
+            "host_rss_gib_of_each_rank": [r[0] for r in per_rank],
+        }
+
+    def fit_end(self, state: State, logger: Logger) -> None:
+        summary = self.summary(state)
+        if dist.get_global_rank() != 0:
+            return
+        print(
+            f"run summary: {summary['batches']} batches on {summary['ranks']} ranks, "
+            f"{summary['samples_per_s']:.4g} samples/s ({summary['step_s']:.3g} s/step), "
+            f"first step after {summary['first_step_s']:.1f} s, peak host RSS {summary['host_rss_gib_per_rank']:.2f} "
+            f"GiB per rank, peak device memory {summary['peak_alloc_gib']:.2f} GiB allocated / "
+            f"{summary['peak_reserved_gib']:.2f} GiB reserved",
+            flush=True,
+        )
+        if self.path:
+            path = Path(self.path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(summary, indent=2))
+
+
+def _synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()

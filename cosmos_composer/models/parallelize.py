@@ -1,0 +1,199 @@
+"""The training memory model: meta-device build, dtypes, FSDP2 sharding, per-rank materialisation, the EMA.
+
+The order is torchtitan's: build the network on the meta device (no memory), decide which parameters
+train and give each its storage dtype, `fully_shard` it, and only then allocate each rank's shards and
+fill them (from an mmapped consolidated file, or from a fresh initialisation). No rank ever holds a
+full copy of the 2B network.
+
+- Frozen parameters (the base DiT by default) are stored in bf16, as the released checkpoints store
+  them; trainable ones are fp32 masters (`apply_dtypes`). The optimizer only sees the trainable ones.
+- `apply_fsdp`: every base and control block is its own `fully_shard` unit, then the network root.
+- `materialize_`: allocate this rank's shards on the device.
+- `build_ema_network`: `net_ema` has every key of `net` (so checkpoints and exports keep the official
+  `net_ema.*` for every key), but its frozen parameters *are* `net`'s (the same tensors: the EMA of a
+  constant is the constant) and only the trainable ones are fp32 copies.
+- `ema_weights`: swaps the EMA's trainable weights into `net` for sampling, so `net_ema` is never run
+  through FSDP itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Optional
+
+import torch
+from torch import nn
+from torch.distributed.tensor import DTensor
+
+from .network import CONTROL_BRANCH_PREFIXES, Block, CosmosTransferNet
+
+# The dtype the released checkpoints store every weight in, and the dtype we store frozen weights in.
+FROZEN_DTYPE = torch.bfloat16
+TRAINABLE_DTYPE = torch.float32
+
+
+def set_trainable_(net: nn.Module, train_base: bool) -> list[str]:
+    """requires_grad per parameter: the control branch only (the released recipe), or everything.
+
+    Returns the names of the trainable parameters.
+    """
+    trainable = []
+    for name, param in net.named_parameters():
+        param.requires_grad_(train_base or name.startswith(CONTROL_BRANCH_PREFIXES))
+        if param.requires_grad:
+            trainable.append(name)
+    return trainable
+
+
+def apply_dtypes(net: nn.Module, frozen_dtype: torch.dtype = FROZEN_DTYPE) -> None:
+    """Trainable parameters in fp32, frozen ones in `frozen_dtype` (call after `set_trainable_`)."""
+    for module in net.modules():
+        for name, param in module.named_parameters(recurse=False):
+            dtype = TRAINABLE_DTYPE if param.requires_grad else frozen_dtype
+            if param.dtype != dtype:
+                setattr(module, name, nn.Parameter(param.detach().to(dtype), requires_grad=param.requires_grad))
+
+
+def apply_fsdp(net: CosmosTransferNet, mp_policy, reshard_after_forward: bool = True, mesh=None) -> None:
+    """FSDP2 `fully_shard` on every (control) block, on each trainable top-level module, then on the root.
+
+    FSDP2 needs one dtype per unit (torch 2.7 `_init_mp_dtypes`), so the trainable fp32 modules at the top
+    level (`control_embedder`, `input_hint_block`) get units of their own beside the frozen bf16 root.
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    kwargs = dict(mesh=mesh, mp_policy=mp_policy, reshard_after_forward=reshard_after_forward)
+    for module in net.modules():
+        if isinstance(module, Block):
+            fully_shard(module, **kwargs)
+    has_frozen = any(not p.requires_grad for p in net.parameters())
+    for name, child in net.named_children():
+        params = list(child.parameters())
+        if has_frozen and params and all(p.requires_grad for p in params) and not isinstance(child, nn.ModuleList):
+            fully_shard(child, **kwargs)
+    fully_shard(net, **kwargs)
+
+
+def materialize_(net: nn.Module, device: torch.device) -> None:
+    """Allocate the (local shards of the) meta parameters on `device`; values are left unset."""
+    net.to_empty(device=device)
+
+
+def local_slice(target: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
+    """The part of the full tensor `full` that this rank holds of `target` (a DTensor or a plain tensor)."""
+    if not isinstance(target, DTensor):
+        return full
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    shape, offset = compute_local_shape_and_global_offset(target.shape, target.device_mesh, target.placements)
+    index = tuple(slice(start, start + size) for start, size in zip(offset, shape))
+    return full[index]
+
+
+@torch.no_grad()
+def copy_full_into_(target: torch.Tensor, full: torch.Tensor) -> None:
+    """Copy a full (e.g. mmapped) tensor into `target`; a DTensor takes only its own shard, cast on the fly."""
+    local = target.to_local() if isinstance(target, DTensor) else target
+    local.copy_(local_slice(target, full))
+
+
+def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of an FSDP2 DTensor shard (a collective: call on every rank), or the tensor itself."""
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def _parameter_owners(module: nn.Module) -> Iterator[tuple[str, nn.Module, str]]:
+    """(full name, owning module, attribute name) of every parameter, duplicates included."""
+    for module_name, owner in module.named_modules(remove_duplicate=False):
+        for name, _ in owner.named_parameters(recurse=False):
+            yield (f"{module_name}.{name}" if module_name else name), owner, name
+
+
+@torch.no_grad()
+def build_ema_network(net: CosmosTransferNet) -> CosmosTransferNet:
+    """`net_ema`: the same keys as `net`; frozen parameters shared with `net`, trainable ones copied in fp32.
+
+    `net` must be materialised (plain tensors or FSDP2 shards). The copies keep `net`'s sharding (a
+    DTensor clone), so the EMA update is local to each rank.
+    """
+    with torch.device("meta"):
+        net_ema = CosmosTransferNet(net.config)
+    net_params = dict(net.named_parameters())
+    for name, owner, attribute in _parameter_owners(net_ema):
+        source = net_params[name]
+        if source.requires_grad:
+            copy = nn.Parameter(source.detach().to(TRAINABLE_DTYPE, copy=True), requires_grad=False)
+        else:
+            copy = source  # the same Parameter: no second copy of the frozen base
+        setattr(owner, attribute, copy)
+    return net_ema
+
+
+def trainable_pairs(net: nn.Module, net_ema: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(net parameter, net_ema parameter) for every trainable parameter, matched by name."""
+    ema_params = dict(net_ema.named_parameters(remove_duplicate=False))
+    return [(param, ema_params[name]) for name, param in net.named_parameters() if param.requires_grad]
+
+
+@contextlib.contextmanager
+def ema_weights(net: nn.Module, net_ema: Optional[nn.Module]) -> Iterator[nn.Module]:
+    """Run `net` with the EMA weights: their trainable shards are swapped in, and back on exit.
+
+    `net_ema` shares the frozen weights, so this gives exactly the EMA network, through `net`'s own FSDP2
+    units (`net_ema` has none). Each rank swaps its local shards; nothing is communicated.
+    """
+    if net_ema is None:
+        yield net
+        return
+    pairs = [
+        (p.to_local() if isinstance(p, DTensor) else p, e.to_local() if isinstance(e, DTensor) else e)
+        for p, e in trainable_pairs(net, net_ema)
+    ]
+
+    def swap() -> None:
+        with torch.no_grad():
+            for param, ema in pairs:
+                saved = param.detach().clone()
+                param.copy_(ema)
+                ema.copy_(saved)
+
+    _reshard(net)  # FSDP2 keeps the root unsharded after a forward: drop those copies first
+    swap()
+    try:
+        yield net
+    finally:
+        _reshard(net)
+        swap()
+
+
+def _reshard(net: nn.Module) -> None:
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in net.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
+@contextlib.contextmanager
+def composer_keeps_our_sharding() -> Iterator[None]:
+    """While the Trainer is built, Composer checks our FSDP2 sharding instead of sharding again.
+
+    Composer 0.32.1's Trainer shards the model itself (`State._apply_fsdp` -> `parallelize_composer_model`);
+    its meta-device path then allocates with `to_empty(device='cuda')` (composer/distributed/param_init.py),
+    which cannot run on a CPU and would allocate every shard uninitialised, and `fully_shard` cannot be
+    applied twice. We shard before the Trainer is built (the optimizer is then built over the shards),
+    so Composer's step is replaced, for the Trainer's construction only, by a check that it was done.
+    """
+    from composer.distributed import prepare_distributed
+
+    def check_sharded(model: nn.Module, optimizer=None, config=None, precision=None) -> None:
+        unsharded = [name for name, p in model.named_parameters() if not isinstance(p, DTensor)]
+        if unsharded:
+            raise RuntimeError(f"parameters not sharded by apply_fsdp before the Trainer: {unsharded[:5]}")
+
+    original = prepare_distributed.parallelize_composer_model
+    prepare_distributed.parallelize_composer_model = check_sharded
+    try:
+        yield
+    finally:
+        prepare_distributed.parallelize_composer_model = original
