@@ -12,12 +12,14 @@ from cosmos_composer.builders import build_trainer
 from cosmos_composer.checkpoint.hf import HfResolveError
 from cosmos_composer.checkpoint.load import CheckpointLoadError
 from cosmos_composer.config import ConfigError, load_config
+from cosmos_composer.host_memory import return_freed_memory_to_os
 
 
 def main(argv: list[str]) -> None:
     if len(argv) < 1 or argv[0] in ("-h", "--help"):
         print(__doc__)
         sys.exit(0 if argv else 2)
+    return_freed_memory_to_os()  # before the model is built: keeps each rank's host memory lean
     try:
         cfg = load_config(argv[0], argv[1:])
         # Initialise the process group first: dataset preparation synchronises the ranks.

@@ -271,6 +271,8 @@ def build_callbacks(cfg: DictConfig) -> list:
         callbacks.append(CALLBACKS[name](**OmegaConf.to_container(kwargs)))
     if "run_summary" not in (cfg.callbacks or {}):  # every run ends with its summary line
         callbacks.append(CALLBACKS["run_summary"](path=str(run_folder(cfg) / "summary.json")))
+    if "attention_kernel" not in (cfg.callbacks or {}):  # the SDPA kernel is chosen, never left to chance
+        callbacks.append(CALLBACKS["attention_kernel"]())
     return callbacks
 
 

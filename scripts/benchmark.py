@@ -644,9 +644,11 @@ def run_trainer(args) -> None:
     preset = args.preset or "tiny-multiview"
     network = get_config(preset)
     recipe = TRAINER_RECIPES[network.is_multiview]
-    cfg = load_config(recipe, [f"model.preset={preset}", *args.overrides])
     views = args.views or (7 if network.is_multiview else 1)
     latent_frames = args.latent_frames or network.state_t
+    # The multiview network splits the latent frames into views by its state_t (frames per view).
+    network_overrides = [f"model.preset={preset}", f"model.overrides.state_t={latent_frames}"]
+    cfg = load_config(recipe, [*network_overrides, *args.overrides])
     H = args.latent_height or cfg.train_loader.dataset.height // 8
     W = args.latent_width or cfg.train_loader.dataset.width // 8
     if args.steps < 2:
@@ -665,7 +667,7 @@ def run_trainer(args) -> None:
         overrides = [
             "loggers=null", "eval_loader=null", "save_interval=null", "encoders.vae=null", "encoders.text=null",
             "callbacks.sample_videos=null",
-            f"model.preset={preset}", f"load_path={args.load_path or 'null'}",
+            *network_overrides, f"load_path={args.load_path or 'null'}",
             f"train_loader.dataset.local={tmp / 'mds'}", "train_loader.dataset.decode_video=false",
             "train_loader.dataset.random_start=false", "train_loader.dataset.shuffle=false",
             f"train_loader.dataset.num_frames={pixels['num_frames']}",

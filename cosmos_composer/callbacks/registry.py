@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from composer.callbacks import LRMonitor, MemoryMonitor, OptimizerMonitor, RuntimeEstimator, SpeedMonitor
 
+from .attention_kernel import AttentionKernel
 from .power_ema import PowerEMA
 from .run_summary import RunSummary
 from .sample_videos import SampleVideos
@@ -17,4 +18,5 @@ CALLBACKS = {
     "power_ema": PowerEMA,
     "sample_videos": SampleVideos,
     "run_summary": RunSummary,  # always on; name it to set its `path`
+    "attention_kernel": AttentionKernel,  # always on; name it to choose the backend
 }

@@ -25,17 +25,12 @@ holding any pickled object other than tensors and plain containers is refused, n
 the offending type; a file that is not a flat `{str: tensor}` dict is refused too. (A file in torch's
 legacy non-zip format cannot be memory-mapped; it is read with `weights_only=True` and without mmap.)
 
-Memory, per rank and per node: every rank of a Composer run builds the full model and calls this loader
-before FSDP2 shards it. With `mmap=True`, `torch.load` maps the file read-only and builds tensors that
-point into the mapping; no rank reads the file into private memory. The bytes live once per node in the
-OS page cache, shared by all local ranks (after the first rank has faulted them in, the others read the
-same pages). Each rank then copies tensor by tensor from the mapping into its own parameters with
-`param.copy_(mapped)` (casting on the fly, so not even a per-tensor converted copy is allocated), and
-drops the mapping when the load returns. So the checkpoint itself costs one copy per node (page cache,
-reclaimable); what each rank holds is only its own model, which it needs anyway. (That model is
-the larger cost: for the 2B presets, `net` + `net_ema` in fp32 are about 16 GB per rank until FSDP2
-shards them. Removing it would mean building on the meta device and loading on rank 0 with a
-broadcast, as upstream does; that is the builders' business, not this loader's.)
+Memory, per rank and per node: with FSDP2 the network is built on the meta device and sharded before this
+loader runs (`models/parallelize.py`), so every parameter is a DTensor whose local shard is all a rank
+allocates. With `mmap=True`, `torch.load` maps the file read-only and builds tensors that point into the
+mapping; each rank copies only its own rows of each tensor (`copy_full_into_`, casting on the fly), so it
+faults in only its part of the file, and the pages live once per node in the OS page cache. No rank
+holds a full copy of the model or of the file.
 """
 
 from __future__ import annotations
