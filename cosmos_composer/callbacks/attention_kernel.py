@@ -58,7 +58,7 @@ class AttentionKernel(Callback):
 
     def fit_start(self, state: State, logger: Logger) -> None:
         self._context.enter_context(sdpa_kernel(self.order, set_priority=True))
-        net = state.model.net
+        net = getattr(state.model, "module", state.model).net  # DDP wraps the model in `.module`
         device = next(net.parameters()).device
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         name = kernel_in_use(self.order, net.config.num_heads, net.config.head_dim, dtype, device)
