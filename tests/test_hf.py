@@ -60,6 +60,14 @@ def no_network(monkeypatch):
 
 
 @pytest.fixture
+def online(monkeypatch):
+    """HF_HUB_OFFLINE unset and the Hub taken as reachable (the downloads themselves are simulated)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hf, "hub_reachable", lambda: True)
+
+
+@pytest.fixture
 def offline_cache(tmp_path, monkeypatch, no_network):
     """A local HF cache with two commits of the repo, HF_HOME pointed at it, HF_HUB_OFFLINE=1."""
     home = tmp_path / "hf_home"
@@ -199,9 +207,7 @@ def _chained(status: int) -> LocalEntryNotFoundError:
     ],
     ids=["gated-401", "gated-403", "http-401", "http-403", "repo-not-found-401", "cache-miss-from-403"],
 )
-def test_401_403_say_to_login_and_accept_the_license(monkeypatch, no_network, make_error):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+def test_401_403_say_to_login_and_accept_the_license(monkeypatch, no_network, online, make_error):
     monkeypatch.setenv("HF_TOKEN", "hf_secret_token_value")
     calls = _raise_from_download(monkeypatch, make_error())
     uri = f"hf://{REPO}/{FILE}@{NEW}"
@@ -216,19 +222,53 @@ def test_401_403_say_to_login_and_accept_the_license(monkeypatch, no_network, ma
     assert calls[0]["local_files_only"] is False
 
 
-def test_whole_repo_401_is_explained_too(monkeypatch, no_network):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+def test_whole_repo_401_is_explained_too(monkeypatch, no_network, online):
     _raise_from_download(monkeypatch, GatedRepoError("gated", response=_response(401)))
     with pytest.raises(HfResolveError, match="hf auth login"):
         resolve("hf://nvidia/Cosmos-Reason1-7B@" + NEW)
 
 
-def test_missing_file_online_is_not_called_an_auth_problem(monkeypatch, no_network):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+def test_missing_file_online_is_not_called_an_auth_problem(monkeypatch, no_network, online):
     _raise_from_download(monkeypatch, EntryNotFoundError("404 Client Error", response=_response(404)))
     with pytest.raises(HfResolveError) as info:
         resolve(f"hf://{REPO}/nope.pt")
     assert "'nope.pt' does not exist in " + REPO in str(info.value)
     assert "hf auth login" not in str(info.value)
+
+
+# ----------------------------------------------------------------------------- Hub unreachable
+def _closed_loopback_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again on exit: a connect is refused at once
+
+
+def test_unreachable_hub_fails_at_once_from_the_cache_instead_of_retrying(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{_closed_loopback_port()}")
+    assert hf.hub_reachable() is False
+
+    calls = []
+    real_download = huggingface_hub.hf_hub_download
+
+    def recording(**kwargs):
+        calls.append(kwargs)
+        return real_download(**kwargs)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", recording)
+    with pytest.raises(HfResolveError) as info:
+        resolve(f"hf://{REPO}/{FILE}@{NEW}")
+    assert "not in the local Hugging Face cache" in str(info.value) and "could not be reached" in str(info.value)
+    assert [call["local_files_only"] for call in calls] == [True]  # no online attempt, so no retries
+
+
+def test_unreachable_hub_still_serves_cached_files_and_branches(offline_cache, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hf, "hub_reachable", lambda: False)
+    assert Path(resolve(f"hf://{REPO}/{FILE}@{OLD}")).read_bytes() == b"old weights"
+    assert Path(resolve(f"hf://{REPO}/{FILE}")).read_bytes() == b"new weights"  # main, from refs/main
