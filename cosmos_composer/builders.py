@@ -28,6 +28,7 @@ from .models import CosmosTransferNet, build_network
 from .models.composer_model import CosmosTransferModel, ObjectiveConfig
 from .models.parallelize import (
     FROZEN_DTYPE,
+    apply_compile,
     apply_dtypes,
     apply_fsdp,
     composer_keeps_our_sharding,
@@ -129,6 +130,8 @@ def build_training_network(cfg: DictConfig, inputs: RunInputs) -> CosmosTransfer
         set_trainable_(net, m.train_base)
         # Without FSDP2 nothing casts the frozen weights for an fp32 forward, so they stay fp32 there.
         apply_dtypes(net, FROZEN_DTYPE if cfg.precision == "amp_bf16" else torch.float32)
+        if m.compile_blocks:
+            apply_compile(net)
         return net
 
     # The fresh weights are drawn first, whole, from the run's seed (small presets: the 2B starts from a file).
@@ -140,6 +143,8 @@ def build_training_network(cfg: DictConfig, inputs: RunInputs) -> CosmosTransfer
     fsdp_config = fsdp["fsdp"]
     mp_policy = create_mixed_precision_policy(Precision(cfg.precision), fsdp_config.mixed_precision)
     apply_fsdp(net, mp_policy, fsdp_config.reshard_after_forward, fsdp_config.device_mesh)
+    if m.compile_blocks:
+        apply_compile(net)
     materialize_(net, training_device())
     if inputs.weights:
         load_consolidated_into_network(net, inputs.weights, **load)

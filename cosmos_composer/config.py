@@ -22,6 +22,9 @@ class ModelConfig:
     # Network config overrides by official names, e.g. {activation_checkpointing: true}.
     overrides: dict[str, Any] = field(default_factory=dict)
     train_base: bool = False  # the released recipe trains only the control branch
+    # torch.compile every (control) block (parameter names unchanged); measure it with
+    # `scripts/benchmark.py --section trainer --set model.compile_blocks=true` before turning it on.
+    compile_blocks: bool = False
     use_ema: bool = True
     control_key: str = "hdmap_bbox"
     sigma_shift: float = 5.0

@@ -8,6 +8,7 @@ full copy of the 2B network.
 - Frozen parameters (the base DiT by default) are stored in bf16, as the released checkpoints store
   them; trainable ones are fp32 masters (`apply_dtypes`). The optimizer only sees the trainable ones.
 - `apply_fsdp`: every base and control block is its own `fully_shard` unit, then the network root.
+- `apply_compile` (optional, `model.compile_blocks`): `torch.compile` of every block, keys unchanged.
 - `materialize_`: allocate this rank's shards on the device.
 - `build_ema_network`: `net_ema` has every key of `net` (so checkpoints and exports keep the official
   `net_ema.*` for every key), but its frozen parameters *are* `net`'s (the same tensors: the EMA of a
@@ -72,6 +73,17 @@ def apply_fsdp(net: CosmosTransferNet, mp_policy, reshard_after_forward: bool = 
         if has_frozen and params and all(p.requires_grad for p in params) and not isinstance(child, nn.ModuleList):
             fully_shard(child, **kwargs)
     fully_shard(net, **kwargs)
+
+
+def apply_compile(net: nn.Module) -> None:
+    """`torch.compile` every (control) block in place (`Module.compile`), so parameter names are unchanged.
+
+    Blocks of one network share their structure, so they share one compiled graph; FSDP2's hooks stay
+    outside it (they are `torch._dynamo.disable`d).
+    """
+    for module in net.modules():
+        if isinstance(module, Block):
+            module.compile()
 
 
 def materialize_(net: nn.Module, device: torch.device) -> None:
