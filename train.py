@@ -9,6 +9,7 @@ import sys
 from composer.utils import dist, get_device
 
 from cosmos_composer.builders import build_trainer
+from cosmos_composer.callbacks.nonfinite_loss import TrainingDiverged
 from cosmos_composer.checkpoint.hf import HfResolveError
 from cosmos_composer.checkpoint.load import CheckpointLoadError
 from cosmos_composer.config import ConfigError, load_config
@@ -29,7 +30,10 @@ def main(argv: list[str]) -> None:
         sys.exit(f"config error: {error}")
     except (CheckpointLoadError, HfResolveError) as error:
         sys.exit(f"load_path error: {error}")
-    trainer.fit()
+    try:
+        trainer.fit()
+    except TrainingDiverged as error:
+        sys.exit(f"training stopped: {error}")
 
 
 if __name__ == "__main__":

@@ -19,10 +19,11 @@ from composer.utils.parallelism import FSDP2Config
 from omegaconf import DictConfig, OmegaConf
 
 from .callbacks.registry import CALLBACKS
+from .callbacks.nonfinite_loss import NonFiniteLossGuard
 from .callbacks.step_seed import StepSeed
 from .checkpoint.hf import HfResolveError, resolve
 from .checkpoint.load import load_consolidated_into_network, load_network_weights
-from .config import ConfigError, run_folder
+from .config import ConfigError, check_precision, run_folder
 from .loggers import JSONLinesLogger, WandBLogger
 from .models import CosmosTransferNet, build_network
 from .models.composer_model import CosmosTransferModel, ObjectiveConfig
@@ -318,6 +319,7 @@ def build_trainer(cfg: DictConfig) -> Trainer:
     # Cheap checks first: a missing dataset or file, or W&B credentials, fail before the model is built.
     check_dataset_paths(cfg)
     loggers = build_loggers(cfg)
+    check_precision(cfg.precision, torch.cuda.is_available())
     world_size = dist.get_world_size()
     if cfg.global_train_batch_size % world_size:
         raise ConfigError(
@@ -356,7 +358,7 @@ def build_trainer(cfg: DictConfig) -> Trainer:
             precision=cfg.precision,
             parallelism_config=parallelism,
             algorithms=[FiniteGradClip(max_norm=cfg.grad_clip_norm)],
-            callbacks=[StepSeed(cfg.seed), *build_callbacks(cfg)],
+            callbacks=[StepSeed(cfg.seed), NonFiniteLossGuard(cfg.max_nonfinite_steps), *build_callbacks(cfg)],
             loggers=loggers,
             save_folder=save_folder,
             save_interval=cfg.save_interval,

@@ -126,6 +126,9 @@ class TrainConfig:
     progress_bar: bool = True
     log_to_console: bool = False
     dist_timeout: float = 600.0
+    # Non-finite losses in a row that a run steps over (their non-finite gradients zeroed, as upstream's
+    # force_finite clip does) before it stops; 0: the first one stops the run, naming the batch.
+    max_nonfinite_steps: int = 0
     # Cap each process's CUDA memory (GiB), e.g. 80 to run as on an 80 GB card; null: the whole GPU.
     gpu_memory_cap_gib: Optional[float] = None
 
@@ -185,6 +188,7 @@ def load_config(yaml_path: str | os.PathLike, overrides: list[str] | None = None
     if missing:
         raise ConfigError(f"Missing required config value(s) {missing} in {yaml_path}")
     _validate_sections(cfg, yaml_path)
+    _validate_values(cfg, yaml_path)
     return cfg
 
 
@@ -210,3 +214,91 @@ def _validate_sections(cfg: DictConfig, yaml_path: Path) -> None:
     for key in parallelism.get("fsdp") or {}:
         if key not in valid_fsdp:
             raise ConfigError(f"Unknown key 'parallelism_config.fsdp.{key}' in {yaml_path}; valid keys: {sorted(valid_fsdp)}")
+
+
+# ----------------------------------------------------------------------------- values
+PRECISIONS = ("fp32", "amp_bf16", "amp_fp16", "amp_fp8")  # Composer's; amp_* need a GPU (check_precision)
+
+
+def check_precision(precision: str, has_gpu: bool) -> None:
+    """Composer trains amp_* precisions on GPUs only: say so before the model is built, not after."""
+    if precision != "fp32" and not has_gpu:
+        raise ConfigError(f"precision={precision!r} needs a GPU, and this machine has none; use precision=fp32")
+
+
+def _duration(value: Any) -> Optional[str]:
+    """Why `value` is not a positive Composer duration (`10ba`, `1ep`, `500sp`), or None when it is one."""
+    from composer.core import Time
+
+    try:
+        time = Time.from_timestring(str(value))
+    except ValueError:
+        return "not a duration: use a number and a unit, e.g. 5000ba (batches), 2ep (epochs) or 1000sp (samples)"
+    return None if time.value > 0 else "must be positive"
+
+
+def _value_problems(cfg: DictConfig) -> list[tuple[str, Any, str]]:
+    """(key, value, what is wrong and what is valid) for every value of the config outside its range."""
+    import math
+
+    from .models import PRESETS
+
+    problems: list[tuple[str, Any, str]] = []
+
+    def check(key: str, ok: bool, valid: str) -> None:
+        if not ok:
+            problems.append((key, OmegaConf.select(cfg, key), valid))
+
+    def positive(key: str) -> None:
+        value = OmegaConf.select(cfg, key)
+        check(key, isinstance(value, (int, float)) and math.isfinite(value) and value > 0, "a number > 0")
+
+    def fraction(key: str, value: Any) -> bool:
+        return isinstance(value, (int, float)) and 0 <= value <= 1
+
+    m = cfg.model
+    check("model.preset", m.preset in PRESETS, f"one of {sorted(PRESETS)}")
+    positive("model.sigma_shift")
+    check("model.text_dropout_rate", fraction("", m.text_dropout_rate), "between 0 and 1")
+    probs = dict(m.conditional_frames_probs)
+    check("model.conditional_frames_probs", bool(probs) and all(int(k) >= 0 and fraction("", v) for k, v in probs.items())
+          and abs(sum(probs.values()) - 1) < 1e-6, "probabilities >= 0 of frame counts >= 0 that sum to 1")
+    check("model.eval_sigmas", all(0 < s < 1 for s in m.eval_sigmas), "sigmas strictly between 0 and 1")
+
+    check("precision", cfg.precision in PRECISIONS, f"one of {list(PRECISIONS)}")
+    for key in ("max_duration", "eval_interval", *(["save_interval"] if cfg.save_interval is not None else [])):
+        why = _duration(OmegaConf.select(cfg, key))
+        check(key, why is None, why or "")
+    positive("global_train_batch_size")
+    micro = cfg.device_train_microbatch_size
+    fsdp = bool(cfg.parallelism_config and cfg.parallelism_config.get("fsdp") is not None)
+    check("device_train_microbatch_size", (isinstance(micro, int) and micro > 0) or (micro == "auto" and not fsdp),
+          "an integer > 0" + (" ('auto' is not supported by Composer with FSDP2)" if fsdp else " or 'auto'"))
+
+    positive("optimizer.lr")
+    positive("optimizer.eps")
+    check("optimizer.weight_decay", cfg.optimizer.weight_decay >= 0, "a number >= 0")
+    check("optimizer.betas", len(cfg.optimizer.betas) == 2 and all(0 <= b < 1 for b in cfg.optimizer.betas),
+          "two numbers in [0, 1)")
+    positive("grad_clip_norm")
+    sched = cfg.scheduler
+    check("scheduler.warm_up_steps", 0 <= sched.warm_up_steps < sched.cycle_length, "0 <= warm_up_steps < cycle_length")
+    for key in ("f_start", "f_max", "f_min"):
+        check(f"scheduler.{key}", sched[key] >= 0, "a number >= 0")
+    for loader in ("train_loader", "eval_loader"):
+        if cfg[loader] is None:
+            continue
+        for key in ("num_frames", "height", "width"):
+            positive(f"{loader}.dataset.{key}")
+        check(f"{loader}.num_workers", cfg[loader].num_workers >= 0, "an integer >= 0")
+    if cfg.gpu_memory_cap_gib is not None:
+        positive("gpu_memory_cap_gib")
+    check("max_nonfinite_steps", cfg.max_nonfinite_steps >= 0, "an integer >= 0")
+    return problems
+
+
+def _validate_values(cfg: DictConfig, yaml_path: Path) -> None:
+    problems = _value_problems(cfg)
+    if problems:
+        lines = [f"  {key}={value!r}: {valid}" for key, value, valid in problems]
+        raise ConfigError(f"Invalid value(s) in {yaml_path} (with its overrides):\n" + "\n".join(lines))

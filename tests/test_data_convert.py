@@ -336,3 +336,13 @@ def test_files_that_are_not_samples_are_reported(multiview: Path, tmp_path: Path
     assert (
         "Wrote 3 of 3 samples" in out and "ignored 1 files that are not samples" in out and str(stray) in out
     )
+
+
+@pytest.mark.parametrize("where", ["same", "parent", "inside"])
+def test_an_output_that_overlaps_the_input_is_refused_and_nothing_is_deleted(multiview: Path, capsys, where):
+    before = sorted(p.relative_to(multiview) for p in multiview.rglob("*"))
+    output = {"same": multiview, "parent": multiview.parent, "inside": multiview / "mds"}[where]
+    assert convert_script.main(_multiview_argv(multiview, output) + ["--overwrite", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "would delete the source videos" in err and str(multiview) in err
+    assert sorted(p.relative_to(multiview) for p in multiview.rglob("*")) == before

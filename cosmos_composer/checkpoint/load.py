@@ -17,6 +17,7 @@ Rules:
   values for missing keys, and prints every key it dropped or left at init. Shape mismatches still
   raise, unless `allow_shape_mismatch=True` (YAML `load_allow_shape_mismatch: true`) also drops those,
   printing each with both shapes.
+- A tensor with NaN or Inf values is refused, by key (each FSDP2 rank checks its own rows; the ranks agree).
 - Nothing is copied unless the whole check passes, so a refused file leaves the network untouched.
 - Values are cast to the network's dtype (a bf16 file into fp32 parameters is exact).
 
@@ -46,8 +47,9 @@ from typing import Iterable, Optional
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
-from ..models.parallelize import copy_full_into_
+from ..models.parallelize import copy_full_into_, local_slice
 from .hf import resolve
 
 log = logging.getLogger(__name__)
@@ -260,6 +262,12 @@ def load_network_weights(
     report.matched = len(to_copy)
 
     problems = []
+    non_finite = _non_finite_keys(params, to_copy)
+    if non_finite:
+        problems.append(
+            f"{len(non_finite)} tensors hold NaN or Inf values ({_listing(non_finite, 20)}); the file is corrupt or "
+            "comes from a diverged run"
+        )
     if report.shape_mismatches and not allow_shape_mismatch:
         problems.append(
             f"{len(report.shape_mismatches)} shape mismatches (load_allow_shape_mismatch=true drops them instead)"
@@ -279,6 +287,23 @@ def load_network_weights(
         copy_full_into_(params[key], tensor)
         report.loaded.append(key)
     return report
+
+
+def _non_finite_keys(params: dict, to_copy: list[tuple[str, torch.Tensor]]) -> list[str]:
+    """Keys whose values (this rank's rows of them, for FSDP2 shards) are not all finite, agreed by all ranks."""
+    import torch.distributed as dist
+
+    bad = [
+        key for key, tensor in to_copy
+        if tensor.is_floating_point() and not tensor.is_meta  # shape-only loads have no values
+        and not bool(torch.isfinite(local_slice(params[key], tensor)).all())
+    ]  # fmt: skip
+    sharded = any(isinstance(p, DTensor) for p in params.values())
+    if sharded and dist.is_initialized() and dist.get_world_size() > 1:
+        gathered: list = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, bad)
+        bad = sorted({key for rank_bad in gathered for key in rank_bad})
+    return bad
 
 
 def _announce(report: LoadReport) -> None:

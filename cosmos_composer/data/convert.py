@@ -20,7 +20,7 @@ from cosmos_composer.data.layouts import (
     normalize_control_key,
     validate_sample,
 )
-from cosmos_composer.data.output import atomic_output_dir, check_output_dir
+from cosmos_composer.data.output import atomic_output_dir, check_output_apart_from_input, check_output_dir
 from cosmos_composer.data.precompute import Precomputer
 
 DEFAULT_SIZE_LIMIT = "256mb"
@@ -88,6 +88,7 @@ def convert_to_mds(
     """
     control_key = normalize_control_key(control_key or DEFAULT_CONTROL_KEY[layout], layout)
     min_frames = DEFAULT_MIN_FRAMES[layout] if min_frames is None else min_frames
+    check_output_apart_from_input(input_dir, output_dir)
     check_output_dir(output_dir, overwrite)  # fail before the (possibly long) scan
     if precomputer is not None and precomputer.latents and min_frames < precomputer.num_frames:
         raise ValueError(

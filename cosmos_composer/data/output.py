@@ -29,6 +29,17 @@ def check_output_dir(output: str | Path, overwrite: bool) -> Path:
     return output
 
 
+def check_output_apart_from_input(input_dir: str | Path, output: str | Path) -> None:
+    """Refuse an output folder that is the input, holds it or lies inside it: --overwrite would delete the videos."""
+    source, target = Path(input_dir).resolve(), Path(output).resolve()
+    if source == target or source.is_relative_to(target) or target.is_relative_to(source):
+        relation = "is" if source == target else ("holds" if source.is_relative_to(target) else "is inside")
+        raise ValueError(
+            f"--output {output} {relation} the input folder {input_dir}; replacing it would delete the source videos. "
+            "Fix: write the shards to a folder outside the input, e.g. a sibling folder"
+        )
+
+
 @contextlib.contextmanager
 def atomic_output_dir(output: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside ``output``; on success it replaces ``output``, on error it is deleted.
