@@ -10,6 +10,7 @@ from composer.utils import dist, get_device
 
 from cosmos_composer.builders import build_trainer
 from cosmos_composer.callbacks.nonfinite_loss import TrainingDiverged
+from cosmos_composer.checkpoint.autoresume import RunAlreadyComplete
 from cosmos_composer.checkpoint.hf import HfResolveError
 from cosmos_composer.checkpoint.load import CheckpointLoadError
 from cosmos_composer.config import ConfigError, load_config
@@ -26,6 +27,9 @@ def main(argv: list[str]) -> None:
         # Initialise the process group first: dataset preparation synchronises the ranks.
         dist.initialize_dist(get_device(None), timeout=cfg.dist_timeout)
         trainer = build_trainer(cfg)
+    except RunAlreadyComplete as done:
+        print(done, flush=True)
+        sys.exit(0)
     except ConfigError as error:
         sys.exit(f"config error: {error}")
     except (CheckpointLoadError, HfResolveError) as error:

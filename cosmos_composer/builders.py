@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from .callbacks.registry import CALLBACKS
 from .callbacks.nonfinite_loss import NonFiniteLossGuard
 from .callbacks.step_seed import StepSeed
+from .checkpoint.autoresume import ResumePlan, RunAlreadyComplete, plan_resume, point_latest_link
 from .checkpoint.hf import HfResolveError, resolve
 from .checkpoint.load import load_consolidated_into_network, load_network_weights
 from .config import ConfigError, check_precision, run_folder
@@ -69,8 +70,9 @@ def resolve_inputs(cfg: DictConfig, save_folder: Optional[str]) -> RunInputs:
 
     Downloads (hf://) happen here, on every rank (huggingface_hub downloads each file once under a lock).
     """
-    resumes = bool(cfg.autoresume) and save_folder is not None and _has_autoresume_checkpoint(save_folder)
-    inputs = RunInputs(resumes=resumes)
+    plan = plan_autoresume(save_folder) if cfg.autoresume and save_folder is not None else ResumePlan()
+    check_not_complete(cfg, plan, save_folder)
+    inputs = RunInputs(resumes=plan.checkpoint is not None)
     for name in ("vae", "text"):
         value = cfg.encoders[name]
         if value is not None and value != "tiny":
@@ -382,5 +384,30 @@ def _is_composer_checkpoint(path: str) -> bool:
     return p.is_dir() or "{" in path or p.name.startswith(("latest-rank", "ep"))
 
 
-def _has_autoresume_checkpoint(save_folder: str) -> bool:
-    return any(Path(save_folder).glob("latest-rank*"))
+def plan_autoresume(save_folder: str) -> ResumePlan:
+    """Global rank 0 finds the newest intact checkpoint and points Composer's link at it; every rank learns it."""
+    outcome: list = [None]
+    if dist.get_global_rank() == 0:
+        try:
+            plan = plan_resume(save_folder)
+            point_latest_link(Path(save_folder), plan)
+            print(plan.describe(Path(save_folder)), flush=True)
+            outcome = [plan]
+        except RuntimeError as error:
+            outcome = [str(error)]
+    dist.broadcast_object_list(outcome, src=0)
+    if isinstance(outcome[0], str):
+        raise ConfigError(f"autoresume: {outcome[0]}")
+    return outcome[0]
+
+
+def check_not_complete(cfg: DictConfig, plan: ResumePlan, save_folder: Optional[str]) -> None:
+    """A finished run that is run again stops at once, saying how to go on (exit 0 in train.py)."""
+    from composer.core import Time, TimeUnit
+
+    duration = Time.from_timestring(str(cfg.max_duration))
+    if plan.checkpoint is not None and duration.unit == TimeUnit.BATCH and plan.batch >= duration.value:
+        raise RunAlreadyComplete(
+            f"run {cfg.run_name!r} is already complete at batch {plan.batch} ({plan.checkpoint}); to train further "
+            f"raise max_duration, to start over use a new run_name or delete {save_folder}"
+        )

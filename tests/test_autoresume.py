@@ -1,0 +1,79 @@
+"""Autoresume from the newest intact checkpoint, said aloud; never a silent restart, never a dropped load_path.
+
+Real `python train.py` runs of the quickstart (one process, FSDP2: sharded `ep*-ba*` folders), with the
+checkpoint folder damaged between runs as a crash, a bad copy or a disk would damage it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+import torch
+from helpers import run_train
+
+from cosmos_composer.models import build_network
+
+RUN = ("out", "cosmos_composer", "quickstart", "quickstart", "checkpoints")
+
+
+def _run(tmp_path, demo_mds, *args):
+    return run_train([f"train_loader.dataset.local={demo_mds}", "eval_loader=null", "callbacks.sample_videos=null",
+                      "save_interval=2ba", "progress_bar=false", "log_to_console=true", *args], tmp_path)
+
+
+@pytest.fixture
+def four_batches(tmp_path, demo_mds):
+    """A finished 4-batch run with checkpoints at batches 2 and 4; returns its checkpoint folder."""
+    result = _run(tmp_path, demo_mds, "max_duration=4ba")
+    assert result.returncode == 0, result.stderr[-3000:]
+    folder = tmp_path.joinpath(*RUN)
+    assert sorted(p.name for p in folder.iterdir()) == ["ep0-ba2", "ep1-ba4", "latest-rank0.pt"]
+    return folder
+
+
+def test_a_dangling_latest_link_resumes_from_the_newest_intact_checkpoint(tmp_path, demo_mds, four_batches):
+    shutil.rmtree(four_batches / "ep1-ba4")  # deleted as corrupt: latest-rank0.pt now dangles
+    result = _run(tmp_path, demo_mds, "max_duration=6ba")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "autoresume: resuming from ep0-ba2 (batch 2)" in result.stdout
+    assert "[batch=3/6]" in result.stdout + result.stderr and "[batch=1/6]" not in result.stdout + result.stderr
+
+
+def test_a_truncated_shard_is_named_and_skipped(tmp_path, demo_mds, four_batches):
+    shard = four_batches / "ep1-ba4" / "__0_0.distcp"
+    os.truncate(shard, 100)
+    result = _run(tmp_path, demo_mds, "max_duration=6ba")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ep1-ba4 is not intact (__0_0.distcp is truncated (100 of" in result.stdout
+    assert "resuming from ep0-ba2" in result.stdout
+
+
+def test_no_intact_checkpoint_stops_instead_of_starting_over(tmp_path, demo_mds, four_batches):
+    for folder in ("ep0-ba2", "ep1-ba4"):
+        (four_batches / folder / ".metadata").unlink()
+    result = _run(tmp_path, demo_mds, "max_duration=6ba")
+    assert result.returncode != 0
+    assert "none is intact" in result.stderr and "a new run_name" in result.stderr
+    assert sorted(p.name for p in (four_batches / "ep0-ba2").iterdir()) == ["__0_0.distcp"]  # left as it was
+
+
+def test_a_finished_run_run_again_exits_0_and_says_how_to_go_on(tmp_path, demo_mds, four_batches):
+    result = _run(tmp_path, demo_mds, "max_duration=4ba")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "already complete at batch 4" in result.stdout
+    assert "raise max_duration" in result.stdout and "new run_name" in result.stdout
+
+
+def test_load_path_is_kept_when_there_is_nothing_to_resume(tmp_path, demo_mds):
+    folder = tmp_path.joinpath(*RUN)
+    folder.mkdir(parents=True)
+    (folder / "latest-rank0.pt").symlink_to("ep9-ba20")  # a copy that kept the link but not the checkpoint
+    weights = tmp_path / "start_ema_bf16.pt"
+    torch.save({f"net.{k}": v.to(torch.bfloat16) for k, v in build_network("tiny-multiview").state_dict().items()},
+               weights)
+    result = _run(tmp_path, demo_mds, "max_duration=2ba", f"load_path={weights}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "autoresume: no checkpoint" in result.stdout and "starting fresh" in result.stdout
+    assert f"{weights}: loaded" in result.stdout  # the weights it was told to start from
