@@ -330,6 +330,7 @@ def build_trainer(cfg: DictConfig) -> Trainer:
     batch_size = cfg.global_train_batch_size // world_size
     checkpoints = cfg.save_interval is not None
     save_folder = (cfg.save_folder or str(run_folder(cfg) / "checkpoints")) if checkpoints else None
+    lock_run_folder(save_folder or str(run_folder(cfg)))  # before anything reads or writes the checkpoints
     inputs = resolve_inputs(cfg, save_folder)
 
     # Seed before the model is built, so a fresh run's initial weights are reproducible too.
@@ -382,6 +383,23 @@ def _is_composer_checkpoint(path: str) -> bool:
     `path` is local: hf:// URIs are resolved before this is asked."""
     p = Path(path)
     return p.is_dir() or "{" in path or p.name.startswith(("latest-rank", "ep"))
+
+
+def lock_run_folder(folder: str) -> None:
+    """Global rank 0 locks the run's checkpoint folder for the run (see run_lock.py); every rank learns the outcome."""
+    from .run_lock import RunFolderInUse, acquire_run_lock
+
+    outcome: list = [None]
+    if dist.get_global_rank() == 0:
+        try:
+            note = acquire_run_lock(folder)
+            if note:
+                print(f"run lock: {note}", flush=True)
+        except RunFolderInUse as error:
+            outcome = [str(error)]
+    dist.broadcast_object_list(outcome, src=0)
+    if outcome[0] is not None:
+        raise ConfigError(outcome[0])
 
 
 def plan_autoresume(save_folder: str) -> ResumePlan:

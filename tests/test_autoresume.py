@@ -77,3 +77,40 @@ def test_load_path_is_kept_when_there_is_nothing_to_resume(tmp_path, demo_mds):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "autoresume: no checkpoint" in result.stdout and "starting fresh" in result.stdout
     assert f"{weights}: loaded" in result.stdout  # the weights it was told to start from
+
+
+# ----------------------------------------------------------------------------- one run per folder
+def test_a_second_run_into_the_same_folder_stops_naming_the_first_and_a_dead_ones_lock_is_taken_over(
+    tmp_path, demo_mds
+):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from helpers import QUICKSTART, REPO, train_env
+
+    args = [f"train_loader.dataset.local={demo_mds}", "eval_loader=null", "callbacks.sample_videos=null",
+            "save_interval=2ba", "progress_bar=false", "log_to_console=true", "console_log_interval=1ba",
+            "max_duration=100000ba"]
+    first = subprocess.Popen([sys.executable, str(REPO / "train.py"), str(QUICKSTART), *args], cwd=tmp_path,
+                             env=train_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in first.stdout:  # wait until the first run holds the folder and trains
+            if "[batch=2/" in line:
+                break
+        else:
+            raise AssertionError("the first run ended before it trained")
+        second = _run(tmp_path, demo_mds, "max_duration=100000ba")
+        assert second.returncode != 0
+        assert "is in use by another run" in second.stderr and f"pid {first.pid}" in second.stderr
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    time.sleep(1)
+    third = _run(tmp_path, demo_mds, "max_duration=100000ba", "max_duration=4ba")
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "took over the lock" in third.stdout and f"pid {first.pid}" in third.stdout
+    assert "autoresume: resuming from" in third.stdout
+    fourth = _run(tmp_path, demo_mds, "max_duration=4ba")  # after a clean exit there is nothing to take over
+    assert fourth.returncode == 0 and "took over" not in fourth.stdout and "already complete" in fourth.stdout
