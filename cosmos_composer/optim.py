@@ -18,6 +18,8 @@ from composer.loggers import Logger
 from torch import nn
 from torch.distributed.tensor import DTensor, Partial, Replicate, Shard
 
+from .models.parallelize import local_tensor
+
 __all__ = [
     "FiniteGradClip",
     "LambdaLinearSchedule",
@@ -155,7 +157,7 @@ def clip_finite_grad_norm_(
     grads = [p.grad for p in params]
 
     # Zero the non-finite entries in place, on the local shards (views of the DTensor storage).
-    local_grads = [g.to_local() if isinstance(g, DTensor) else g for g in grads]
+    local_grads = [local_tensor(g) for g in grads]
     non_finite = torch.stack([torch.logical_not(torch.isfinite(g)).sum() for g in local_grads]).sum()
     for g in local_grads:
         torch.nan_to_num_(g, nan=0.0, posinf=0.0, neginf=0.0)

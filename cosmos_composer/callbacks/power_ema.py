@@ -28,11 +28,9 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
-__all__ = ["PowerEMA", "power_ema_beta", "power_ema_gamma", "update_ema_"]
+from ..models.parallelize import local_tensor, trainable_pairs
 
-# Name components that wrappers insert into parameter names (activation checkpointing, torch.compile);
-# they are stripped so that `net` and `net_ema` match by name whichever of them is wrapped.
-_WRAPPER_NAME_PARTS = ("_checkpoint_wrapped_module.", "_orig_mod.")
+__all__ = ["PowerEMA", "power_ema_beta", "power_ema_gamma", "update_ema_"]
 
 
 def power_ema_gamma(sigma_rel: float) -> float:
@@ -61,44 +59,26 @@ def power_ema_beta(iteration: int, gamma: float) -> float:
     return (1.0 - 1.0 / (iteration + 1)) ** (gamma + 1.0)
 
 
-def _canonical_name(name: str) -> str:
-    for part in _WRAPPER_NAME_PARTS:
-        name = name.replace(part, "")
-    return name
-
-
-def _local(tensor: torch.Tensor) -> torch.Tensor:
-    """The local shard of an FSDP2 DTensor (a view that shares its storage), or the tensor itself."""
-    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
-
-
 @torch.no_grad()
 def update_ema_(net: nn.Module, net_ema: nn.Module, beta: float) -> None:
     """net_ema <- beta * net_ema + (1 - beta) * net, in fp32, over the parameters of `net` that train.
 
-    Parameters are matched by name. Frozen parameters (requires_grad=False in `net`) are skipped: the
-    EMA of a constant is the constant, and `net_ema` already holds the same frozen weights (it is a
-    copy of `net`, and the loader copies `net` into `net_ema` at load), so skipping them gives exactly
-    what upstream's update over all parameters gives, without touching the 2B frozen base every step.
+    Parameters are matched by name (`trainable_pairs`). Frozen parameters (requires_grad=False in `net`)
+    are skipped: the EMA of a constant is the constant, and `net_ema` shares `net`'s frozen weights (see
+    `build_ema_network`), so skipping them gives exactly what upstream's update over all parameters gives,
+    without touching the 2B frozen base every step.
 
     Works on plain tensors and on FSDP2 DTensors: both networks are sharded the same way, so the
     update is purely local, shard by shard, with no communication.
     """
-    ema_params = {_canonical_name(name): param for name, param in net_ema.named_parameters()}
     targets: list[torch.Tensor] = []
     sources: list[torch.Tensor] = []
-    for name, param in net.named_parameters():
-        if not param.requires_grad:
-            continue
-        name = _canonical_name(name)
-        ema_param = ema_params.get(name)
-        if ema_param is None:
-            raise KeyError(f"net_ema has no parameter {name!r}; net and net_ema must be the same network")
+    for name, param, ema_param in trainable_pairs(net, net_ema):
         if isinstance(param, DTensor) != isinstance(ema_param, DTensor) or (
             isinstance(param, DTensor) and param.placements != ema_param.placements
         ):
             raise ValueError(f"{name!r} is sharded differently in net and net_ema; shard both the same way")
-        target, source = _local(ema_param), _local(param.detach())
+        target, source = local_tensor(ema_param), local_tensor(param.detach())
         if target.dtype != torch.float32:
             raise TypeError(f"the EMA is kept in fp32, but net_ema.{name} is {target.dtype}")
         if target.shape != source.shape:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from ..models.parallelize import full_tensor
 from . import rectified_flow as rf
 
 MULTIVIEW_CONDITIONAL_FRAMES_PROBS = {0: 0.5, 1: 0.25, 2: 0.25}
@@ -37,9 +38,7 @@ def unconditional_context(net, like: torch.Tensor) -> torch.Tensor:
     """
     config = net.config
     if config.use_crossattn_projection and like.shape[-1] == config.crossattn_emb_channels:
-        bias = net.crossattn_proj[0].bias.detach()
-        if hasattr(bias, "full_tensor"):  # a DTensor shard of FSDP2
-            bias = bias.full_tensor()
+        bias = full_tensor(net.crossattn_proj[0].bias.detach())  # an FSDP2 shard is gathered
         return F.gelu(bias.float()).to(device=like.device, dtype=like.dtype).expand_as(like).contiguous()
     return torch.zeros_like(like)
 

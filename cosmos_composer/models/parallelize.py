@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from .network import CONTROL_BRANCH_PREFIXES, Block, CosmosTransferNet
+from .network import Block, CosmosTransferNet
 
 # The dtype the released checkpoints store every weight in, and the dtype we store frozen weights in.
 FROZEN_DTYPE = torch.bfloat16
@@ -38,12 +38,10 @@ def set_trainable_(net: nn.Module, train_base: bool) -> list[str]:
 
     Returns the names of the trainable parameters.
     """
-    trainable = []
+    control_branch = set(net.control_branch_parameter_names())
     for name, param in net.named_parameters():
-        param.requires_grad_(train_base or name.startswith(CONTROL_BRANCH_PREFIXES))
-        if param.requires_grad:
-            trainable.append(name)
-    return trainable
+        param.requires_grad_(train_base or name in control_branch)
+    return [name for name, param in net.named_parameters() if param.requires_grad]
 
 
 def apply_dtypes(net: nn.Module, frozen_dtype: torch.dtype = FROZEN_DTYPE) -> None:
@@ -105,8 +103,12 @@ def local_slice(target: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def copy_full_into_(target: torch.Tensor, full: torch.Tensor) -> None:
     """Copy a full (e.g. mmapped) tensor into `target`; a DTensor takes only its own shard, cast on the fly."""
-    local = target.to_local() if isinstance(target, DTensor) else target
-    local.copy_(local_slice(target, full))
+    local_tensor(target).copy_(local_slice(target, full))
+
+
+def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """The local shard of an FSDP2 DTensor (a view that shares its storage), or the tensor itself."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
 
 def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
@@ -141,10 +143,29 @@ def build_ema_network(net: CosmosTransferNet) -> CosmosTransferNet:
     return net_ema
 
 
-def trainable_pairs(net: nn.Module, net_ema: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(net parameter, net_ema parameter) for every trainable parameter, matched by name."""
-    ema_params = dict(net_ema.named_parameters(remove_duplicate=False))
-    return [(param, ema_params[name]) for name, param in net.named_parameters() if param.requires_grad]
+# Name components that wrappers insert into parameter names (activation checkpointing, torch.compile);
+# they are stripped so that `net` and `net_ema` match by name whichever of them is wrapped.
+_WRAPPER_NAME_PARTS = ("_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+def canonical_name(name: str) -> str:
+    for part in _WRAPPER_NAME_PARTS:
+        name = name.replace(part, "")
+    return name
+
+
+def trainable_pairs(net: nn.Module, net_ema: nn.Module) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """(name, net parameter, net_ema parameter) for every trainable parameter of `net`, matched by name."""
+    ema_params = {canonical_name(name): p for name, p in net_ema.named_parameters(remove_duplicate=False)}
+    pairs = []
+    for name, param in net.named_parameters():
+        if not param.requires_grad:
+            continue
+        name = canonical_name(name)
+        if name not in ema_params:
+            raise KeyError(f"net_ema has no parameter {name!r}; net and net_ema must be the same network")
+        pairs.append((name, param, ema_params[name]))
+    return pairs
 
 
 @contextlib.contextmanager
@@ -157,10 +178,7 @@ def ema_weights(net: nn.Module, net_ema: Optional[nn.Module]) -> Iterator[nn.Mod
     if net_ema is None:
         yield net
         return
-    pairs = [
-        (p.to_local() if isinstance(p, DTensor) else p, e.to_local() if isinstance(e, DTensor) else e)
-        for p, e in trainable_pairs(net, net_ema)
-    ]
+    pairs = [(local_tensor(param), local_tensor(ema)) for _, param, ema in trainable_pairs(net, net_ema)]
 
     def swap() -> None:
         with torch.no_grad():
