@@ -18,8 +18,8 @@ from composer.utils import dist, reproducibility
 from composer.utils.parallelism import FSDP2Config
 from omegaconf import DictConfig, OmegaConf
 
-from .callbacks.registry import CALLBACKS
 from .callbacks.nonfinite_loss import NonFiniteLossGuard
+from .callbacks.registry import CALLBACKS
 from .callbacks.step_seed import StepSeed
 from .checkpoint.autoresume import ResumePlan, RunAlreadyComplete, plan_resume, point_latest_link
 from .checkpoint.hf import HfResolveError, resolve
@@ -385,38 +385,45 @@ def _is_composer_checkpoint(path: str) -> bool:
     return p.is_dir() or "{" in path or p.name.startswith(("latest-rank", "ep"))
 
 
+def _decided_on_rank_zero(decide, refusal: type[Exception], prefix: str = ""):
+    """Run `decide()` on global rank 0 only and hand its result to every rank.
+
+    A `refusal` raised there becomes a ConfigError on every rank (so no rank waits for the others forever).
+    """
+    outcome: list = [None, None]  # (result, refusal message)
+    if dist.get_global_rank() == 0:
+        try:
+            outcome = [decide(), None]
+        except refusal as error:
+            outcome = [None, str(error)]
+    dist.broadcast_object_list(outcome, src=0)
+    if outcome[1] is not None:
+        raise ConfigError(prefix + outcome[1])
+    return outcome[0]
+
+
 def lock_run_folder(folder: str) -> None:
     """Global rank 0 locks the run's checkpoint folder for the run (see run_lock.py); every rank learns the outcome."""
     from .run_lock import RunFolderInUse, acquire_run_lock
 
-    outcome: list = [None]
-    if dist.get_global_rank() == 0:
-        try:
-            note = acquire_run_lock(folder)
-            if note:
-                print(f"run lock: {note}", flush=True)
-        except RunFolderInUse as error:
-            outcome = [str(error)]
-    dist.broadcast_object_list(outcome, src=0)
-    if outcome[0] is not None:
-        raise ConfigError(outcome[0])
+    def lock() -> None:
+        note = acquire_run_lock(folder)
+        if note:
+            print(f"run lock: {note}", flush=True)
+
+    _decided_on_rank_zero(lock, RunFolderInUse)
 
 
 def plan_autoresume(save_folder: str) -> ResumePlan:
     """Global rank 0 finds the newest intact checkpoint and points Composer's link at it; every rank learns it."""
-    outcome: list = [None]
-    if dist.get_global_rank() == 0:
-        try:
-            plan = plan_resume(save_folder)
-            point_latest_link(Path(save_folder), plan)
-            print(plan.describe(Path(save_folder)), flush=True)
-            outcome = [plan]
-        except RuntimeError as error:
-            outcome = [str(error)]
-    dist.broadcast_object_list(outcome, src=0)
-    if isinstance(outcome[0], str):
-        raise ConfigError(f"autoresume: {outcome[0]}")
-    return outcome[0]
+
+    def plan() -> ResumePlan:
+        resume = plan_resume(save_folder)
+        point_latest_link(Path(save_folder), resume)
+        print(resume.describe(Path(save_folder)), flush=True)
+        return resume
+
+    return _decided_on_rank_zero(plan, RuntimeError, prefix="autoresume: ")
 
 
 def check_not_complete(cfg: DictConfig, plan: ResumePlan, save_folder: Optional[str]) -> None:

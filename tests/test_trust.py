@@ -47,10 +47,15 @@ def test_amp_precision_on_a_cpu_fails_before_the_model_is_built(tmp_path):
     assert "precision='amp_bf16' needs a GPU" in result.stderr and "precision=fp32" in result.stderr
 
 
+def _diverging_run(tmp_path, demo_mds, *args):
+    """6 batches at lr=1e8: the loss of batch 1 is finite, every later one is not."""
+    return run_train([f"train_loader.dataset.local={demo_mds}", "eval_loader=null", "max_duration=6ba",
+                      "parallelism_config=null", "optimizer.lr=1e8", "scheduler.warm_up_steps=0",
+                      "callbacks.sample_videos=null", *args], tmp_path)
+
+
 def test_a_diverged_run_stops_non_zero_naming_the_batch_and_saves_nothing_after_it(tmp_path, demo_mds):
-    result = run_train([f"train_loader.dataset.local={demo_mds}", "eval_loader=null", "max_duration=6ba",
-                        "parallelism_config=null", "optimizer.lr=1e8", "scheduler.warm_up_steps=0",
-                        "callbacks.sample_videos=null", "save_interval=1ba"], tmp_path)
+    result = _diverging_run(tmp_path, demo_mds, "save_interval=1ba")
     assert result.returncode != 0
     assert "training stopped: the training loss is not finite at batch 2 (samples: demo_" in result.stderr
     assert "max_nonfinite_steps" in result.stderr
@@ -60,9 +65,7 @@ def test_a_diverged_run_stops_non_zero_naming_the_batch_and_saves_nothing_after_
 
 
 def test_max_nonfinite_steps_steps_over_that_many_batches(tmp_path, demo_mds):
-    result = run_train([f"train_loader.dataset.local={demo_mds}", "eval_loader=null", "max_duration=6ba",
-                        "parallelism_config=null", "optimizer.lr=1e8", "scheduler.warm_up_steps=0",
-                        "callbacks.sample_videos=null", "save_interval=null", "max_nonfinite_steps=2"], tmp_path)
+    result = _diverging_run(tmp_path, demo_mds, "save_interval=null", "max_nonfinite_steps=2")
     assert result.returncode != 0
     assert "not finite at batch 4" in result.stderr  # batches 2 and 3 were stepped over
     assert "stepping over it (2 of max_nonfinite_steps=2 in a row)" in result.stderr

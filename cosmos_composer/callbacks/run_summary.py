@@ -27,6 +27,7 @@ from composer.core import Callback, State
 from composer.loggers import Logger
 from composer.utils import dist
 
+
 def peak_host_rss_gib() -> float:
     """Peak resident memory of this process in GiB (Linux reports ru_maxrss in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
@@ -47,7 +48,7 @@ class RunSummary(Callback):
         self._step_start = 0.0
 
     def batch_start(self, state: State, logger: Logger) -> None:
-        _synchronize()
+        # No synchronize here: the previous batch_end already waited for the device.
         self._step_start = time.perf_counter()
 
     def batch_end(self, state: State, logger: Logger) -> None:
