@@ -2,24 +2,28 @@
 
 One process: `python train.py yamls/quickstart.yaml`. Overrides are omegaconf dot-lists
 (`max_duration=10ba model.train_base=true loggers=null`); unknown keys are rejected.
+`--help` (also after the YAML) lists every key with its default.
 """
 
 import sys
 
 from composer.utils import dist, get_device
+from torch.distributed.checkpoint.api import CheckpointException
 
 from cosmos_composer.builders import build_trainer
 from cosmos_composer.callbacks.nonfinite_loss import TrainingDiverged
 from cosmos_composer.checkpoint.autoresume import RunAlreadyComplete
 from cosmos_composer.checkpoint.hf import HfResolveError
 from cosmos_composer.checkpoint.load import CheckpointLoadError
-from cosmos_composer.config import ConfigError, load_config
+from cosmos_composer.checkpoint.safe_pickle import unsafe_pickle_in
+from cosmos_composer.config import ConfigError, describe_config, load_config
 from cosmos_composer.host_memory import return_freed_memory_to_os
+from cosmos_composer.quiet import remove_streaming_filelocks
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) < 1 or argv[0] in ("-h", "--help"):
-        print(__doc__)
+    if not argv or "-h" in argv or "--help" in argv:
+        print(__doc__ + "\n" + describe_config())
         sys.exit(0 if argv else 2)
     return_freed_memory_to_os()  # before the model is built: keeps each rank's host memory lean
     try:
@@ -34,10 +38,16 @@ def main(argv: list[str]) -> None:
         sys.exit(f"config error: {error}")
     except (CheckpointLoadError, HfResolveError) as error:
         sys.exit(f"load_path error: {error}")
+    except CheckpointException as error:  # Composer's checkpoint load: a refused pickle is said plainly
+        refusal = unsafe_pickle_in(error)
+        if refusal is None:
+            raise
+        sys.exit(f"checkpoint error: {refusal}")
     try:
         trainer.fit()
     except TrainingDiverged as error:
         sys.exit(f"training stopped: {error}")
+    remove_streaming_filelocks(trainer)
 
 
 if __name__ == "__main__":

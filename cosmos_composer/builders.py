@@ -18,13 +18,22 @@ from composer.utils import dist, reproducibility
 from composer.utils.parallelism import FSDP2Config
 from omegaconf import DictConfig, OmegaConf
 
+from .callbacks.checkpoint_checksums import CheckpointChecksums
 from .callbacks.nonfinite_loss import NonFiniteLossGuard
 from .callbacks.registry import CALLBACKS
 from .callbacks.step_seed import StepSeed
-from .checkpoint.autoresume import ResumePlan, RunAlreadyComplete, plan_resume, point_latest_link
+from .checkpoint.autoresume import LATEST_LINK, ResumePlan, RunAlreadyComplete, plan_resume, point_latest_link
 from .checkpoint.hf import HfResolveError, resolve
-from .checkpoint.load import load_consolidated_into_network, load_network_weights
+from .checkpoint.integrity import ChecksumMismatch, verify_checksums
+from .checkpoint.load import (
+    CheckpointLoadError,
+    is_composer_checkpoint,
+    load_consolidated_into_network,
+    load_network_weights,
+)
+from .checkpoint.safe_pickle import UnsafePickleError, composer_loads_safely
 from .config import ConfigError, check_precision, run_folder
+from .config_file import write_json_or_yaml
 from .loggers import JSONLinesLogger, WandBLogger
 from .models import CosmosTransferNet, build_network
 from .models.composer_model import CosmosTransferModel, ObjectiveConfig
@@ -38,6 +47,7 @@ from .models.parallelize import (
     set_trainable_,
 )
 from .optim import FiniteGradClip, LambdaLinearSchedule, build_optimizer
+from .quiet import silence_known_warnings
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +90,15 @@ def resolve_inputs(cfg: DictConfig, save_folder: Optional[str]) -> RunInputs:
         setattr(inputs, name, value)
     if cfg.load_path is not None and not inputs.resumes:  # autoresume wins: never fetch what is not used
         local = _resolve_key("load_path", cfg.load_path)
-        if _is_composer_checkpoint(local):
+        try:
+            composer_checkpoint = is_composer_checkpoint(local)  # by content: a DCP folder or Composer's file
+        except CheckpointLoadError as error:
+            raise ConfigError(f"load_path={cfg.load_path!r}: {error}") from None
+        if composer_checkpoint:
+            _decided_on_rank_zero(lambda: verify_checksums(local), ChecksumMismatch, f"load_path={cfg.load_path!r}: ")
             inputs.composer_checkpoint = local
         else:
-            inputs.weights = local
+            inputs.weights = local  # its checksums (an export's) are verified when it is read
     return inputs
 
 
@@ -183,15 +198,10 @@ def build_model(cfg: DictConfig, inputs: RunInputs) -> CosmosTransferModel:
 # ----------------------------------------------------------------------------- data
 def build_dataloader(loader_cfg: DictConfig, batch_size: int, model: CosmosTransferModel):
     from .data.dataset import TransferStreamingDataset, build_dataloader
-    from .data.shared_memory import release_stale_shared_memory
 
     ds = loader_cfg.dataset
     if ds.demo_if_missing:
         ensure_demo_dataset(ds, model.net.config.is_multiview, model.encoders.vae, model.encoders.text_embedder)
-    if dist.get_local_rank() == 0:
-        # A run killed with -9 leaves Streaming's shared memory behind; release ours before resuming.
-        release_stale_shared_memory(ds.local)
-    dist.barrier()
     dataset = TransferStreamingDataset(
         local=ds.local,
         remote=ds.remote,
@@ -215,6 +225,22 @@ def build_dataloader(loader_cfg: DictConfig, batch_size: int, model: CosmosTrans
         drop_last=loader_cfg.drop_last,
         prefetch_factor=loader_cfg.prefetch_factor if workers > 0 else None,
     )
+
+
+def release_stale_dataset_memory(cfg: DictConfig) -> None:
+    """A run killed with -9 leaves Streaming's shared memory behind: release that of our folders before resuming.
+
+    Once, before any dataset of this run exists: the train and eval loaders often read one folder, and a
+    release between them would unlink the live segments of the train dataset (the resource tracker then
+    reports them as leaked at exit).
+    """
+    from .data.shared_memory import release_stale_shared_memory
+
+    if dist.get_local_rank() == 0:
+        for loader in (cfg.train_loader, cfg.eval_loader):
+            if loader is not None:
+                release_stale_shared_memory(loader.dataset.local)
+    dist.barrier()
 
 
 def ensure_demo_dataset(ds: DictConfig, is_multiview: bool, vae=None, text_embedder=None) -> None:
@@ -268,19 +294,34 @@ def build_loggers(cfg: DictConfig) -> list:
             loggers.append(WandBLogger(**kwargs))
         elif name == "jsonl":
             loggers.append(JSONLinesLogger(**kwargs))
+    if "jsonl" not in (cfg.loggers or {}):  # every run keeps its metrics beside its checkpoints
+        loggers.append(JSONLinesLogger(path=str(run_folder(cfg) / "metrics.jsonl")))
     return loggers
 
 
-def build_callbacks(cfg: DictConfig) -> list:
+def build_callbacks(cfg: DictConfig, model: str = "", start: str = "") -> list:
+    """The YAML's callbacks plus those every run has unless the YAML turns them off (`callbacks.<name>=null`).
+
+    `model` and `start` (what trains, and from where) go into the summary line.
+    """
+    folder = run_folder(cfg)
+    always = {
+        "run_summary": {"path": str(folder / "summary.json"), "folder": str(folder), "model": model, "start": start},
+        "loss_plot": {"path": str(folder / "loss.png")},
+        "attention_kernel": {},  # the SDPA kernel is chosen, never left to chance
+    }
+    named = {name: None if kwargs is None else OmegaConf.to_container(kwargs) for name, kwargs in (cfg.callbacks or {}).items()}
+    for name, defaults in always.items():
+        if name not in named or named[name] is not None:
+            named[name] = {**defaults, **(named.get(name) or {})}
     callbacks = []
-    for name, kwargs in (cfg.callbacks or {}).items():
-        if kwargs is None:  # `callbacks.<name>=null` turns a callback of the YAML off
+    for name, kwargs in named.items():
+        if kwargs is None:
             continue
-        callbacks.append(CALLBACKS[name](**OmegaConf.to_container(kwargs)))
-    if "run_summary" not in (cfg.callbacks or {}):  # every run ends with its summary line
-        callbacks.append(CALLBACKS["run_summary"](path=str(run_folder(cfg) / "summary.json")))
-    if "attention_kernel" not in (cfg.callbacks or {}):  # the SDPA kernel is chosen, never left to chance
-        callbacks.append(CALLBACKS["attention_kernel"]())
+        if name == "memory_monitor" and not torch.cuda.is_available():
+            log.info("memory_monitor left out: it measures CUDA memory, and this machine has no GPU")
+            continue
+        callbacks.append(CALLBACKS[name](**kwargs))
     return callbacks
 
 
@@ -332,10 +373,14 @@ def build_trainer(cfg: DictConfig) -> Trainer:
     save_folder = (cfg.save_folder or str(run_folder(cfg) / "checkpoints")) if checkpoints else None
     lock_run_folder(save_folder or str(run_folder(cfg)))  # before anything reads or writes the checkpoints
     inputs = resolve_inputs(cfg, save_folder)
+    silence_known_warnings(resumed=inputs.resumes)
+    if dist.get_global_rank() == 0:  # the run's config as it ran: defaults, YAML and overrides
+        write_json_or_yaml(run_folder(cfg) / "config.yaml", OmegaConf.to_container(cfg, resolve=True))
 
     # Seed before the model is built, so a fresh run's initial weights are reproducible too.
     reproducibility.seed_all(cfg.seed)
     model = build_model(cfg, inputs)
+    release_stale_dataset_memory(cfg)
     train_loader = build_dataloader(cfg.train_loader, batch_size, model)
     eval_loader = None
     if cfg.eval_loader is not None:
@@ -346,8 +391,9 @@ def build_trainer(cfg: DictConfig) -> Trainer:
     parallelism = build_parallelism(cfg)
     # The model is sharded already (build_training_network): Composer must not shard it again.
     sharding = composer_keeps_our_sharding() if parallelism else contextlib.nullcontext()
-    with sharding:
-        return Trainer(
+    # Composer loads load_path and the autoresume checkpoint here: never with a full unpickler.
+    with sharding, composer_loads_safely():
+        trainer = Trainer(
             run_name=cfg.run_name,
             model=model,
             train_dataloader=train_loader,
@@ -361,7 +407,8 @@ def build_trainer(cfg: DictConfig) -> Trainer:
             precision=cfg.precision,
             parallelism_config=parallelism,
             algorithms=[FiniteGradClip(max_norm=cfg.grad_clip_norm)],
-            callbacks=[StepSeed(cfg.seed), NonFiniteLossGuard(cfg.max_nonfinite_steps), *build_callbacks(cfg)],
+            callbacks=[StepSeed(cfg.seed), NonFiniteLossGuard(cfg.max_nonfinite_steps),
+                       *build_callbacks(cfg, describe_model(cfg), describe_start(cfg, inputs, save_folder))],
             loggers=loggers,
             save_folder=save_folder,
             save_interval=cfg.save_interval,
@@ -375,17 +422,25 @@ def build_trainer(cfg: DictConfig) -> Trainer:
             console_log_interval=cfg.console_log_interval,
             dist_timeout=cfg.dist_timeout,
         )
+    CheckpointChecksums.attach(trainer)  # after Composer's checkpoint saver: sums what it has just written
+    return trainer
 
 
-def _is_composer_checkpoint(path: str) -> bool:
-    """A Composer checkpoint (a sharded DCP folder or a Composer .pt) rather than a consolidated weights file.
-
-    `path` is local: hf:// URIs are resolved before this is asked."""
-    p = Path(path)
-    return p.is_dir() or "{" in path or p.name.startswith(("latest-rank", "ep"))
+def describe_model(cfg: DictConfig) -> str:
+    """What trains, for the summary line: `tiny-multiview, control branch`."""
+    return f"{cfg.model.preset}, {'all weights' if cfg.model.train_base else 'control branch'}"
 
 
-def _decided_on_rank_zero(decide, refusal: type[Exception], prefix: str = ""):
+def describe_start(cfg: DictConfig, inputs: RunInputs, save_folder: Optional[str]) -> str:
+    """Where the run starts from, for the summary line."""
+    if inputs.resumes:  # the autoresume plan pointed Composer's link at the checkpoint it loads
+        return f"resumed from {Path(os.path.realpath(Path(save_folder) / LATEST_LINK)).name}"
+    if inputs.composer_checkpoint or inputs.weights:
+        return f"started from {cfg.load_path}"
+    return "started fresh"
+
+
+def _decided_on_rank_zero(decide, refusal: type[Exception] | tuple[type[Exception], ...], prefix: str = ""):
     """Run `decide()` on global rank 0 only and hand its result to every rank.
 
     A `refusal` raised there becomes a ConfigError on every rank (so no rank waits for the others forever).
@@ -423,7 +478,7 @@ def plan_autoresume(save_folder: str) -> ResumePlan:
         print(resume.describe(Path(save_folder)), flush=True)
         return resume
 
-    return _decided_on_rank_zero(plan, RuntimeError, prefix="autoresume: ")
+    return _decided_on_rank_zero(plan, (RuntimeError, UnsafePickleError), prefix="autoresume: ")
 
 
 def check_not_complete(cfg: DictConfig, plan: ResumePlan, save_folder: Optional[str]) -> None:

@@ -109,7 +109,10 @@ class TrainConfig:
     grad_clip_norm: float = 0.1
     # Composer's parallelism config: {fsdp: {...FSDP2Config keys...}}; null for one process.
     parallelism_config: Optional[dict[str, Any]] = None
-    # Checkpoints. save_folder defaults to <output root>/<project>/<group>/<run_name>/checkpoints.
+    # Where run folders go: <output_root>/<project>/<group>/<run_name>; a relative path is relative to the
+    # current directory. null: $COSMOS_OUTPUT_ROOT, else $IMAGINAIRE_OUTPUT_ROOT, else /tmp/cosmos-composer-output.
+    output_root: Optional[str] = None
+    # Checkpoints. save_folder defaults to <run folder>/checkpoints.
     save_folder: Optional[str] = None
     save_interval: Optional[str] = "200ba"  # null: no checkpoints and no autoresume (benchmarks, smoke tests)
     save_num_checkpoints_to_keep: int = -1
@@ -137,14 +140,16 @@ class ConfigError(ValueError):
     pass
 
 
-def output_root() -> Path:
-    """`COSMOS_OUTPUT_ROOT`, else `IMAGINAIRE_OUTPUT_ROOT` (the official variable), else /tmp."""
-    root = os.environ.get("COSMOS_OUTPUT_ROOT") or os.environ.get("IMAGINAIRE_OUTPUT_ROOT")
+def output_root(configured: Optional[str] = None) -> Path:
+    """The config's `output_root`, else `COSMOS_OUTPUT_ROOT`, else `IMAGINAIRE_OUTPUT_ROOT` (the official
+    variable), else /tmp."""
+    root = configured or os.environ.get("COSMOS_OUTPUT_ROOT") or os.environ.get("IMAGINAIRE_OUTPUT_ROOT")
     return Path(root or "/tmp/cosmos-composer-output")
 
 
 def run_folder(cfg: TrainConfig | DictConfig) -> Path:
-    return output_root() / cfg.project / cfg.group / cfg.run_name
+    """Where a run keeps its files: checkpoints/, samples/, config.yaml, metrics.jsonl, loss.png, summary.json."""
+    return output_root(cfg.output_root) / cfg.project / cfg.group / cfg.run_name
 
 
 def _valid_keys_message(full_key: str) -> str:
@@ -302,3 +307,85 @@ def _validate_values(cfg: DictConfig, yaml_path: Path) -> None:
     if problems:
         lines = [f"  {key}={value!r}: {valid}" for key, value, valid in problems]
         raise ConfigError(f"Invalid value(s) in {yaml_path} (with its overrides):\n" + "\n".join(lines))
+
+
+# ----------------------------------------------------------------------------- --help
+def _field_comments(cls: type) -> dict[str, str]:
+    """The comments of a dataclass's fields in its source: the comment lines just above a field and the one
+    at the end of its line."""
+    import inspect
+    import io
+    import tokenize
+
+    source = inspect.getsource(cls)
+    comments = {}  # line number -> comment text
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.COMMENT:
+            comments[token.start[0]] = token.string.lstrip("#").strip()
+    lines = source.splitlines()
+    found = {}
+    for number, line in enumerate(lines, start=1):
+        name = line.strip().split(":", 1)[0]
+        if not name.isidentifier() or name not in cls.__dataclass_fields__:
+            continue
+        parts, previous = [], number - 1
+        while previous in comments and lines[previous - 1].lstrip().startswith("#"):  # a comment-only line
+            parts.insert(0, comments[previous])
+            previous -= 1
+        if number in comments:
+            parts.append(comments[number])
+        found[name] = " ".join(parts)
+    return found
+
+
+def _section_doc(cls: type) -> str:
+    """The first paragraph of a section's docstring (dataclasses make one up from the signature: skipped)."""
+    doc = cls.__doc__ or ""
+    return "" if doc.startswith(cls.__name__ + "(") else " ".join(doc.strip().split("\n\n")[0].split())
+
+
+def _yaml_value(value: Any) -> str:
+    """`value` as it would be written in a YAML: `auto`, `null`, `[0.9, 0.999]`, `{0: 0.5}`."""
+    import yaml
+
+    return yaml.safe_dump([value], default_flow_style=True, width=10**6).strip()[1:-1]
+
+
+def _describe(cls: type, indent: str, described: dict) -> list[str]:
+    """One line per key of `cls` (nested sections indented); `described`: sections listed already, by type."""
+    import dataclasses
+    import typing
+
+    lines = []
+    comments = _field_comments(cls)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        comment = comments.get(f.name) or ""
+        section = next((t for t in (hints[f.name], *typing.get_args(hints[f.name])) if dataclasses.is_dataclass(t)), None)
+        if section is not None:
+            comment = comment or _section_doc(section)
+            if section in described:  # e.g. eval_loader: the keys of train_loader
+                comment = f"or a section with the keys of {described[section]}"
+            lines.append(f"{indent}{f.name}:{' null' if f.default is None else ''}{f'  # {comment}' if comment else ''}")
+            if section not in described:
+                described[section] = f.name
+                lines += _describe(section, indent + "  ", described)
+            continue
+        if f.default is not dataclasses.MISSING:
+            shown = "(required)" if f.default == MISSING else _yaml_value(f.default)
+        else:
+            shown = _yaml_value(f.default_factory())
+        lines.append(f"{indent}{f.name}: {shown}{f'  # {comment}' if comment else ''}")
+    return lines
+
+
+def describe_config() -> str:
+    """Every config key with its default and comment, generated from the dataclasses above (`train.py --help`)."""
+    from .callbacks.registry import CALLBACKS
+
+    return "\n".join([
+        "Config keys (YAML, or key=value overrides), with their defaults:",
+        *_describe(TrainConfig, "  ", {}),
+        f"Loggers (under loggers:): {', '.join(KNOWN_LOGGERS)}.",
+        f"Callbacks (under callbacks:): {', '.join(sorted(CALLBACKS))}.",
+    ])

@@ -115,7 +115,7 @@ def read_checkpoint_state(checkpoint: str | os.PathLike, weights: str = "ema") -
                 f"({error}). Fix: export it first with scripts/export_checkpoint.py and pass the model_ema_*.pt file"
             ) from None
         try:
-            folder = find_checkpoint(local)
+            folder = find_checkpoint(local, verify=True)
             if weights == "ema":
                 try:
                     return read_composer_model_state(folder, prefixes=("net_ema.",))

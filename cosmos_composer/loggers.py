@@ -7,17 +7,42 @@ import math
 from pathlib import Path
 from typing import Any, Optional
 
-from composer.loggers import LoggerDestination
+from composer.core import State
+from composer.loggers import Logger, LoggerDestination
 from composer.loggers import WandBLogger as ComposerWandBLogger
 from composer.utils import dist
 
 
 class JSONLinesLogger(LoggerDestination):
-    """`{"step": 12, "loss/train/total": 0.41, ...}` per line; appends, so a resumed run continues the file."""
+    """`{"step": 12, "loss/train/total": 0.41, ...}` per line (global rank 0 writes).
+
+    `step` is Composer's batch count when the metric was logged: a batch's train loss has the number of
+    batches before it, the eval after batch 20 has step 20. A resumed run continues the file from its
+    checkpoint: the checkpoint holds the number of lines written up to it, and the lines after that (the
+    batches that a crash lost and that the resumed run trains again) are dropped, so every step appears once,
+    as in a run that never stopped. A run that starts at batch 0 starts the file over.
+    """
 
     def __init__(self, path: str):
         super().__init__()
         self.path = Path(path)
+        self.lines: Optional[int] = None  # lines of the file that belong to this run; None: unknown, keep all
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"lines": self.lines or 0}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.lines = int(state["lines"])
+
+    def fit_start(self, state: State, logger: Logger) -> None:
+        if dist.get_global_rank() != 0:
+            return
+        if int(state.timestamp.batch) == 0:
+            self.lines = 0
+        existing = self.path.read_text().splitlines(keepends=True) if self.path.is_file() else []
+        if self.lines is not None and len(existing) > self.lines:
+            self.path.write_text("".join(existing[: self.lines]))
+        self.lines = len(existing) if self.lines is None else min(self.lines, len(existing))
 
     def log_metrics(self, metrics: dict[str, Any], step: Optional[int] = None) -> None:
         if dist.get_global_rank() != 0:
@@ -31,6 +56,22 @@ class JSONLinesLogger(LoggerDestination):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+        self.lines = (self.lines or 0) + 1
+
+
+def read_metrics(path: str | Path) -> dict[str, dict[int, float]]:
+    """{metric name: {step: value}} from a JSONLinesLogger file; the last record of a step wins."""
+    metrics: dict[str, dict[int, float]] = {}
+    path = Path(path)
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # the last line of a killed run may be cut short
+            continue
+        for name, value in record.items():
+            if name != "step" and isinstance(value, (int, float)):
+                metrics.setdefault(name, {})[record["step"]] = value
+    return metrics
 
 
 class WandBLogger(ComposerWandBLogger):

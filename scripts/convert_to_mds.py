@@ -7,10 +7,13 @@ Layouts (see cosmos_composer/data/layouts.py):
   singleview        videos/<name>.mp4, captions/<name>.json, and depth/<name>.mp4 or seg/<name>.mp4 for
                     those controls (edge and vis/blur are computed from the video while training)
 
-Every sample is validated first (all files present, decodable to the end, enough frames, one fps for
-videos and controls). A bad sample stops the conversion with a message naming the file and the fix;
---skip-invalid leaves it out instead and lists it at the end. The shards are written to a temporary
-folder beside --output and moved into place only when complete. The mp4 files are stored unchanged.
+Every sample is validated first (all files present, one resolution, decodable to the end, enough
+frames, one fps for videos and controls). A bad sample stops the conversion with a message naming the
+file and the fix; --skip-invalid leaves it out instead and lists it at the end. A video or control at
+another resolution than the sample's videos is refused; --resize stores it resized instead. Empty
+captions are kept and reported. The shards are written, with their sha1 and xxh64 hashes, to a
+temporary folder beside --output and moved into place only when complete; a killed conversion's
+temporary folder is deleted by the next one. The mp4 files are stored unchanged (unless --resize).
 
 --precompute latents,text also stores the frozen encoders' outputs (VAE latents of video and control,
 Reason1 text embeddings, projected to 1024-d with --crossattn-proj) so training can skip them.
@@ -26,6 +29,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 import torch
@@ -38,6 +42,7 @@ from cosmos_composer.data.layouts import (
     LAYOUTS,
     LayoutError,
 )
+from cosmos_composer.data.output import DiskFullError
 from cosmos_composer.data.precompute import PRECOMPUTE_CHOICES, Precomputer
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -66,6 +71,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--skip-invalid", action="store_true", help="leave out invalid samples instead of stopping"
+    )
+    parser.add_argument(
+        "--resize",
+        action="store_true",
+        help="resize videos and controls at another resolution than their sample's videos (default: refuse them)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace --output if it is not empty")
     parser.add_argument(
@@ -165,6 +175,8 @@ def build_precomputer(args: argparse.Namespace) -> Precomputer | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("cosmos_composer").setLevel(logging.INFO)
     try:
         precomputer = build_precomputer(args)
         report = convert_to_mds(
@@ -174,12 +186,13 @@ def main(argv: list[str] | None = None) -> int:
             control_key=args.control_key,
             min_frames=args.min_frames,
             skip_invalid=args.skip_invalid,
+            resize=args.resize,
             overwrite=args.overwrite,
             size_limit=args.size_limit,
             precomputer=precomputer,
             progress=not args.no_progress,
         )
-    except (ConversionError, LayoutError, ValueError, FileExistsError, KeyError) as error:
+    except (ConversionError, LayoutError, ValueError, FileExistsError, KeyError, DiskFullError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(report.summary())

@@ -33,6 +33,7 @@ import sys
 import torch
 
 from cosmos_composer.checkpoint.export import FORMATS, ExportError, export, parse_overrides
+from cosmos_composer.data.output import DiskFullError
 from cosmos_composer.models import PRESETS
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             verify=args.verify,
             progress=not args.quiet,
         )
-    except ExportError as error:
+    except (ExportError, DiskFullError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"Exported {result.checkpoint}")

@@ -50,13 +50,72 @@ def test_a_truncated_shard_is_named_and_skipped(tmp_path, demo_mds, four_batches
     assert "resuming from ep0-ba2" in result.stdout
 
 
+def test_flipped_bytes_are_caught_by_the_checksums_and_resume_falls_back(tmp_path, demo_mds, four_batches):
+    shard = four_batches / "ep1-ba4" / "__0_0.distcp"
+    with open(shard, "r+b") as f:  # 4 KiB of flipped bytes: the file keeps its size and its index
+        f.seek(1024)
+        data = f.read(4096)
+        f.seek(1024)
+        f.write(bytes(b ^ 0xFF for b in data))
+    result = _run(tmp_path, demo_mds, "max_duration=6ba")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ep1-ba4 is not intact (" in result.stdout and "__0_0.distcp does not match the sha256" in result.stdout
+    assert "resuming from ep0-ba2 (batch 2, checksums verified)" in result.stdout
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _planted_object(marker) -> bytes:
+    """A torch-saved object whose unpickling runs `touch marker` (as DCP stores a non-tensor entry)."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(_RunsCode(marker), buffer)
+    return buffer.getvalue()
+
+
+def test_planted_pickles_in_a_checkpoint_stop_the_run_without_running_them(tmp_path, demo_mds, four_batches):
+    import pickle
+
+    from torch.distributed.checkpoint.filesystem import _StorageInfo
+
+    marker = tmp_path / "code-ran"
+    # In a shard: a non-tensor entry (the run name) replaced by a pickled call, the index pointing at it.
+    checkpoint = four_batches / "ep1-ba4"
+    metadata = pickle.loads((checkpoint / ".metadata").read_bytes())  # our own file, written just before
+    shard = checkpoint / "__0_0.distcp"
+    offset, payload = shard.stat().st_size, _planted_object(marker)
+    with open(shard, "ab") as f:
+        f.write(payload)
+    index = next(i for i in metadata.storage_data if i.fqn == "state.run_name")
+    metadata.storage_data[index] = _StorageInfo("__0_0.distcp", offset, len(payload))
+    (checkpoint / ".metadata").write_bytes(pickle.dumps(metadata))
+    (checkpoint / "checksums.json").unlink()  # planted files bring no checksums, or forged ones
+    result = _run(tmp_path, demo_mds, "max_duration=6ba")
+    assert result.returncode != 0
+    assert "checkpoint error:" in result.stderr and "entry state.run_name" in result.stderr
+    assert "posix.system" in result.stderr and not marker.exists()
+
+    # In the index: autoresume refuses it before anything is built.
+    (checkpoint / ".metadata").write_bytes(pickle.dumps(_RunsCode(marker)))
+    result = _run(tmp_path, demo_mds, "max_duration=6ba")
+    assert result.returncode != 0 and "autoresume:" in result.stderr and "posix.system" in result.stderr
+    assert not marker.exists()
+
+
 def test_no_intact_checkpoint_stops_instead_of_starting_over(tmp_path, demo_mds, four_batches):
     for folder in ("ep0-ba2", "ep1-ba4"):
         (four_batches / folder / ".metadata").unlink()
     result = _run(tmp_path, demo_mds, "max_duration=6ba")
     assert result.returncode != 0
     assert "none is intact" in result.stderr and "a new run_name" in result.stderr
-    assert sorted(p.name for p in (four_batches / "ep0-ba2").iterdir()) == ["__0_0.distcp"]  # left as it was
+    assert sorted(p.name for p in (four_batches / "ep0-ba2").iterdir()) == ["__0_0.distcp", "checksums.json"]  # kept
 
 
 def test_a_finished_run_run_again_exits_0_and_says_how_to_go_on(tmp_path, demo_mds, four_batches):

@@ -34,6 +34,7 @@ from cosmos_composer.checkpoint.export import (
     read_composer_model_state,
     verify_export,
 )
+from cosmos_composer.checkpoint.integrity import CHECKSUMS_FILE
 from cosmos_composer.checkpoint.load import load_network_weights, read_state_dict
 from cosmos_composer.models import build_network
 from cosmos_composer.models.composer_model import CosmosTransferModel
@@ -83,8 +84,10 @@ def trained(tmp_path_factory) -> Path:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     run = root / "out" / "cosmos_composer" / "quickstart" / "quickstart"
-    # One process with parallelism_config.fsdp writes a sharded DCP checkpoint.
-    assert sorted(p.name for p in (run / "checkpoints" / "ep0-ba2").iterdir()) == [".metadata", "__0_0.distcp"]
+    # One process with parallelism_config.fsdp writes a sharded DCP checkpoint, and its checksums.
+    assert sorted(p.name for p in (run / "checkpoints" / "ep0-ba2").iterdir()) == [
+        ".metadata", "__0_0.distcp", "checksums.json"
+    ]
     return run
 
 
@@ -138,7 +141,7 @@ def test_round_trip_train_export_strict_load_bit_identical(trained, reference_mo
     out = tmp_path / "exported"
     result = export(trained / "checkpoints" / "latest-rank0.pt", out, progress=False)
     assert result.checkpoint == (trained / "checkpoints" / "ep0-ba2").resolve()
-    assert sorted(p.name for p in out.iterdir()) == sorted([MODEL_PT, MODEL_EMA_FP32, MODEL_EMA_BF16])
+    assert sorted(p.name for p in out.iterdir()) == sorted([MODEL_PT, MODEL_EMA_FP32, MODEL_EMA_BF16, CHECKSUMS_FILE])
     assert not torch.distributed.is_initialized()  # read without a process group
 
     model_pt = torch.load(out / MODEL_PT, weights_only=True)
@@ -229,7 +232,7 @@ def test_single_view_diffusers_export_loads_and_matches_our_velocity(tmp_path):
     out = tmp_path / "diffusers"
     result = export(tmp_path / "ckpt", out, formats="diffusers", verify=True, progress=False)
     assert result.network.preset == "tiny-singleview" and result.diffusers_relative_error < 1e-5
-    assert sorted(p.name for p in out.iterdir()) == ["controlnet", "transformer"]
+    assert sorted(p.name for p in out.iterdir()) == [CHECKSUMS_FILE, "controlnet", "transformer"]
 
     transformer = CosmosTransformer3DModel.from_pretrained(out / "transformer").eval()
     controlnet = CosmosControlNetModel.from_pretrained(out / "controlnet").eval()
@@ -313,6 +316,11 @@ def test_verify_detects_a_modified_file(tmp_path, filename, key):
     state = torch.load(out / filename, weights_only=True)
     state[key] = _next_value(state[key])
     torch.save(state, out / filename)
+    # The export's checksums catch the change first, naming the file...
+    with pytest.raises(VerificationError, match=rf"{filename} (has \d+ bytes|does not match)"):
+        verify_export(tmp_path / "ckpt", out, progress=False)
+    # ...and without them the comparison of the tensors names the key.
+    (out / CHECKSUMS_FILE).unlink()
     with pytest.raises(VerificationError, match=rf"{filename} does not hold .*\n  {key}: 1 of \d+ values differ"):
         verify_export(tmp_path / "ckpt", out, progress=False)
 

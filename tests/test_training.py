@@ -100,7 +100,7 @@ def test_two_process_fsdp2_sharded_checkpoints_and_exact_resume_after_kill(tmp_p
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     checkpoints = tmp_path / "out" / "cosmos_composer" / "quickstart" / "a" / "checkpoints"
     ba8 = next(checkpoints.glob("ep*-ba8"))
-    assert sorted(p.name for p in ba8.iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+    assert sorted(p.name for p in ba8.iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp", "checksums.json"]
 
     # torch's own DCP reader opens it; the model state holds net.* and net_ema.*.
     metadata = FileSystemReader(str(ba8)).read_metadata()

@@ -9,6 +9,9 @@ At the end of `fit` every rank measures itself and rank 0 prints one line and wr
 - `peak_alloc_gib` / `peak_reserved_gib`: CUDA's peak allocated / reserved memory, max over ranks;
 - `host_rss_gib_per_rank`: the peak resident host memory of each rank process (max over ranks), from
   `getrusage` (it includes pages of mmapped checkpoint files that the rank read).
+
+Two more lines say what trained, from where, and where the run's files are (paths inside the run folder
+relative to it): the last checkpoint this run saved, its latest samples, metrics.jsonl, loss.png, config.yaml.
 """
 
 from __future__ import annotations
@@ -37,15 +40,25 @@ class RunSummary(Callback):
     """Print a summary line at the end of training and write it as JSON (rank 0).
 
     Args:
-        path: where to write the JSON (train.py passes `<run folder>/summary.json`); None: print only.
+        path: where to write the JSON (the builder passes `<run folder>/summary.json`); None: print only.
+        folder: the run folder (set by the builder); None: the folder of `path`.
+        model: what trains, e.g. `tiny-multiview, control branch` (set by the builder).
+        start: where the run starts, e.g. `started fresh`, `resumed from ep9-ba20` (set by the builder).
     """
 
-    def __init__(self, path: Optional[str] = None):
+    def __init__(self, path: Optional[str] = None, folder: Optional[str] = None, model: str = "", start: str = ""):
         self.path = path
+        self.folder = Path(folder) if folder else Path(path).parent if path else None
+        self.model = model
+        self.start = start
+        self.start_batch = 0
         self.process_start = psutil.Process(os.getpid()).create_time()
         self.first_step_s: Optional[float] = None
         self.step_times: list[float] = []
         self._step_start = 0.0
+
+    def fit_start(self, state: State, logger: Logger) -> None:
+        self.start_batch = int(state.timestamp.batch)
 
     def batch_start(self, state: State, logger: Logger) -> None:
         # No synchronize here: the previous batch_end already waited for the device.
@@ -82,10 +95,38 @@ class RunSummary(Callback):
             "host_rss_gib_of_each_rank": [r[0] for r in per_rank],
         }
 
+    def run_files(self, state: State, logger: Logger) -> dict[str, str]:
+        """{what: path} of the files this run wrote or continued (rank 0)."""
+        from composer.callbacks import CheckpointSaver
+
+        from ..loggers import JSONLinesLogger
+        from .loss_plot import LossPlot
+        from .sample_videos import SampleVideos
+
+        found = {}
+        for callback in state.callbacks:
+            if isinstance(callback, CheckpointSaver) and callback.saved_checkpoints:
+                last = Path(callback.saved_checkpoints[-1])  # a sharded checkpoint: rank 0's file in its folder
+                found["last checkpoint"] = str(last.parent if state.fsdp_sharded_state_dict_enabled else last)
+            elif isinstance(callback, SampleVideos) and callback.written:
+                found["samples"] = str(callback.written[-1].parent)
+            elif isinstance(callback, LossPlot) and callback.written:
+                found["loss plot"] = str(callback.written)
+        metrics = [d for d in logger.destinations if isinstance(d, JSONLinesLogger)]
+        if metrics:
+            found["metrics"] = str(metrics[0].path)
+        if self.folder is not None and (self.folder / "config.yaml").is_file():
+            found["config"] = str(self.folder / "config.yaml")
+        if self.path:
+            found["summary"] = self.path
+        order = ("last checkpoint", "samples", "metrics", "loss plot", "config", "summary")
+        return {what: found[what] for what in order if what in found}
+
     def fit_end(self, state: State, logger: Logger) -> None:
         summary = self.summary(state)
         if dist.get_global_rank() != 0:
             return
+        summary.update(model=self.model, start=self.start, start_batch=self.start_batch, files=self.run_files(state, logger))
         print(
             f"run summary: {summary['batches']} batches on {summary['ranks']} ranks, "
             f"{summary['samples_per_s']:.4g} samples/s ({summary['step_s']:.3g} s/step), "
@@ -94,10 +135,27 @@ class RunSummary(Callback):
             f"{summary['peak_reserved_gib']:.2f} GiB reserved",
             flush=True,
         )
+        print(self.describe(summary), flush=True)
         if self.path:
             path = Path(self.path)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(summary, indent=2))
+
+    def describe(self, summary: dict) -> str:
+        """`run: <model>, <start>, batches 20 -> 40, in <folder>` and `run files: <what> <path>, ...`."""
+        folder = self.folder
+
+        def short(path: str) -> str:  # inside the run folder: relative to it
+            if folder is not None and Path(path).resolve().is_relative_to(folder.resolve()):
+                return str(Path(path).resolve().relative_to(folder.resolve()))
+            return path
+
+        about = [part for part in (self.model, self.start) if part]
+        about.append(f"batches {summary['start_batch']} -> {summary['batches']}")
+        if folder is not None:
+            about.append(f"in {folder}")
+        files = ", ".join(f"{what} {short(path)}" for what, path in summary["files"].items())
+        return f"run: {', '.join(about)}\nrun files: {files or 'none'}"
 
 
 def _synchronize() -> None:

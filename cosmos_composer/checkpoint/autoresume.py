@@ -18,7 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from .integrity import checksum_problem, checksums_path
+from .safe_pickle import METADATA_FILE, UnsafePickleError, read_dcp_metadata
+
 log = logging.getLogger(__name__)
+
 
 class RunAlreadyComplete(Exception):
     """The newest checkpoint is already at max_duration: nothing to train (train.py exits 0)."""
@@ -39,7 +43,8 @@ class ResumePlan:
         if self.checkpoint is None:
             lines.append(f"no checkpoint in {folder}: starting fresh")
         else:
-            lines.append(f"resuming from {self.checkpoint.name} (batch {self.batch})")
+            verified = "checksums verified" if checksums_path(self.checkpoint).is_file() else "no checksums to verify"
+            lines.append(f"resuming from {self.checkpoint.name} (batch {self.batch}, {verified})")
         return "autoresume: " + "; ".join(lines)
 
 
@@ -54,21 +59,24 @@ def checkpoints(folder: Path) -> list[tuple[int, Path]]:
 
 
 def why_not_intact(path: Path) -> Optional[str]:
-    """What is missing from a checkpoint, or None when all its files are there in full."""
+    """What is missing or corrupt in a checkpoint, or None when all its files are there as its save wrote them.
+
+    A `.metadata` that holds anything but a DCP index raises UnsafePickleError: that is not a damaged
+    checkpoint to step over but a planted file, and the run stops naming it.
+    """
     if path.is_file():  # a Composer .pt (one process without FSDP): a torch zip archive
         try:
             with zipfile.ZipFile(path) as archive:
                 archive.infolist()
         except (zipfile.BadZipFile, OSError) as error:
             return f"not a readable archive: {error}"
-        return None
-    metadata_file = path / ".metadata"
-    if not metadata_file.is_file():
+        return checksum_problem(path)
+    if not (path / METADATA_FILE).is_file():
         return "no .metadata"
-    from torch.distributed.checkpoint import FileSystemReader
-
     try:
-        metadata = FileSystemReader(str(path)).read_metadata()
+        metadata = read_dcp_metadata(path)
+    except UnsafePickleError:
+        raise
     except Exception as error:  # noqa: BLE001 - a truncated or garbage pickle raises anything
         return f"unreadable .metadata ({type(error).__name__})"
     needed: dict[str, int] = {}
@@ -80,11 +88,13 @@ def why_not_intact(path: Path) -> Optional[str]:
             return f"missing {name}"
         if shard.stat().st_size < size:
             return f"{name} is truncated ({shard.stat().st_size} of {size} bytes)"
-    return None
+    return checksum_problem(path)
 
 
 def plan_resume(folder: str | os.PathLike) -> ResumePlan:
-    """The newest intact checkpoint of `folder`; raises RuntimeError when there are checkpoints but none intact."""
+    """The newest intact checkpoint of `folder`; raises RuntimeError when there are checkpoints but none intact.
+
+    Raises UnsafePickleError when a checkpoint's `.metadata` holds a planted pickle."""
     folder = Path(folder)
     plan = ResumePlan()
     found = checkpoints(folder)

@@ -38,26 +38,30 @@ loaded with `from_pretrained`, their tensors compared bit for bit, and their vel
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import shutil
+import tempfile
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache, partial
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, NamedTuple, Optional, Union
 
 import torch
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from tqdm import tqdm
 
+from ..data.output import partial_dir_prefix, remove_stale_partial_dirs, reporting_full_disk
 from ..models import PRESETS, NetworkConfig, build_network, get_config
 from ..models.released_keys import RELEASED_VARIANT_OF_PRESET, released_parameter_shapes
+from .integrity import CHECKSUMS_FILE, checksum_problem, checksums_path, digests_of, write_checksums
 from .load import CheckpointLoadError, load_network_weights, read_state_dict
+from .safe_pickle import UnsafePickleError, read_dcp_metadata, safe_dcp_reader
 
 log = logging.getLogger(__name__)
 
@@ -131,19 +135,21 @@ class VerificationError(ExportError):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def find_checkpoint(path: Union[str, os.PathLike]) -> Path:
+def find_checkpoint(path: Union[str, os.PathLike], verify: bool = False) -> Path:
     """The sharded checkpoint folder (the one holding `.metadata`) that `path` designates.
 
     `path` is a checkpoint folder `ep{E}-ba{B}` (or a file inside it), the `latest-rank0.pt` link Composer
     keeps next to them, a run's `checkpoints/` folder or the run folder itself (the newest complete
-    checkpoint by batch number is taken), or `<run>/checkpoints/latest`, as SPEC section 1 writes it.
+    checkpoint by batch number is taken), or `<run>/checkpoints/latest`.
+    With `verify`, the checkpoint's files are checked against the checksums its save wrote: a named
+    checkpoint that fails is an ExportError; when the newest is picked, a failing one is skipped, saying so.
     """
     given = Path(path)
     if given.is_symlink() and not given.exists():
         raise ExportError(f"{given} is a link to {os.readlink(given)}, which does not exist. {_WHERE_CHECKPOINTS_ARE}")
     if not given.exists():
         if given.name == "latest" and given.parent.is_dir():
-            return _newest_checkpoint_in(given.parent)
+            return _newest_checkpoint_in(given.parent, verify)
         raise ExportError(f"{given} does not exist. {_WHERE_CHECKPOINTS_ARE}")
 
     folder = given.resolve()
@@ -157,6 +163,10 @@ def find_checkpoint(path: Union[str, os.PathLike]) -> Path:
                 f"(use it as load_path or with generate.py). {_WHERE_CHECKPOINTS_ARE}"
             )
     if (folder / ".metadata").is_file():
+        if verify:
+            problem = _checksum_problem(folder)
+            if problem:
+                raise ExportError(f"{folder} is corrupt: {problem}. Export an earlier checkpoint of the run")
         return folder
     if _CHECKPOINT_FOLDER.match(folder.name):
         raise ExportError(
@@ -165,10 +175,16 @@ def find_checkpoint(path: Union[str, os.PathLike]) -> Path:
         )
     if (folder / "checkpoints").is_dir():
         folder = folder / "checkpoints"
-    return _newest_checkpoint_in(folder)
+    return _newest_checkpoint_in(folder, verify)
 
 
-def _newest_checkpoint_in(folder: Path) -> Path:
+def _checksum_problem(checkpoint_dir: Path) -> Optional[str]:
+    if not checksums_path(checkpoint_dir).is_file():
+        log.warning("%s has no %s: its files cannot be verified", checkpoint_dir, CHECKSUMS_FILE)
+    return checksum_problem(checkpoint_dir)
+
+
+def _newest_checkpoint_in(folder: Path, verify: bool = False) -> Path:
     complete: list[tuple[tuple[int, int], Path]] = []
     incomplete: list[str] = []
     for child in folder.iterdir():
@@ -183,7 +199,15 @@ def _newest_checkpoint_in(folder: Path) -> Path:
     if not complete:
         detail = f" ({', '.join(sorted(incomplete))} have no .metadata: an unfinished save)" if incomplete else ""
         raise ExportError(f"No sharded checkpoint in {folder}{detail}. {_WHERE_CHECKPOINTS_ARE}")
-    (newest_batch, _), newest = max(complete)
+    corrupt = []
+    for (newest_batch, _), newest in sorted(complete, reverse=True):
+        problem = _checksum_problem(newest) if verify else None
+        if problem is None:
+            break
+        log.warning("Skipping %s, which is corrupt: %s", newest.name, problem)
+        corrupt.append(f"{newest.name}: {problem}")
+    else:
+        raise ExportError(f"Every checkpoint in {folder} is corrupt ({'; '.join(corrupt)})")
     newer_incomplete = [name for name in incomplete if int(_CHECKPOINT_FOLDER.match(name).group(2)) > newest_batch]
     if newer_incomplete:
         log.warning("Skipping %s (no .metadata: an unfinished save); using %s", ", ".join(newer_incomplete), newest)
@@ -198,7 +222,9 @@ class TensorInfo(NamedTuple):
 def _model_entries(checkpoint_dir: Path) -> dict[str, tuple[str, TensorStorageMetadata]]:
     """`{model-state key: (DCP key, metadata)}` for every tensor under `state.model.`."""
     try:
-        metadata = FileSystemReader(str(checkpoint_dir)).read_metadata()
+        metadata = read_dcp_metadata(checkpoint_dir)
+    except UnsafePickleError as error:
+        raise ExportError(str(error)) from None
     except Exception as error:  # a truncated or foreign .metadata file
         raise ExportError(
             f"Cannot read {checkpoint_dir / '.metadata'} as a torch.distributed.checkpoint index: {error}"
@@ -256,7 +282,7 @@ def read_composer_model_state(
                 f"{_prefix_summary(_model_entries(checkpoint_dir))}"
             )
 
-    reader = FileSystemReader(str(checkpoint_dir))
+    reader = safe_dcp_reader(checkpoint_dir)
     state: dict[str, torch.Tensor] = {}
     total = sum(_nbytes(entry) for _, entry in entries.values())
     with tqdm(total=total, unit="B", unit_scale=True, desc=f"read {checkpoint_dir.name}", disable=not progress) as bar:
@@ -488,16 +514,6 @@ def _network_shapes(metadata: Mapping[str, TensorInfo]) -> dict[str, tuple[int, 
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _atomic_write(destination: Path, write: Callable[[Path], None]) -> None:
-    """`write(temporary path)` next to `destination`, then rename: readers never see a partial file."""
-    temporary = destination.with_name(f".{destination.name}.tmp-{os.getpid()}")
-    try:
-        write(temporary)
-        os.replace(temporary, destination)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 def _torch_save(state: Mapping[str, torch.Tensor], path: Path) -> None:
     """A flat dict of tensors, as the official files are (readable with weights_only=True)."""
     with open(path, "wb") as f:
@@ -506,28 +522,40 @@ def _torch_save(state: Mapping[str, torch.Tensor], path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def _save_diffusers_folders(
-    out_dir: Path, weights: Mapping[str, torch.Tensor], config: NetworkConfig, dtype: Optional[torch.dtype]
-) -> list[Path]:
-    """`out_dir/transformer` and `out_dir/controlnet`, each written whole in a temporary folder first."""
-    from .diffusers_format import save_diffusers
+@contextlib.contextmanager
+def _export_set(out_dir: Path, source: Path) -> Iterator[Path]:
+    """Yield a staging folder beside `out_dir`; on success its files replace theirs in `out_dir` as one set.
 
-    staging = out_dir / f".diffusers.tmp-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
+    The staged files get a `checksums.json` (naming the checkpoint they came from). Publishing removes the old
+    set's checksums first and puts the new one in last, so a reader (generate, load_path) never takes files of
+    two exports for one: a kill during the few renames leaves a folder without checksums, which it reports.
+    A failed or killed export leaves `out_dir` as it was; its staging folder is removed (by the next export
+    when it was killed).
+    """
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partial_dirs(out_dir)
+    staging = Path(tempfile.mkdtemp(prefix=partial_dir_prefix(out_dir), dir=out_dir.parent))
     try:
-        save_diffusers(staging, weights, config, dtype=dtype)
-        written = []
-        for name in DIFFUSERS_FOLDERS:
-            destination = out_dir / name
-            previous = out_dir / f".{name}.old-{os.getpid()}"
-            if destination.exists():
-                os.replace(destination, previous)
-            os.replace(staging / name, destination)
-            shutil.rmtree(previous, ignore_errors=True)
-            written.append(destination)
-        return written
+        yield staging
+        names = [str(path.relative_to(staging)) for path in sorted(staging.rglob("*")) if path.is_file()]
+        write_checksums(staging, digests_of(staging, names), source=str(source))
+        _publish(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _publish(staging: Path, out_dir: Path) -> None:
+    if not out_dir.exists():
+        os.replace(staging, out_dir)
+        return
+    (out_dir / CHECKSUMS_FILE).unlink(missing_ok=True)
+    for entry in sorted(staging.iterdir(), key=lambda path: path.name == CHECKSUMS_FILE):  # checksums last
+        destination = out_dir / entry.name
+        previous = out_dir / f".{entry.name}.old-{os.getpid()}"
+        if entry.is_dir() and destination.exists():
+            os.replace(destination, previous)  # a folder (diffusers) cannot be replaced in one rename
+        os.replace(entry, destination)
+        shutil.rmtree(previous, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -736,7 +764,7 @@ def _plan(
     formats = _formats(formats)
     if weights not in ("ema", "net"):
         raise ExportError(f"weights must be 'ema' or 'net', not {weights!r}")
-    checkpoint_dir = find_checkpoint(checkpoint)
+    checkpoint_dir = find_checkpoint(checkpoint, verify=True)
     metadata = model_state_metadata(checkpoint_dir)
 
     network = None
@@ -781,21 +809,22 @@ def export(
         log.info("network: %s", network.describe())
     model_state = read_composer_model_state(checkpoint_dir, prefixes, progress=progress)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     result = ExportResult(checkpoint_dir, out_dir, [], network)
 
     official_files = official_state_dicts(model_state) if OFFICIAL in formats else {}
     steps = [*official_files, *(["diffusers"] if DIFFUSERS in formats else [])]
-    with tqdm(steps, desc="write", unit="file", disable=not progress) as bar:
-        for step in bar:
-            bar.set_postfix_str(step)
-            if step in official_files:
-                destination = out_dir / step
-                _atomic_write(destination, partial(_torch_save, official_files[step]))
-                result.written.append(destination)
-            else:
-                weights_to_save = network_weights(model_state, weights)
-                result.written += _save_diffusers_folders(out_dir, weights_to_save, network.config, diffusers_dtype)
+    with _export_set(out_dir, checkpoint_dir) as staging, reporting_full_disk(out_dir, "choose another OUT_DIR"):
+        with tqdm(steps, desc="write", unit="file", disable=not progress) as bar:
+            for step in bar:
+                bar.set_postfix_str(step)
+                if step in official_files:
+                    _torch_save(official_files[step], staging / step)
+                    result.written.append(out_dir / step)
+                else:
+                    from .diffusers_format import save_diffusers
+
+                    save_diffusers(staging, network_weights(model_state, weights), network.config, dtype=diffusers_dtype)
+                    result.written += [out_dir / name for name in DIFFUSERS_FOLDERS]
 
     if verify:
         if official_files:

@@ -38,8 +38,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
-import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +49,8 @@ from torch.distributed.tensor import DTensor
 
 from ..models.parallelize import copy_full_into_, local_slice
 from .hf import resolve
+from .integrity import ChecksumMismatch, verify_checksums
+from .safe_pickle import METADATA_FILE, UnsafePickleError, load_weights_only
 
 log = logging.getLogger(__name__)
 
@@ -135,17 +135,6 @@ def _is_non_parameter_entry(full_key: str) -> bool:
     return is_non_parameter(full_key)
 
 
-def _unpickling_detail(error: Exception) -> str:
-    """The useful line of torch's weights_only error (which global was refused), without its advice."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
-    match = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-    if match:
-        return f"it contains a pickled {match.group(1)!r}"
-    match = re.search(r"WeightsUnpickler error: ([^\n]*)", text)
-    detail = match.group(1).strip() if match else (text.splitlines()[0][:200] if text else type(error).__name__)
-    return f"the weights-only unpickler rejected it ({detail})"
-
-
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The file's flat tensor dict, read safely (weights_only) and lazily (mmap)."""
     path = Path(path)
@@ -164,13 +153,16 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
                     f"{path} is not a readable torch checkpoint (neither torch's zip format nor its legacy format)"
                 )
         log.warning("%s is not in torch's zip format; reading it without mmap (one copy per rank)", path)
+    try:  # an exported file is checked against the checksums.json written beside it
+        verify_checksums(path.parent, only=[path.name])
+    except ChecksumMismatch as error:
+        raise CheckpointLoadError(f"{error}. Fix: export or download it again") from None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as error:
+        state = load_weights_only(path, str(path), mmap=mmap)
+    except UnsafePickleError as error:
         raise CheckpointLoadError(
-            f"{path} was refused: {_unpickling_detail(error)}, and checkpoints are read with weights_only=True, which "
-            "never unpickles objects other than tensors (that could run arbitrary code). An official consolidated "
-            "checkpoint is a plain dict of tensors; re-save yours as {name: tensor}."
+            f"{error}. Checkpoints are read with weights_only=True. An official consolidated checkpoint is a plain "
+            "dict of tensors; re-save yours as {name: tensor}."
         ) from None
     except Exception as error:  # noqa: BLE001 - torch raises RuntimeError, KeyError, EOFError... on garbage
         raise CheckpointLoadError(
@@ -190,6 +182,32 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
                 + (" (a nested state dict? pass a file whose keys are 'net.*')" if isinstance(value, dict) else "")
             )
     return state
+
+
+def is_composer_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether `path` is a Composer checkpoint (resumed by Composer) rather than a consolidated weights file.
+
+    Decided by content, never by name: a folder holding a DCP `.metadata` index, or a torch file whose
+    top level is Composer's `{"state": ..., "rng": ...}`. Reading the file's top level is safe (weights_only)
+    and cheap (memory-mapped). Anything else raises CheckpointLoadError saying what `load_path` accepts.
+    """
+    path = Path(path)
+    if path.is_dir():
+        if (path / METADATA_FILE).is_file():
+            return True
+        raise CheckpointLoadError(
+            f"{path} is a folder without a {METADATA_FILE} index: neither a Composer sharded checkpoint folder "
+            "(ep<E>-ba<B>/ holding .metadata and .distcp files) nor a consolidated .pt file"
+        )
+    if not zipfile.is_zipfile(path):
+        return False  # the legacy format: read_state_dict decides
+    try:
+        top = load_weights_only(path, str(path), mmap=True)
+    except UnsafePickleError as error:
+        raise CheckpointLoadError(str(error)) from None
+    except Exception as error:  # noqa: BLE001 - torch raises many types on garbage
+        raise CheckpointLoadError(f"{path} is not a readable torch checkpoint ({type(error).__name__}: {error})") from None
+    return isinstance(top, dict) and set(top) >= {"state", "rng"}
 
 
 def split_consolidated(

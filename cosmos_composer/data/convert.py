@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from streaming import MDSWriter
+from torchvision.transforms.v2 import InterpolationMode
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from cosmos_composer.data import mds
+from cosmos_composer.data.clip import CONTROL_INTERPOLATION
 from cosmos_composer.data.layouts import (
     DEFAULT_CONTROL_KEY,
     DEFAULT_MIN_FRAMES,
@@ -20,8 +24,16 @@ from cosmos_composer.data.layouts import (
     normalize_control_key,
     validate_sample,
 )
-from cosmos_composer.data.output import atomic_output_dir, check_output_apart_from_input, check_output_dir
+from cosmos_composer.data.output import (
+    atomic_output_dir,
+    check_output_apart_from_input,
+    check_output_dir,
+    reporting_full_disk,
+)
 from cosmos_composer.data.precompute import Precomputer
+from cosmos_composer.data.video import resize_mp4
+
+log = logging.getLogger(__name__)
 
 DEFAULT_SIZE_LIMIT = "256mb"
 
@@ -35,6 +47,8 @@ class ConversionReport:
     output: Path
     written: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # sample name -> why
+    resized: list[str] = field(default_factory=list)  # "<file>: HxW -> HxW" (--resize)
+    empty_captions: list[str] = field(default_factory=list)  # "sample '<name>': <caption file>"
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
@@ -43,15 +57,39 @@ class ConversionReport:
         if self.skipped:
             lines.append(f"Skipped {len(self.skipped)} of {total} samples (--skip-invalid):")
             lines += [f"  - {reason}" for reason in self.skipped.values()]
+        if self.resized:
+            lines.append(f"Resized {len(self.resized)} files to their sample's video resolution (--resize):")
+            lines += _first_ten(self.resized)
+        if self.empty_captions:
+            lines.append(
+                f"{len(self.empty_captions)} samples have an empty caption (they train on empty text, as text "
+                f"dropout does):"
+            )
+            lines += _first_ten(self.empty_captions)
         if self.notes:
             lines.append("Notes:")
             lines += [f"  - {note}" for note in self.notes]
         return "\n".join(lines)
 
 
+def _first_ten(items: list[str]) -> list[str]:
+    return [f"  - {item}" for item in items[:10]] + (
+        [f"  ... and {len(items) - 10} more"] if len(items) > 10 else []
+    )
+
+
 def sample_row(sample: ValidatedSample, layout: str, control_key: str) -> dict:
-    """The MDS row of a validated sample: metadata plus the source mp4 files, byte for byte."""
+    """The MDS row of a validated sample: metadata plus the source mp4 files, byte for byte.
+
+    Files in ``sample.to_resize`` (``--resize``) are stored re-encoded at the sample's resolution instead.
+    """
     files = sample.files
+
+    def mp4(path: Path, interpolation: InterpolationMode = InterpolationMode.BILINEAR) -> bytes:
+        if path in sample.to_resize:
+            return resize_mp4(path, *sample.resolution, interpolation)
+        return path.read_bytes()
+
     row = {
         mds.SAMPLE_NAME: files.name,
         mds.LAYOUT: layout,
@@ -62,9 +100,11 @@ def sample_row(sample: ValidatedSample, layout: str, control_key: str) -> dict:
         mds.CONTROL_KEY: control_key,
     }
     for camera in files.cameras:
-        row[mds.video_column(camera)] = files.videos[camera].read_bytes()
+        row[mds.video_column(camera)] = mp4(files.videos[camera])
         if files.controls:
-            row[mds.control_column(control_key, camera)] = files.controls[camera].read_bytes()
+            row[mds.control_column(control_key, camera)] = mp4(
+                files.controls[camera], CONTROL_INTERPOLATION.get(control_key, InterpolationMode.BILINEAR)
+            )
     return row
 
 
@@ -75,6 +115,7 @@ def convert_to_mds(
     control_key: str | None = None,
     min_frames: int | None = None,
     skip_invalid: bool = False,
+    resize: bool = False,
     overwrite: bool = False,
     size_limit: int | str = DEFAULT_SIZE_LIMIT,
     precomputer: Precomputer | None = None,
@@ -84,7 +125,9 @@ def convert_to_mds(
 
     The shards are built in a temporary folder beside ``output_dir`` and moved into place only when
     complete. An invalid sample raises :class:`ConversionError` (naming the file, the problem and the
-    fix) unless ``skip_invalid``, in which case it is left out and listed in the report.
+    fix) unless ``skip_invalid``, in which case it is left out and listed in the report. A video or
+    control at another resolution than its sample's videos is invalid unless ``resize``, which stores it
+    resized. A full disk raises :class:`~cosmos_composer.data.output.DiskFullError`.
     """
     control_key = normalize_control_key(control_key or DEFAULT_CONTROL_KEY[layout], layout)
     min_frames = DEFAULT_MIN_FRAMES[layout] if min_frames is None else min_frames
@@ -115,12 +158,23 @@ def convert_to_mds(
         latents=bool(precomputer and precomputer.latents),
         text=bool(precomputer and precomputer.text),
     )
-    with atomic_output_dir(output_dir, overwrite) as temp:
-        with MDSWriter(out=str(temp), columns=columns, size_limit=size_limit, progress_bar=False) as writer:
+    # The full-disk check runs inside atomic_output_dir, before it deletes the partial shards and so frees space.
+    with (
+        atomic_output_dir(output_dir, overwrite) as temp,
+        reporting_full_disk(output_dir),
+        logging_redirect_tqdm(),
+    ):
+        with MDSWriter(
+            out=str(temp),
+            columns=columns,
+            size_limit=size_limit,
+            hashes=sorted(mds.SHARD_HASHES),
+            progress_bar=False,
+        ) as writer:
             bar = tqdm(samples, desc=f"convert {layout}", unit="sample", disable=not progress)
             for files in bar:
                 try:
-                    sample = validate_sample(files, layout, min_frames)
+                    sample = validate_sample(files, layout, min_frames, resize)
                 except InvalidSampleError as error:
                     if not skip_invalid:
                         raise ConversionError(
@@ -130,6 +184,19 @@ def convert_to_mds(
                     report.skipped[files.name] = str(error)
                     bar.write(f"skipping invalid sample: {error}")
                     continue
+                if not sample.caption.strip():
+                    # Kept: text dropout trains on empty text anyway, but the user should know.
+                    report.empty_captions.append(f"sample '{files.name}': {files.caption}")
+                    log.warning(
+                        "sample '%s': %s has an empty caption; it trains on empty text",
+                        files.name,
+                        files.caption,
+                    )
+                for path, (height, width) in sample.to_resize.items():
+                    report.resized.append(
+                        f"{path}: {height}x{width} -> {sample.resolution[0]}x{sample.resolution[1]}"
+                    )
+                    log.info("sample '%s': resizing %s (--resize)", files.name, report.resized[-1])
                 row = sample_row(sample, layout, control_key)
                 if precomputer is not None:
                     row.update(precomputer(row))

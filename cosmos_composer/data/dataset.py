@@ -37,12 +37,18 @@ When the shards hold cached columns (``convert_to_mds.py --precompute``) these a
 
 from __future__ import annotations
 
+import logging
+import mmap
+import os
 from typing import Any
 
 import numpy as np
 import torch
 from streaming import StreamingDataset
 from streaming.base.dataloader import StreamingDataLoader
+from streaming.base.format import Reader
+from streaming.base.format.base.reader import FileInfo
+from streaming.base.hashing import get_hash
 
 from cosmos_composer.data import mds
 from cosmos_composer.data.cameras import CAMERA_TO_VIEW_INDEX, CAPTION_CAMERA, view_captions
@@ -57,6 +63,23 @@ from cosmos_composer.data.layouts import (
 
 # Training resolution of the official recipes (reference 4.6): multiview 720 x 1280, single view 704 x 1280.
 DEFAULT_RESOLUTION = {MULTIVIEW_HDMAP: (720, 1280), SINGLEVIEW: (704, 1280)}
+SHARD_FIX = "convert the dataset again with scripts/convert_to_mds.py, or download (copy) the shard again"
+
+log = logging.getLogger(__name__)
+
+
+class ShardError(ValueError):
+    """A shard file is truncated or corrupt; the message names the file, what is wrong and the fix."""
+
+
+def _shard_files(shard: Reader) -> list[tuple[str, FileInfo]]:
+    """Local path and index.json record of each file of ``shard`` (the raw file and, if compressed, the zip)."""
+    return [
+        (os.path.join(shard.dirname, shard.split, info.basename), info)
+        for pair in shard.file_pairs
+        for info in pair
+        if info is not None
+    ]
 
 
 class TransferStreamingDataset(StreamingDataset):
@@ -78,6 +101,11 @@ class TransferStreamingDataset(StreamingDataset):
             depend only on (augment_seed, epoch, sample index), so a resumed run sees the same ones.
         **streaming_kwargs: passed to ``StreamingDataset`` (``shuffle``, ``shuffle_seed``,
             ``batch_size``, ``predownload``, ``cache_limit``, ``split``, ...).
+
+    Shard files are checked against their index.json: local files' sizes when the dataset is built
+    (:class:`ShardError` for a truncated one), their xxh64 hash on the first read of each shard in each
+    process, and downloaded files by Streaming's ``validate_hash``. Datasets converted before hashes
+    were written are read unverified.
     """
 
     def __init__(
@@ -98,6 +126,7 @@ class TransferStreamingDataset(StreamingDataset):
         **streaming_kwargs: Any,
     ) -> None:
         super().__init__(remote=remote, local=local, **streaming_kwargs)
+        self._unverified_shards = self._check_shard_files(remote or local)
         columns = set(self.shards[0].column_names)
         for shard in self.shards[1:]:
             if set(shard.column_names) != columns:
@@ -146,6 +175,56 @@ class TransferStreamingDataset(StreamingDataset):
                     f"converted with, edge or vis, or convert again with --control-key {self.control_key}"
                 )
 
+    def _check_shard_files(self, where: str | None) -> set[int]:
+        """Check the size of each local shard file against index.json (cheap: no hashing up front).
+
+        Returns the ids of the local shards to hash on their first read: Streaming checks
+        ``validate_hash`` only on files it downloads or decompresses, never on files already local.
+        """
+        files = [
+            (shard_id, path, info)
+            for shard_id, shard in enumerate(self.shards)
+            for path, info in _shard_files(shard)
+        ]
+        local = set()
+        for shard_id, path, info in files:
+            if not os.path.isfile(path):
+                continue
+            size = os.path.getsize(path)
+            if size != info.bytes:
+                raise ShardError(
+                    f"shard file {path} is {size} bytes, but its index.json records {info.bytes} bytes (truncated "
+                    f"or overwritten). Fix: {SHARD_FIX}"
+                )
+            local.add(shard_id)
+        self.shard_hash = next(
+            (a for a in mds.SHARD_HASHES if all(a in info.hashes for *_, info in files)), None
+        )
+        if self.shard_hash is None:
+            log.info(
+                "the shards of %s record no hash (converted before hashes were written), so they are not verified; "
+                "convert again to have them verified",
+                where,
+            )
+            return set()
+        for stream in self.streams:
+            stream.validate_hash = stream.validate_hash or self.shard_hash
+        return local
+
+    def _verify_shard(self, shard_id: int) -> None:
+        """Compare the hash of each local file of a shard with index.json's (once per shard and process)."""
+        for path, info in _shard_files(self.shards[shard_id]):
+            if not os.path.isfile(path):
+                continue
+            with open(path, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                actual = get_hash(self.shard_hash, data)
+            if actual != info.hashes[self.shard_hash]:
+                raise ShardError(
+                    f"shard file {path} is corrupt: its {self.shard_hash} hash is {actual}, but its index.json records "
+                    f"{info.hashes[self.shard_hash]}. Fix: {SHARD_FIX}"
+                )
+        self._unverified_shards.discard(shard_id)
+
     def _stored_control_key(self, stored_controls: list[str]) -> str:
         for key in ("hdmap_bbox", "depth", "seg"):
             if any(c == f"control_{key}" or c.startswith(f"control_{key}_") for c in stored_controls):
@@ -180,6 +259,9 @@ class TransferStreamingDataset(StreamingDataset):
             )
 
     def get_item(self, index: int) -> dict[str, Any]:
+        shard_id, _ = self.spanner[index]
+        if shard_id in self._unverified_shards:
+            self._verify_shard(shard_id)
         row = super().get_item(index)
         cameras = row_cameras(row)
         num_views, F, H, W = len(cameras), self.num_frames, self.height, self.width

@@ -23,11 +23,12 @@ complete sample is reported as an invalid sample instead of being dropped withou
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cosmos_composer.data.cameras import CAPTION_CAMERA, DEFAULT_CAMERAS, camera_folder
-from cosmos_composer.data.video import VideoError, probe_video
+from cosmos_composer.data.video import VideoError, probe_video, read_video_size
 
 MULTIVIEW_HDMAP = "multiview-hdmap"
 SINGLEVIEW = "singleview"
@@ -95,6 +96,8 @@ class ValidatedSample:
     caption: str
     fps: float
     num_frames: int  # frames every video and control of the sample has (the minimum over them)
+    resolution: tuple[int, int]  # (height, width) of the sample's videos
+    to_resize: dict[Path, tuple[int, int]] = field(default_factory=dict)  # file -> its own (height, width)
     notes: list[str] = field(default_factory=list)  # harmless oddities to tell the user about
 
 
@@ -222,59 +225,96 @@ def _read_caption(sample: str, path: Path, layout: str) -> str:
     return data["caption"]
 
 
-def validate_sample(files: SampleFiles, layout: str, min_frames: int) -> ValidatedSample:
+def _unreadable(sample: str, path: Path, what: str, error: VideoError) -> InvalidSampleError:
+    return InvalidSampleError(
+        sample, path, f"{what} is unreadable: {error}", "re-export or re-download this mp4"
+    )
+
+
+def _check_resolutions(
+    name: str, sizes: dict[Path, tuple[str, tuple[int, int]]], videos: list[Path], resize: bool
+) -> tuple[tuple[int, int], dict[Path, tuple[int, int]]]:
+    """The sample's resolution (the most common among its videos) and the files at another one.
+
+    A file at another resolution is refused unless ``resize``: views and controls are concatenated
+    and compared frame by frame, so a silent mismatch would be trained on as if it lined up.
+    """
+    resolution = Counter(sizes[path][1] for path in videos).most_common(1)[0][0]
+    others = {path: size for path, (_, size) in sizes.items() if size != resolution}
+    if others and not resize:
+        path, (what, (height, width)) = next((path, sizes[path]) for path in others)
+        raise InvalidSampleError(
+            name,
+            path,
+            f"{what} is {height}x{width} (height x width), but the sample's videos are "
+            f"{resolution[0]}x{resolution[1]}",
+            f"re-export it at {resolution[0]}x{resolution[1]}, or pass --resize to resize it to the sample's "
+            f"video resolution while converting",
+        )
+    return resolution, others
+
+
+def validate_sample(
+    files: SampleFiles, layout: str, min_frames: int, resize: bool = False
+) -> ValidatedSample:
     """Check one sample completely; raise :class:`InvalidSampleError` on the first problem found.
 
-    Checks: every video and control file exists and decodes to the end; each has at least
-    ``min_frames`` frames; control fps equals video fps; all views share one fps; the caption is a
-    JSON object with a ``"caption"`` string.
+    Checks: every video and control file exists; all have one resolution (read from the headers,
+    before any decoding; with ``resize`` the others are listed in ``to_resize`` instead); each
+    decodes to the end and has at least ``min_frames`` frames; control fps equals video fps; all
+    views share one fps; the caption is a JSON object with a ``"caption"`` string.
     """
     name = files.name
     caption = _read_caption(name, files.caption, layout)
+    checks: list[tuple[str | None, str, Path]] = []  # (camera, "video" | "control video", path) of every mp4
+    for camera in files.cameras:
+        checks.append((camera, "video", files.videos[camera]))
+        if files.controls:
+            checks.append((camera, "control video", files.controls[camera]))
+    sizes: dict[Path, tuple[str, tuple[int, int]]] = {}
+    for camera, what, path in checks:
+        described = what + (f" of camera {camera}" if camera else "")
+        _require_file(name, path, described, layout)
+        try:
+            sizes[path] = described, read_video_size(path)
+        except VideoError as error:
+            raise _unreadable(name, path, what, error) from error
+    resolution, to_resize = _check_resolutions(name, sizes, list(files.videos.values()), resize)
     fps: float | None = None
     fps_source: Path | None = None
+    fps_of: dict[Path, float] = {}
     counts: dict[Path, int] = {}
-    for camera in files.cameras:
-        view = f" of camera {camera}" if camera else ""
-        pairs = [("video", files.videos[camera])]
-        if files.controls:
-            pairs.append(("control video", files.controls[camera]))
-        view_fps = None
-        for what, path in pairs:
-            _require_file(name, path, f"{what}{view}", layout)
-            try:
-                info = probe_video(path)
-            except VideoError as error:
-                raise InvalidSampleError(
-                    name, path, f"{what} is unreadable: {error}", "re-export or re-download this mp4"
-                ) from error
-            if info.num_frames < min_frames:
-                raise InvalidSampleError(
-                    name,
-                    path,
-                    f"{what} is too short: {info.num_frames} frames, at least {min_frames} needed (--min-frames)",
-                    "use a longer clip, or set --min-frames to the number of frames per view you train on",
-                )
-            counts[path] = info.num_frames
-            if view_fps is None:
-                view_fps = info.fps
-            elif abs(info.fps - view_fps) > FPS_TOLERANCE:
-                raise InvalidSampleError(
-                    name,
-                    path,
-                    f"fps mismatch: the control video runs at {info.fps:g} fps but its video "
-                    f"{files.videos[camera]} at {view_fps:g} fps",
-                    "render the control video at the video's frame rate (frames must correspond one to one)",
-                )
-            if fps is None:
-                fps, fps_source = info.fps, path
-            elif abs(info.fps - fps) > FPS_TOLERANCE:
-                raise InvalidSampleError(
-                    name,
-                    path,
-                    f"fps mismatch between views: {info.fps:g} fps here, {fps:g} fps in {fps_source}",
-                    "all views of a sample must be recorded (or resampled) at one frame rate",
-                )
+    for camera, what, path in checks:
+        try:
+            info = probe_video(path)
+        except VideoError as error:
+            raise _unreadable(name, path, what, error) from error
+        if info.num_frames < min_frames:
+            raise InvalidSampleError(
+                name,
+                path,
+                f"{what} is too short: {info.num_frames} frames, at least {min_frames} needed (--min-frames)",
+                "use a longer clip, or set --min-frames to the number of frames per view you train on",
+            )
+        counts[path], fps_of[path] = info.num_frames, info.fps
+        video = files.videos[camera]  # probed before its control
+        if abs(info.fps - fps_of[video]) > FPS_TOLERANCE:
+            raise InvalidSampleError(
+                name,
+                path,
+                f"fps mismatch: the control video runs at {info.fps:g} fps but its video "
+                f"{video} at {fps_of[video]:g} fps",
+                "render the control video at the video's frame rate (frames must correspond one to one)",
+            )
+        if fps is None:
+            fps, fps_source = info.fps, path
+        elif abs(info.fps - fps) > FPS_TOLERANCE:
+            raise InvalidSampleError(
+                name,
+                path,
+                f"fps mismatch between views: {info.fps:g} fps here, {fps:g} fps in {fps_source}",
+                "all views of a sample must be recorded (or resampled) at one frame rate",
+            )
     num_frames = min(counts.values())
     notes = []
     if len(set(counts.values())) > 1:
@@ -284,4 +324,12 @@ def validate_sample(files: SampleFiles, layout: str, min_frames: int) -> Validat
             f"(the shortest file) are used from: {longer}"
         )
     assert fps is not None
-    return ValidatedSample(files=files, caption=caption, fps=fps, num_frames=num_frames, notes=notes)
+    return ValidatedSample(
+        files=files,
+        caption=caption,
+        fps=fps,
+        num_frames=num_frames,
+        resolution=resolution,
+        to_resize=to_resize,
+        notes=notes,
+    )

@@ -64,6 +64,10 @@ CROSSATTN_PROJ_FINGERPRINT = "crossattn_proj_fingerprint"
 
 TEXT_EMBEDDING_KINDS = ("raw", "projected")
 
+# Hashes of every shard file, recorded in index.json by the converter, in the order the dataset prefers
+# to verify them: xxh64 is fast, sha1 is there for tools without xxhash.
+SHARD_HASHES = ("xxh64", "sha1")
+
 BASE_COLUMNS: dict[str, str] = {
     SAMPLE_NAME: "str",
     LAYOUT: "str",

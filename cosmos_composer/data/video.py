@@ -60,6 +60,27 @@ def _stream_fps(stream: av.video.stream.VideoStream) -> float:
     return float(rate)
 
 
+def _decode_error(error: Exception) -> VideoError:
+    return VideoError(f"it cannot be decoded ({type(error).__name__}: {error})")
+
+
+def read_video_size(source: VideoSource) -> tuple[int, int]:
+    """``(height, width)`` of the first video stream, read from the header without decoding (cheap)."""
+    try:
+        with _open(source) as container:
+            if not container.streams.video:
+                raise VideoError("the file has no video stream")
+            codec = container.streams.video[0].codec_context
+            height, width = codec.height, codec.width
+    except VideoError:
+        raise
+    except (av.FFmpegError, OSError, ValueError) as error:  # PyAV raises subclasses of these
+        raise _decode_error(error) from error
+    if not height or not width:
+        raise VideoError("its header gives no frame size")
+    return height, width
+
+
 def probe_video(source: VideoSource) -> VideoInfo:
     """Decode every frame of ``source`` and report frame count, fps and size.
 
@@ -81,7 +102,7 @@ def probe_video(source: VideoSource) -> VideoInfo:
     except VideoError:
         raise
     except (av.FFmpegError, OSError, ValueError) as error:  # PyAV raises subclasses of these
-        raise VideoError(f"it cannot be decoded ({type(error).__name__}: {error})") from error
+        raise _decode_error(error) from error
     if num_frames == 0:
         raise VideoError("it decodes to 0 frames")
     if header_frames and num_frames < header_frames:
@@ -91,8 +112,8 @@ def probe_video(source: VideoSource) -> VideoInfo:
     return VideoInfo(num_frames=num_frames, fps=fps, height=height, width=width, header_frames=header_frames)
 
 
-def decode_frames(source: VideoSource, start: int, count: int) -> tuple[np.ndarray, float]:
-    """Decode frames ``start .. start+count-1`` of ``source``.
+def decode_frames(source: VideoSource, start: int, count: int | None) -> tuple[np.ndarray, float]:
+    """Decode frames ``start .. start+count-1`` of ``source`` (``count=None``: to the end).
 
     Returns ``(frames_T_H_W_3, fps)`` with uint8 RGB frames. Raises :class:`VideoError` when the video
     has fewer than ``start + count`` frames.
@@ -110,15 +131,16 @@ def decode_frames(source: VideoSource, start: int, count: int) -> tuple[np.ndarr
             for index, frame in enumerate(container.decode(stream)):
                 if index >= start:
                     frames.append(to_rgb.reformat(frame, format="rgb24").to_ndarray())
-                if len(frames) == count:
+                if count is not None and len(frames) == count:
                     break
     except (av.FFmpegError, OSError, ValueError) as error:
         raise VideoError(
             f"{_describe(source)} cannot be decoded ({type(error).__name__}: {error})"
         ) from error
-    if len(frames) < count:
+    if len(frames) < (1 if count is None else count):
+        requested = f"{start}..(end)" if count is None else f"{start}..{start + count - 1}"
         raise VideoError(
-            f"{_describe(source)} has {start + len(frames)} frames; frames {start}..{start + count - 1} were requested"
+            f"{_describe(source)} has {start + len(frames)} frames; frames {requested} were requested"
         )
     return np.stack(frames), fps
 
@@ -143,12 +165,12 @@ def rgb_to_yuv420p(frame_H_W_3: np.ndarray) -> np.ndarray:
 
 
 def write_mp4(
-    path: str | Path,
+    path: str | Path | BinaryIO,
     frames_T_H_W_3: np.ndarray,
     fps: float,
     crf: int = DEFAULT_CRF,
 ) -> None:
-    """Write uint8 RGB frames as an H.264 mp4 (yuv420p, so height and width must be even).
+    """Write uint8 RGB frames as an H.264 mp4 (yuv420p, so height and width must be even) to a path or file.
 
     The demo data must be byte-identical for the same seed, which costs some encoding speed: x264 runs
     single-threaded and without its assembly (``asm=0``), because threaded x264 and, at some frame
@@ -162,8 +184,10 @@ def write_mp4(
         )
     if height % 2 or width % 2:
         raise ValueError(f"H.264 yuv420p needs an even height and width, got {height}x{width}")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with av.open(os.fspath(path), mode="w", format="mp4") as container:
+    if isinstance(path, (str, os.PathLike)):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        path = os.fspath(path)
+    with av.open(path, mode="w", format="mp4") as container:
         rate = Fraction(fps).limit_denominator(1001)
         stream = container.add_stream("libx264", rate=rate)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
@@ -193,3 +217,19 @@ def resize_video(
         return frames_T_3_H_W
     antialias = interpolation != InterpolationMode.NEAREST
     return TF.resize(frames_T_3_H_W, [height, width], interpolation=interpolation, antialias=antialias)
+
+
+def resize_mp4(
+    source: VideoSource,
+    height: int,
+    width: int,
+    interpolation: InterpolationMode = InterpolationMode.BILINEAR,
+) -> bytes:
+    """Every frame of ``source`` resized to ``(height, width)``, as mp4 bytes at the same frame rate."""
+    frames_T_H_W_3, fps = decode_frames(source, 0, None)
+    frames_T_3_H_W = resize_video(
+        torch.from_numpy(frames_T_H_W_3).permute(0, 3, 1, 2), height, width, interpolation
+    )
+    buffer = io.BytesIO()
+    write_mp4(buffer, frames_T_3_H_W.permute(0, 2, 3, 1).contiguous().numpy(), fps)
+    return buffer.getvalue()
