@@ -37,7 +37,7 @@ def test_a_dangling_latest_link_resumes_from_the_newest_intact_checkpoint(tmp_pa
     shutil.rmtree(four_batches / "ep1-ba4")  # deleted as corrupt: latest-rank0.pt now dangles
     result = _run(tmp_path, demo_mds, "max_duration=6ba")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "autoresume: resuming from ep0-ba2 (batch 2)" in result.stdout
+    assert "autoresume: resuming from ep0-ba2 (batch 2, checksums verified)" in result.stdout
     assert "[batch=3/6]" in result.stdout + result.stderr and "[batch=1/6]" not in result.stdout + result.stderr
 
 

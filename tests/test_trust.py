@@ -61,7 +61,7 @@ def test_a_diverged_run_stops_non_zero_naming_the_batch_and_saves_nothing_after_
     assert "max_nonfinite_steps" in result.stderr
     # Batch 1 was finite and checkpointed; nothing of batch 2 or later was saved.
     saved = sorted(p.name for p in (tmp_path / "out").rglob("ep*-ba*"))
-    assert saved == ["ep0-ba1-rank0.pt"]
+    assert saved == ["ep0-ba1-rank0.pt", "ep0-ba1-rank0.pt.checksums.json"]  # the checkpoint and its checksums
 
 
 def test_max_nonfinite_steps_steps_over_that_many_batches(tmp_path, demo_mds):
