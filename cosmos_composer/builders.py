@@ -35,11 +35,13 @@ from .checkpoint.safe_pickle import UnsafePickleError, composer_loads_safely
 from .config import ConfigError, check_precision, run_folder
 from .config_file import write_json_or_yaml
 from .loggers import JSONLinesLogger, WandBLogger
-from .models import CosmosTransferNet, build_network
+from .models import CosmosTransferNet, build_network, get_config
 from .models.composer_model import CosmosTransferModel, ObjectiveConfig
+from .models.context_parallel import context_parallel_groups
 from .models.parallelize import (
     FROZEN_DTYPE,
     apply_compile,
+    apply_context_parallel,
     apply_dtypes,
     apply_fsdp,
     composer_keeps_our_sharding,
@@ -161,6 +163,8 @@ def build_training_network(cfg: DictConfig, inputs: RunInputs) -> CosmosTransfer
     fsdp_config = fsdp["fsdp"]
     mp_policy = create_mixed_precision_policy(Precision(cfg.precision), fsdp_config.mixed_precision)
     apply_fsdp(net, mp_policy, fsdp_config.reshard_after_forward, fsdp_config.device_mesh)
+    if cfg.context_parallel_size > 1:
+        apply_context_parallel(net, context_parallel_groups(cfg.context_parallel_size))
     if m.compile_blocks:
         apply_compile(net)
     materialize_(net, training_device())
@@ -196,7 +200,9 @@ def build_model(cfg: DictConfig, inputs: RunInputs) -> CosmosTransferModel:
 
 
 # ----------------------------------------------------------------------------- data
-def build_dataloader(loader_cfg: DictConfig, batch_size: int, model: CosmosTransferModel):
+def build_dataloader(loader_cfg: DictConfig, batch_size: int, model: CosmosTransferModel, context_parallel_size: int = 1):
+    """`batch_size` samples per rank; a context-parallel group's `context_parallel_size` consecutive ranks get
+    the same samples (Streaming's `replication`)."""
     from .data.dataset import TransferStreamingDataset, build_dataloader
 
     ds = loader_cfg.dataset
@@ -215,6 +221,7 @@ def build_dataloader(loader_cfg: DictConfig, batch_size: int, model: CosmosTrans
         shuffle=ds.shuffle,
         shuffle_seed=ds.shuffle_seed,
         batch_size=batch_size,
+        replication=context_parallel_size if context_parallel_size > 1 else None,
     )
     workers = loader_cfg.num_workers
     return build_dataloader(
@@ -306,7 +313,8 @@ def build_callbacks(cfg: DictConfig, model: str = "", start: str = "") -> list:
     """
     folder = run_folder(cfg)
     always = {
-        "run_summary": {"path": str(folder / "summary.json"), "folder": str(folder), "model": model, "start": start},
+        "run_summary": {"path": str(folder / "summary.json"), "folder": str(folder), "model": model, "start": start,
+                        "context_parallel_size": cfg.context_parallel_size},
         "loss_plot": {"path": str(folder / "loss.png")},
         "attention_kernel": {},  # the SDPA kernel is chosen, never left to chance
     }
@@ -347,6 +355,26 @@ def check_dataset_paths(cfg: DictConfig) -> None:
             )
 
 
+def check_context_parallel(cfg: DictConfig, world_size: int) -> None:
+    """Refuse a context_parallel_size that cannot split the heads, the processes or the sample's latent frames."""
+    from .encoders.vae import TEMPORAL_COMPRESSION
+    from .models.context_parallel import check_context_parallel_size
+
+    size = cfg.context_parallel_size
+    config = get_config(cfg.model.preset, **OmegaConf.to_container(cfg.model.overrides))
+    try:
+        check_context_parallel_size(size, config.num_heads, world_size)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    latent_frames = 1 + (cfg.train_loader.dataset.num_frames - 1) // TEMPORAL_COMPRESSION
+    if not config.is_multiview and latent_frames % size:  # multiview: views x frames, checked at the first batch
+        raise ConfigError(
+            f"context_parallel_size={size} does not divide the {latent_frames} latent frames of "
+            f"train_loader.dataset.num_frames={cfg.train_loader.dataset.num_frames}; choose num_frames = "
+            f"1 + {TEMPORAL_COMPRESSION} k with 1 + k a multiple of {size}"
+        )
+
+
 def apply_gpu_memory_cap(cap_gib: Optional[float]) -> None:
     """Cap this process's CUDA memory, so that a larger GPU stands in for a smaller one (80 GB on an H200)."""
     if cap_gib is None or not torch.cuda.is_available():
@@ -363,12 +391,15 @@ def build_trainer(cfg: DictConfig) -> Trainer:
     check_dataset_paths(cfg)
     loggers = build_loggers(cfg)
     check_precision(cfg.precision, torch.cuda.is_available())
-    world_size = dist.get_world_size()
-    if cfg.global_train_batch_size % world_size:
+    world_size, cp_size = dist.get_world_size(), cfg.context_parallel_size
+    check_context_parallel(cfg, world_size)
+    data_parallel_size = world_size // cp_size  # groups of ranks with a sample of their own
+    if cfg.global_train_batch_size % data_parallel_size:
         raise ConfigError(
-            f"global_train_batch_size={cfg.global_train_batch_size} is not divisible by the {world_size} processes"
+            f"global_train_batch_size={cfg.global_train_batch_size} is not divisible by the {data_parallel_size} "
+            f"data-parallel groups ({world_size} processes / context_parallel_size={cp_size})"
         )
-    batch_size = cfg.global_train_batch_size // world_size
+    batch_size = cfg.global_train_batch_size // data_parallel_size
     checkpoints = cfg.save_interval is not None
     save_folder = (cfg.save_folder or str(run_folder(cfg) / "checkpoints")) if checkpoints else None
     lock_run_folder(save_folder or str(run_folder(cfg)))  # before anything reads or writes the checkpoints
@@ -381,10 +412,10 @@ def build_trainer(cfg: DictConfig) -> Trainer:
     reproducibility.seed_all(cfg.seed)
     model = build_model(cfg, inputs)
     release_stale_dataset_memory(cfg)
-    train_loader = build_dataloader(cfg.train_loader, batch_size, model)
+    train_loader = build_dataloader(cfg.train_loader, batch_size, model, cp_size)
     eval_loader = None
     if cfg.eval_loader is not None:
-        eval_loader = build_dataloader(cfg.eval_loader, batch_size, model)
+        eval_loader = build_dataloader(cfg.eval_loader, batch_size, model, cp_size)
 
     optimizer = build_optimizer(model, **OmegaConf.to_container(cfg.optimizer), fused=torch.cuda.is_available())
     scheduler = LambdaLinearSchedule(**OmegaConf.to_container(cfg.scheduler))
@@ -407,7 +438,7 @@ def build_trainer(cfg: DictConfig) -> Trainer:
             precision=cfg.precision,
             parallelism_config=parallelism,
             algorithms=[FiniteGradClip(max_norm=cfg.grad_clip_norm)],
-            callbacks=[StepSeed(cfg.seed), NonFiniteLossGuard(cfg.max_nonfinite_steps),
+            callbacks=[StepSeed(cfg.seed, cp_size), NonFiniteLossGuard(cfg.max_nonfinite_steps),
                        *build_callbacks(cfg, describe_model(cfg), describe_start(cfg, inputs, save_folder))],
             loggers=loggers,
             save_folder=save_folder,

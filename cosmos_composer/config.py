@@ -109,6 +109,10 @@ class TrainConfig:
     grad_clip_norm: float = 0.1
     # Composer's parallelism config: {fsdp: {...FSDP2Config keys...}}; null for one process.
     parallelism_config: Optional[dict[str, Any]] = None
+    # Ranks that share one sample (Ulysses sequence parallelism): each runs 1/N of its latent frames and
+    # 1/N of the attention heads. It divides the heads (16 in the 2B) and the processes; the data-parallel
+    # size is processes / N, and global_train_batch_size counts samples, so it is a multiple of that.
+    context_parallel_size: int = 1
     # Where run folders go: <output_root>/<project>/<group>/<run_name>; a relative path is relative to the
     # current directory. null: $COSMOS_OUTPUT_ROOT, else $IMAGINAIRE_OUTPUT_ROOT, else /tmp/cosmos-composer-output.
     output_root: Optional[str] = None
@@ -277,6 +281,10 @@ def _value_problems(cfg: DictConfig) -> list[tuple[str, Any, str]]:
     positive("global_train_batch_size")
     micro = cfg.device_train_microbatch_size
     fsdp = bool(cfg.parallelism_config and cfg.parallelism_config.get("fsdp") is not None)
+    check("context_parallel_size", isinstance(cfg.context_parallel_size, int) and cfg.context_parallel_size >= 1,
+          "an integer >= 1")
+    if cfg.context_parallel_size > 1:
+        check("context_parallel_size", fsdp, "1 without parallelism_config.fsdp (context parallelism runs under FSDP2)")
     check("device_train_microbatch_size", (isinstance(micro, int) and micro > 0) or (micro == "auto" and not fsdp),
           "an integer > 0" + (" ('auto' is not supported by Composer with FSDP2)" if fsdp else " or 'auto'"))
 

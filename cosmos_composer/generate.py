@@ -37,6 +37,7 @@ from .diffusion import sampler
 from .encoders.vae import latent_num_frames, pixel_num_frames
 from .models import build_network
 from .models.network import CosmosTransferNet
+from .models.parallelize import apply_context_parallel
 
 log = logging.getLogger(__name__)
 
@@ -556,7 +557,8 @@ class GenerateOptions:
 
 
 def _resolve_device_dtype(options: GenerateOptions) -> tuple[torch.device, torch.dtype]:
-    device = torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    default = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"  # a launch's GPU
+    device = torch.device(options.device or default)
     names = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32, "float32": torch.float32}
     if options.dtype is None:
         # Upstream runs the network, the VAE and the text encoder in bf16 on GPUs.
@@ -601,8 +603,29 @@ def _check_geometry(options: GenerateOptions, net: CosmosTransferNet, first_vide
     return num_frames, height, width, options.fps or native_fps
 
 
+def join_launch_as_context_parallel(device: torch.device, num_heads: int):
+    """Under a launcher (`composer -n N`, `torchrun`), all N processes sample the one video together, each
+    running its share of the frames and heads (context parallelism; the same video as one process).
+    Returns this rank's `ContextParallel`, or None for a single process."""
+    import torch.distributed as dist
+
+    from .models.context_parallel import check_context_parallel_size, context_parallel_groups
+
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return None
+    try:
+        check_context_parallel_size(world_size, num_heads, world_size)
+    except ValueError as error:
+        raise GenerationError(f"a launch of {world_size} processes samples with context parallelism: {error}") from None
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return context_parallel_groups(world_size)
+
+
 def generate(options: GenerateOptions) -> list[Path]:
-    """Run one generation as ``scripts/generate.py`` does; returns the mp4 files written."""
+    """Run one generation as ``scripts/generate.py`` does; returns the mp4 files written (by rank 0 under a
+    launcher of several processes, which sample with context parallelism: see `join_launch_as_context_parallel`)."""
     output = Path(options.output)
     if output.suffix.lower() != ".mp4":
         raise GenerationError(f"--output {output} must end in .mp4")
@@ -624,7 +647,10 @@ def generate(options: GenerateOptions) -> list[Path]:
         device=device,
         dtype=dtype,
     )
-    print(report.summary())
+    apply_context_parallel(net, join_launch_as_context_parallel(device, net.config.num_heads))
+    is_rank_zero = net.context_parallel is None or int(os.environ.get("RANK", "0")) == 0
+    if is_rank_zero:
+        print(report.summary())
     is_multiview = net.config.is_multiview
 
     # ---- inputs
@@ -724,9 +750,9 @@ def generate(options: GenerateOptions) -> list[Path]:
         num_steps=options.steps,
         shift=options.shift,
         seed=options.seed,
-        progress=options.progress,
+        progress=options.progress and is_rank_zero,
     )
-    return write_videos(video[0], output, fps, cameras)
+    return write_videos(video[0], output, fps, cameras) if is_rank_zero else []
 
 
 def options_from_dict(values: dict[str, Any]) -> GenerateOptions:

@@ -659,6 +659,8 @@ def run_trainer(args) -> None:
     print(f"trainer: {recipe.name} with preset={preset}, {args.nproc} x {args.device}, {views} views x "
           f"{latent_frames} latent frames x {H}x{W} ({tokens} tokens per sample), {args.steps} steps", flush=True)
 
+    # One sample per data-parallel group and step: with context parallelism a group of ranks shares one.
+    samples_per_step = args.nproc // cfg.context_parallel_size
     with tempfile.TemporaryDirectory(prefix="cosmos-trainer-bench-") as tmp:
         tmp = Path(tmp)
         pixels = _write_synthetic_shards(tmp / "mds", cfg, views, latent_frames, H, W, args.nproc * args.steps,
@@ -672,7 +674,7 @@ def run_trainer(args) -> None:
             "train_loader.dataset.random_start=false", "train_loader.dataset.shuffle=false",
             f"train_loader.dataset.num_frames={pixels['num_frames']}",
             f"train_loader.dataset.height={pixels['height']}", f"train_loader.dataset.width={pixels['width']}",
-            "train_loader.num_workers=0", f"global_train_batch_size={args.nproc}", "device_train_microbatch_size=1",
+            "train_loader.num_workers=0", f"global_train_batch_size={samples_per_step}", "device_train_microbatch_size=1",
             f"max_duration={args.steps}ba", f"callbacks.run_summary.path={summary_path}", "progress_bar=false",
             *([f"gpu_memory_cap_gib={args.gpu_memory_cap_gib}"] if args.gpu_memory_cap_gib else []),
             # Composer has no amp_bf16 on a CPU: the weights keep their dtypes, the compute is fp32.
@@ -695,7 +697,7 @@ def run_trainer(args) -> None:
         name = torch.cuda.get_device_name()
         peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
         if peak:
-            summary["mfu"] = flops * summary["samples_per_s"] / (args.nproc * peak)
+            summary["mfu"] = flops * summary["samples_per_s"] / (args.nproc * peak)  # samples/s: unique samples
         print(f"trainer: {flops:.4g} model FLOPs per sample; MFU against {peak} FLOP/s per GPU ({name})")
     print("trainer: " + " ".join(f"{key.replace('samples_per_s', 'samples/s')}={summary[key]:.4g}"
                                  for key in TRAINER_METRICS))  # fmt: skip

@@ -44,9 +44,12 @@ class RunSummary(Callback):
         folder: the run folder (set by the builder); None: the folder of `path`.
         model: what trains, e.g. `tiny-multiview, control branch` (set by the builder).
         start: where the run starts, e.g. `started fresh`, `resumed from ep9-ba20` (set by the builder).
+        context_parallel_size: ranks that share each sample (Composer counts each sample once per rank).
     """
 
-    def __init__(self, path: Optional[str] = None, folder: Optional[str] = None, model: str = "", start: str = ""):
+    def __init__(self, path: Optional[str] = None, folder: Optional[str] = None, model: str = "", start: str = "",
+                 context_parallel_size: int = 1):
+        self.context_parallel_size = context_parallel_size
         self.path = path
         self.folder = Path(folder) if folder else Path(path).parent if path else None
         self.model = model
@@ -73,7 +76,8 @@ class RunSummary(Callback):
 
     def summary(self, state: State) -> dict:
         world = dist.get_world_size()
-        global_batch = int(state.timestamp.sample) / max(int(state.timestamp.batch), 1)
+        samples = int(state.timestamp.sample) / self.context_parallel_size
+        global_batch = samples / max(int(state.timestamp.batch), 1)
         step_s = statistics.median(self.step_times) if self.step_times else float("nan")
         local = [peak_host_rss_gib(), self.first_step_s or float("nan"), 0.0, 0.0]
         if torch.cuda.is_available():

@@ -258,6 +258,11 @@ class TransferStreamingDataset(StreamingDataset):
                 f"use_cached_latents=False"
             )
 
+    def state_dict(self, num_samples: int, from_beginning: bool) -> dict[str, Any]:
+        """Streaming's resume state. Composer counts the samples of every rank, so under context parallelism
+        (`replication`: consecutive ranks share each sample) it counts each sample `replication` times."""
+        return super().state_dict(num_samples // (self.replication or 1), from_beginning)
+
     def get_item(self, index: int) -> dict[str, Any]:
         shard_id, _ = self.spanner[index]
         if shard_id in self._unverified_shards:

@@ -18,6 +18,7 @@ the final layer stay in fp32 under bf16 autocast.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 from typing import Optional, Union
 
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .context_parallel import ContextParallel
 from .presets import NetworkConfig, get_config
 
 # Prefixes of the parameters that post-training updates when the base is frozen (reference 1.4).
@@ -227,8 +229,12 @@ class Attention(nn.Module):
         B, L, _ = x_B_L_D.shape
         return x_B_L_D.view(B, L, self.num_heads, self.head_dim).transpose(1, 2)
 
-    def _attend(self, q_B_H_L_d, k_B_H_M_d, v_B_H_M_d) -> torch.Tensor:
+    def _attend(self, q_B_H_L_d, k_B_H_M_d, v_B_H_M_d, context_parallel: Optional[ContextParallel] = None):
+        if context_parallel is not None:  # self-attention over the whole sample, for a share of the heads
+            q_B_H_L_d, k_B_H_M_d, v_B_H_M_d = map(context_parallel.heads_to_sequence, (q_B_H_L_d, k_B_H_M_d, v_B_H_M_d))
         out_B_H_L_d = F.scaled_dot_product_attention(q_B_H_L_d, k_B_H_M_d, v_B_H_M_d)
+        if context_parallel is not None:
+            out_B_H_L_d = context_parallel.sequence_to_heads(out_B_H_L_d)
         B, H, L, d = out_B_H_L_d.shape
         return out_B_H_L_d.transpose(1, 2).reshape(B, L, H * d)
 
@@ -238,14 +244,16 @@ class Attention(nn.Module):
         context_B_M_C: Optional[torch.Tensor] = None,
         rope_cos_sin: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
         image_context_B_N_D: Optional[torch.Tensor] = None,
+        context_parallel: Optional[ContextParallel] = None,
     ) -> torch.Tensor:
+        """`context_parallel` (self-attention only): `x_B_L_D` is this rank's share of the sample's tokens."""
         context = x_B_L_D if context_B_M_C is None else context_B_M_C
         q = self.q_norm(self._heads(self.q_proj(x_B_L_D)))
         k = self.k_norm(self._heads(self.k_proj(context)))
         v = self._heads(self.v_proj(context))
         if rope_cos_sin is not None:
             q, k = apply_rope(q, rope_cos_sin), apply_rope(k, rope_cos_sin)
-        out_B_L_D = self._attend(q, k, v)
+        out_B_L_D = self._attend(q, k, v, context_parallel)
         if image_context_B_N_D is not None:
             if not self.has_image_context:
                 raise ValueError("img_context_emb was given but this network has no image-context modules")
@@ -302,18 +310,32 @@ class Block(nn.Module):
         shift, scale, gate = (modulation(emb_B_T_D) + adaln_lora_B_T_3D).chunk(3, dim=-1)
         return [t[:, :, None, None, :].to(dtype) for t in (shift, scale, gate)]
 
-    def _cross_attention(self, x_B_L_D, context_B_M_C, image_context, num_views: int) -> torch.Tensor:
+    def _cross_attention(
+        self, x_B_L_D, context_B_M_C, image_context, num_views: int, frame_views: Optional[tuple[int, ...]] = None
+    ) -> torch.Tensor:
         if num_views == 1:
             return self.cross_attn(x_B_L_D, context_B_M_C, image_context_B_N_D=image_context)
         B, L, D = x_B_L_D.shape
         M = context_B_M_C.shape[1]
         if M % num_views:
             raise ValueError(f"Text context length {M} is not a multiple of the number of views {num_views}")
+        if frame_views is not None:  # context parallel: these frames may start or end inside a view
+            return self._cross_attention_by_frame(x_B_L_D, context_B_M_C.view(B, num_views, M // num_views, -1), frame_views)
         # B (V L) D -> (V B) L D: each view attends to its own text tokens only.
         x_VB_l_D = x_B_L_D.view(B, num_views, L // num_views, D).transpose(0, 1).reshape(num_views * B, L // num_views, D)
         ctx = context_B_M_C.view(B, num_views, M // num_views, -1).transpose(0, 1).reshape(num_views * B, M // num_views, -1)
         out_VB_l_D = self.cross_attn(x_VB_l_D, ctx)
         return out_VB_l_D.view(num_views, B, L // num_views, D).transpose(0, 1).reshape(B, L, D)
+
+    def _cross_attention_by_frame(self, x_B_L_D, context_B_V_m_C, frame_views: tuple[int, ...]) -> torch.Tensor:
+        """Each run of consecutive frames of one view attends to that view's text (`frame_views`: view per frame)."""
+        tokens_per_frame = x_B_L_D.shape[1] // len(frame_views)
+        outputs, start = [], 0
+        for view, frames in itertools.groupby(frame_views):
+            stop = start + len(list(frames)) * tokens_per_frame
+            outputs.append(self.cross_attn(x_B_L_D[:, start:stop], context_B_V_m_C[:, view]))
+            start = stop
+        return torch.cat(outputs, dim=1)
 
     def forward(
         self,
@@ -324,7 +346,10 @@ class Block(nn.Module):
         rope_cos_sin: tuple[torch.Tensor, torch.Tensor],
         num_views: int = 1,
         image_context_B_N_D: Optional[torch.Tensor] = None,
+        context_parallel: Optional[ContextParallel] = None,
+        frame_views: Optional[tuple[int, ...]] = None,
     ) -> torch.Tensor:
+        """With `context_parallel`, `x_B_T_H_W_D` holds this rank's frames; `frame_views` gives each one's view."""
         B, T, H, W, D = x_B_T_H_W_D.shape
         dtype = x_B_T_H_W_D.dtype
         shift_sa, scale_sa, gate_sa = self._modulation(self.adaln_modulation_self_attn, emb_B_T_D, adaln_lora_B_T_3D, dtype)
@@ -332,11 +357,12 @@ class Block(nn.Module):
         shift_mlp, scale_mlp, gate_mlp = self._modulation(self.adaln_modulation_mlp, emb_B_T_D, adaln_lora_B_T_3D, dtype)
 
         h_B_L_D = _modulate(self.layer_norm_self_attn, x_B_T_H_W_D, shift_sa, scale_sa).reshape(B, T * H * W, D)
-        attn_B_T_H_W_D = self.self_attn(h_B_L_D, rope_cos_sin=rope_cos_sin).view(B, T, H, W, D)
+        attn_B_L_D = self.self_attn(h_B_L_D, rope_cos_sin=rope_cos_sin, context_parallel=context_parallel)
+        attn_B_T_H_W_D = attn_B_L_D.view(B, T, H, W, D)
         x_B_T_H_W_D = x_B_T_H_W_D + gate_sa * attn_B_T_H_W_D
 
         h_B_L_D = _modulate(self.layer_norm_cross_attn, x_B_T_H_W_D, shift_ca, scale_ca).reshape(B, T * H * W, D)
-        cross_B_L_D = self._cross_attention(h_B_L_D, context_B_M_C, image_context_B_N_D, num_views)
+        cross_B_L_D = self._cross_attention(h_B_L_D, context_B_M_C, image_context_B_N_D, num_views, frame_views)
         x_B_T_H_W_D = x_B_T_H_W_D + gate_ca * cross_B_L_D.view(B, T, H, W, D)
 
         h_B_T_H_W_D = _modulate(self.layer_norm_mlp, x_B_T_H_W_D, shift_mlp, scale_mlp)
@@ -436,6 +462,8 @@ class CosmosTransferNet(nn.Module):
         )
         self.final_layer = FinalLayer(config)
         self.hint_index_of_block = {block_idx: j for j, block_idx in enumerate(config.control_layers)}
+        # Set by `parallelize.apply_context_parallel`: this rank then runs its share of each sample's frames.
+        self.context_parallel: Optional[ContextParallel] = None
         self.init_control_branch_from_base()
 
     # ------------------------------------------------------------------ initialisation
@@ -566,8 +594,16 @@ class CosmosTransferNet(nn.Module):
         if config.is_multiview:
             view_emb = self._view_embedding(view_indices_B_T, B, T, H, W, num_views, device)
 
+        cp = self.context_parallel
+        T_all = T // config.patch_temporal  # token frames of the whole sample
+        frame_range = (0, T_all) if cp is None else cp.frame_range(T_all)
+
+        def local(x_B_C_T_H_W: torch.Tensor) -> torch.Tensor:  # this rank's frames under context parallelism
+            r = config.patch_temporal
+            return x_B_C_T_H_W if cp is None else x_B_C_T_H_W[:, :, frame_range[0] * r : frame_range[1] * r]
+
         x_in = self._append_masks(x_B_C_T_H_W, condition_video_input_mask_B_C_T_H_W, padding_mask_B_1_T_H_W, view_emb)
-        x_B_T_H_W_D = self.x_embedder(x_in)
+        x_B_T_H_W_D = self.x_embedder(local(x_in))
         _, Tp, Hp, Wp, _ = x_B_T_H_W_D.shape
 
         context = self._project_text(crossattn_emb)
@@ -579,17 +615,25 @@ class CosmosTransferNet(nn.Module):
 
         if timesteps_B_T.ndim == 1:
             timesteps_B_T = timesteps_B_T[:, None]
+        if cp is not None and timesteps_B_T.shape[1] > 1:  # one timestep per frame: this rank's frames
+            timesteps_B_T = timesteps_B_T[:, frame_range[0] : frame_range[1]]
         sinusoid_B_T_D, adaln_lora_B_T_3D = self.t_embedder(timesteps_B_T.float() * config.timestep_scale)
         emb_B_T_D = self.t_embedding_norm(sinusoid_B_T_D)
-        rope_angles_L_D = self.pos_embedder(num_views, Tp // num_views, Hp, Wp, device)
+        rope_angles_L_D = self.pos_embedder(num_views, T_all // num_views, Hp, Wp, device)
         block_kwargs = dict(
             emb_B_T_D=emb_B_T_D,
             adaln_lora_B_T_3D=adaln_lora_B_T_3D,
             context_B_M_C=context,
-            rope_cos_sin=(rope_angles_L_D.cos(), rope_angles_L_D.sin()),
             num_views=num_views,
             image_context_B_N_D=image_context,
         )
+        if cp is not None:  # the angles and views of this rank's frames
+            rope_angles_L_D = rope_angles_L_D[frame_range[0] * Hp * Wp : frame_range[1] * Hp * Wp]
+            frames_per_view = T_all // num_views
+            block_kwargs.update(
+                context_parallel=cp, frame_views=tuple(f // frames_per_view for f in range(*frame_range))
+            )
+        block_kwargs["rope_cos_sin"] = (rope_angles_L_D.cos(), rope_angles_L_D.sin())
 
         hints: list[torch.Tensor] = []
         if latent_control_input is not None:
@@ -599,7 +643,7 @@ class CosmosTransferNet(nn.Module):
                 padding_mask_B_1_T_H_W,
                 view_emb,
             )
-            c_B_T_H_W_D = self.control_embedder(control_in)
+            c_B_T_H_W_D = self.control_embedder(local(control_in))
             if config.use_input_hint_block:
                 c_B_T_H_W_D = self.input_hint_block(c_B_T_H_W_D)
             for control_block in self.control_blocks:
@@ -613,7 +657,8 @@ class CosmosTransferNet(nn.Module):
                 x_B_T_H_W_D = x_B_T_H_W_D + hints[self.hint_index_of_block[block_idx]] * scale
 
         x_B_T_H_W_O = self.final_layer(x_B_T_H_W_D, emb_B_T_D, adaln_lora_B_T_3D)
-        return self.unpatchify(x_B_T_H_W_O)
+        velocity_B_C_T_H_W = self.unpatchify(x_B_T_H_W_O)
+        return velocity_B_C_T_H_W if cp is None else cp.gather_frames(velocity_B_C_T_H_W, dim=2)
 
     def unpatchify(self, x_B_T_H_W_O: torch.Tensor) -> torch.Tensor:
         """`B T H W (p1 p2 t C) -> B C (T t) (H p1) (W p2)`: spatial-major, channel-last patch order."""

@@ -227,3 +227,8 @@ def composer_keeps_our_sharding() -> Iterator[None]:
         yield
     finally:
         prepare_distributed.parallelize_composer_model = original
+
+
+def apply_context_parallel(net: nn.Module, context_parallel) -> None:
+    """Run `net` on this rank's share of each sample's frames (see models/context_parallel.py)."""
+    net.context_parallel = context_parallel
