@@ -17,6 +17,10 @@ ftheta_<camera>/ with one mp4 (the official control_input_hdmap_bbox/ layout of 
 *_ema_bf16.pt), an hf://org/repo/file[@revision] URI, or a Composer checkpoint folder. Files with both
 net.* and net_ema.* (model.pt, Composer checkpoints) are sampled with the EMA weights unless --weights net.
 
+Several processes sample one video together (context parallelism over all of them; rank 0 writes):
+    composer -n 8 scripts/generate.py --checkpoint ... --output out.mp4
+The number of processes must divide the network's heads (16 in the 2B) and the latent frames.
+
 Defaults follow the official inference: guidance 3 with v = cond + guidance * (cond - uncond), 35 UniPC
 steps with shift 5, the official negative prompt, no conditioning frames; the frame count is the
 network's native length (93 single view, 29 multiview) and the size and fps are the control video's.
