@@ -87,6 +87,7 @@ def _worker(rank: int, world: int, port: int, cp_size: int, case: dict) -> None:
             error = _relative(grad / cp_size, expected_grads[name])
             assert error < RELATIVE_TOLERANCE, f"{name}: relative gradient error {error:.2e}"
     finally:
+        dist.barrier()  # rank 0 hosts the store: it must outlive the other groups' setup
         dist.destroy_process_group()
 
 
@@ -131,6 +132,7 @@ def _sampling_worker(rank: int, world: int, port: int) -> None:
             found = sampler.sample(net, conditioning, num_steps=4, seed=5, progress=False)
         assert _relative(found, expected) < RELATIVE_TOLERANCE, _relative(found, expected)
     finally:
+        dist.barrier()  # rank 0 hosts the store: it must outlive the other groups' setup
         dist.destroy_process_group()
 
 
