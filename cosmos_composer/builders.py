@@ -22,7 +22,7 @@ from .callbacks.checkpoint_checksums import CheckpointChecksums
 from .callbacks.nonfinite_loss import NonFiniteLossGuard
 from .callbacks.registry import CALLBACKS
 from .callbacks.step_seed import StepSeed
-from .checkpoint.autoresume import LATEST_LINK, ResumePlan, RunAlreadyComplete, plan_resume, point_latest_link
+from .checkpoint.autoresume import ResumePlan, RunAlreadyComplete, plan_resume, point_latest_link
 from .checkpoint.hf import HfResolveError, resolve
 from .checkpoint.integrity import ChecksumMismatch, verify_checksums
 from .checkpoint.load import (
@@ -61,9 +61,13 @@ class RunInputs:
 
     weights: Optional[str] = None  # a consolidated .pt to start from (`load_path`)
     composer_checkpoint: Optional[str] = None  # a Composer checkpoint to start from (`load_path`)
-    resumes: bool = False  # an autoresume checkpoint exists in save_folder: Composer loads it
+    resume_from: Optional[Path] = None  # the autoresume checkpoint in save_folder: Composer loads it
     vae: Optional[str] = None  # a path, or "tiny"
     text: Optional[str] = None
+
+    @property
+    def resumes(self) -> bool:
+        return self.resume_from is not None
 
 
 def _resolve_key(key: str, value: str) -> str:
@@ -84,7 +88,7 @@ def resolve_inputs(cfg: DictConfig, save_folder: Optional[str]) -> RunInputs:
     """
     plan = plan_autoresume(save_folder) if cfg.autoresume and save_folder is not None else ResumePlan()
     check_not_complete(cfg, plan, save_folder)
-    inputs = RunInputs(resumes=plan.checkpoint is not None)
+    inputs = RunInputs(resume_from=plan.checkpoint)
     for name in ("vae", "text"):
         value = cfg.encoders[name]
         if value is not None and value != "tiny":
@@ -439,7 +443,7 @@ def build_trainer(cfg: DictConfig) -> Trainer:
             parallelism_config=parallelism,
             algorithms=[FiniteGradClip(max_norm=cfg.grad_clip_norm)],
             callbacks=[StepSeed(cfg.seed, cp_size), NonFiniteLossGuard(cfg.max_nonfinite_steps),
-                       *build_callbacks(cfg, describe_model(cfg), describe_start(cfg, inputs, save_folder))],
+                       *build_callbacks(cfg, describe_model(cfg), describe_start(cfg, inputs))],
             loggers=loggers,
             save_folder=save_folder,
             save_interval=cfg.save_interval,
@@ -462,10 +466,10 @@ def describe_model(cfg: DictConfig) -> str:
     return f"{cfg.model.preset}, {'all weights' if cfg.model.train_base else 'control branch'}"
 
 
-def describe_start(cfg: DictConfig, inputs: RunInputs, save_folder: Optional[str]) -> str:
+def describe_start(cfg: DictConfig, inputs: RunInputs) -> str:
     """Where the run starts from, for the summary line."""
-    if inputs.resumes:  # the autoresume plan pointed Composer's link at the checkpoint it loads
-        return f"resumed from {Path(os.path.realpath(Path(save_folder) / LATEST_LINK)).name}"
+    if inputs.resumes:
+        return f"resumed from {inputs.resume_from.name}"
     if inputs.composer_checkpoint or inputs.weights:
         return f"started from {cfg.load_path}"
     return "started fresh"

@@ -29,7 +29,7 @@ def redact_secrets(data: Any) -> Any:
 def write_json_or_yaml(path: str | os.PathLike, data: dict) -> Path:
     """Write plain `data` (dicts, lists, scalars) as JSON or YAML, by the file's suffix, secrets redacted.
 
-    The file is replaced atomically, so a reader never sees half of it.
+    The file is replaced atomically (`atomic_write_text`), so a reader never sees half of it.
     """
     path = Path(path)
     data = redact_secrets(data)
@@ -39,8 +39,17 @@ def write_json_or_yaml(path: str | os.PathLike, data: dict) -> Path:
         text = OmegaConf.to_yaml(OmegaConf.create(data))
     else:
         raise ValueError(f"{path}: write_json_or_yaml writes .json, .yaml or .yml files")
+    return atomic_write_text(path, text)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` to a temporary file beside `path`, flush it to disk, then rename it over `path`."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(temporary, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(temporary, path)
     return path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -29,3 +30,10 @@ def run_train(args, root: Path, yaml: Path = QUICKSTART, timeout: int = 600, **e
         [sys.executable, str(REPO / "train.py"), str(yaml), *map(str, args)],
         cwd=root, env=train_env(root, **env), capture_output=True, text=True, timeout=timeout,
     )
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on (for a test's process group)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

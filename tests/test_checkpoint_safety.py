@@ -190,6 +190,9 @@ def test_an_export_is_written_as_a_set_with_checksums(tmp_path, monkeypatch):
     export(tmp_path / "ep0-ba2", out, progress=False)
     before = {path.name: path.read_bytes() for path in out.iterdir()}
     assert CHECKSUMS_FILE in before and verify_checksums(out)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # a normal folder, not the staging folder's private mode
 
     # An export that dies after its first file leaves the previous set as it was, and no staging folder.
     _checkpoint(tmp_path / "ep1-ba4")

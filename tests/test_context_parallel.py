@@ -9,24 +9,17 @@ equal the reference.
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import free_port
 
 from cosmos_composer.models import build_network
 from cosmos_composer.models.context_parallel import check_context_parallel_size, context_parallel_groups
 
 RELATIVE_TOLERANCE = 1e-5
 SCALE = 0.1  # weights of this size keep activations O(1); much larger ones make fp32 sums cancel
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _network(preset: str, **overrides):
@@ -106,7 +99,7 @@ RUNS = [(case, 2) for case in CASES] + [("multiview-7-views", 4)]  # CP=2 alone,
 
 @pytest.mark.parametrize("case, world", RUNS, ids=[f"{case}-{world}procs" for case, world in RUNS])
 def test_context_parallel_forward_and_backward_equal_cp1(case, world):
-    mp.spawn(_worker, args=(world, _free_port(), 2, CASES[case]), nprocs=world, join=True)
+    mp.spawn(_worker, args=(world, free_port(), 2, CASES[case]), nprocs=world, join=True)
 
 
 def _sampling_worker(rank: int, world: int, port: int) -> None:
@@ -137,7 +130,7 @@ def _sampling_worker(rank: int, world: int, port: int) -> None:
 
 
 def test_sampling_with_context_parallelism_gives_the_cp1_latents():
-    mp.spawn(_sampling_worker, args=(2, _free_port()), nprocs=2, join=True)
+    mp.spawn(_sampling_worker, args=(2, free_port()), nprocs=2, join=True)
 
 
 def test_a_size_that_does_not_split_the_heads_or_ranks_is_refused_with_the_valid_sizes():

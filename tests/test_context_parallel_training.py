@@ -12,12 +12,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 
 import pytest
-from helpers import QUICKSTART, REPO, run_train, train_env
+from helpers import QUICKSTART, REPO, free_port, run_train, train_env
 
 RUN = ("out", "cosmos_composer", "quickstart", "quickstart")
 ONE_PROCESS_TOLERANCE = 1e-4  # the bound; measured about 2e-7 (summation order of the split attention)
@@ -103,9 +102,7 @@ def _unshare_works() -> bool:
 
 @pytest.mark.skipif(not _unshare_works(), reason="needs unprivileged user namespaces for a per-node /dev/shm")
 def test_cp2_over_two_launchers_on_loopback_trains_and_exports(tmp_path, demo_mds, context_parallel):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     nodes = []
     for node in (0, 1):
         launcher = ("--world_size", "2", "--node_rank", str(node), "--master_addr", "127.0.0.1",

@@ -6,13 +6,11 @@ result with torch's own DTensor gather (`full_tensor`) against the consolidated 
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from helpers import QUICKSTART
+from helpers import QUICKSTART, free_port
 from torch.distributed.tensor import DTensor
 
 from cosmos_composer import builders
@@ -22,12 +20,6 @@ from cosmos_composer.models.composer_model import CosmosTransferModel
 from cosmos_composer.models.parallelize import ema_weights
 
 PRESET = "tiny-multiview"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _consolidated_file(path, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -79,7 +71,7 @@ def _two_rank_load(rank: int, world: int, port: int, path: str) -> None:
 def test_two_rank_load_from_a_consolidated_file_fills_each_shard_exactly(tmp_path):
     path = tmp_path / "weights_ema_bf16.pt"
     _consolidated_file(path)
-    mp.spawn(_two_rank_load, args=(2, _free_port(), str(path)), nprocs=2, join=True)
+    mp.spawn(_two_rank_load, args=(2, free_port(), str(path)), nprocs=2, join=True)
 
 
 def test_ema_weights_swaps_the_trained_weights_in_and_back():

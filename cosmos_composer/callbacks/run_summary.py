@@ -16,7 +16,6 @@ relative to it): the last checkpoint this run saved, its latest samples, metrics
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import statistics
@@ -29,6 +28,8 @@ import torch
 from composer.core import Callback, State
 from composer.loggers import Logger
 from composer.utils import dist
+
+from ..config_file import write_json_or_yaml
 
 
 def peak_host_rss_gib() -> float:
@@ -141,9 +142,7 @@ class RunSummary(Callback):
         )
         print(self.describe(summary), flush=True)
         if self.path:
-            path = Path(self.path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(summary, indent=2))
+            write_json_or_yaml(self.path, summary)
 
     def describe(self, summary: dict) -> str:
         """`run: <model>, <start>, batches 20 -> 40, in <folder>` and `run files: <what> <path>, ...`."""

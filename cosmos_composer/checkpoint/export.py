@@ -43,7 +43,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -56,7 +55,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from tqdm import tqdm
 
-from ..data.output import partial_dir_prefix, remove_stale_partial_dirs, reporting_full_disk
+from ..data.output import make_partial_dir, reporting_full_disk
 from ..models import PRESETS, NetworkConfig, build_network, get_config
 from ..models.released_keys import RELEASED_VARIANT_OF_PRESET, released_parameter_shapes
 from .integrity import CHECKSUMS_FILE, checksum_problem, checksums_path, digests_of, write_checksums
@@ -532,9 +531,7 @@ def _export_set(out_dir: Path, source: Path) -> Iterator[Path]:
     A failed or killed export leaves `out_dir` as it was; its staging folder is removed (by the next export
     when it was killed).
     """
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_partial_dirs(out_dir)
-    staging = Path(tempfile.mkdtemp(prefix=partial_dir_prefix(out_dir), dir=out_dir.parent))
+    staging = make_partial_dir(out_dir)
     try:
         yield staging
         names = [str(path.relative_to(staging)) for path in sorted(staging.rglob("*")) if path.is_file()]

@@ -18,6 +18,8 @@ from typing import Iterable, Optional, Union
 
 from tqdm import tqdm
 
+from ..config_file import atomic_write_text
+
 CHECKSUMS_FILE = "checksums.json"
 ALGORITHM = "sha256"
 _PROGRESS_FROM_BYTES = 1 << 30  # a progress bar only where hashing takes seconds
@@ -44,15 +46,8 @@ def write_checksums(checkpoint: Union[str, os.PathLike], files: dict[str, dict],
     """Write `{name: file_digest(...)}` for `checkpoint` (atomically: a reader never sees half a file).
 
     `source`: where the files came from (an export names its checkpoint)."""
-    destination = checksums_path(checkpoint)
-    temporary = destination.with_name(f".{destination.name}.tmp-{os.getpid()}")
     manifest = {"algorithm": ALGORITHM, **({"source": source} if source else {}), "files": dict(sorted(files.items()))}
-    with open(temporary, "w") as f:
-        json.dump(manifest, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temporary, destination)
-    return destination
+    return atomic_write_text(checksums_path(checkpoint), json.dumps(manifest, indent=1))
 
 
 def digests_of(folder: Union[str, os.PathLike], names: Iterable[str]) -> dict[str, dict]:

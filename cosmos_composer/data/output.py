@@ -103,6 +103,20 @@ def remove_stale_partial_dirs(output: Path) -> list[Path]:
     return removed
 
 
+def make_partial_dir(output: Path) -> Path:
+    """A new temporary folder beside ``output`` to build it in, after removing those of killed writers.
+
+    Its name (:func:`partial_dir_prefix`) tells a later writer whether its process is still alive.
+    """
+    output.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partial_dirs(output)
+    temp = Path(tempfile.mkdtemp(prefix=partial_dir_prefix(output), dir=output.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temp, 0o777 & ~umask)  # mkdtemp makes it private; give it a normal folder's permissions
+    return temp
+
+
 @contextlib.contextmanager
 def atomic_output_dir(output: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside ``output``; on success it replaces ``output``, on error it is deleted.
@@ -111,13 +125,8 @@ def atomic_output_dir(output: str | Path, overwrite: bool = False) -> Iterator[P
     A process killed with -9 cannot delete its folder; the next run into ``output`` on this host does.
     """
     output = check_output_dir(output, overwrite)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_partial_dirs(output)
-    temp = Path(tempfile.mkdtemp(prefix=partial_dir_prefix(output), dir=output.parent))
+    temp = make_partial_dir(output)
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temp, 0o777 & ~umask)  # mkdtemp makes it private; give it a normal folder's permissions
         yield temp
         old = None
         if output.exists():
