@@ -8,7 +8,7 @@ import netrc
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 from composer import Trainer
@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .callbacks.checkpoint_checksums import CheckpointChecksums
 from .callbacks.nonfinite_loss import NonFiniteLossGuard
-from .callbacks.registry import CALLBACKS
+from .callbacks.registry import build_callback
 from .callbacks.step_seed import StepSeed
 from .checkpoint.autoresume import ResumePlan, RunAlreadyComplete, plan_resume, point_latest_link
 from .checkpoint.hf import HfResolveError, resolve
@@ -34,6 +34,7 @@ from .checkpoint.load import (
 from .checkpoint.safe_pickle import UnsafePickleError, composer_loads_safely
 from .config import ConfigError, check_precision, run_folder
 from .config_file import write_json_or_yaml
+from .encoders import build_encoders
 from .loggers import JSONLinesLogger, WandBLogger
 from .models import CosmosTransferNet, build_network, get_config
 from .models.composer_model import CosmosTransferModel, ObjectiveConfig
@@ -109,27 +110,6 @@ def resolve_inputs(cfg: DictConfig, save_folder: Optional[str]) -> RunInputs:
 
 
 # ----------------------------------------------------------------------------- model
-def build_encoders(inputs: RunInputs) -> tuple[Any, Any]:
-    """(vae, text_embedder) from the resolved `encoders:`; None where not configured (cached columns needed)."""
-    from .encoders import Reason1TextEmbedder, WanVAE
-
-    vae = text = None
-    if inputs.vae == "tiny":
-        vae = WanVAE.tiny(seed=0)
-    elif inputs.vae:
-        vae = WanVAE.from_diffusers(inputs.vae) if Path(inputs.vae).is_dir() else WanVAE.from_official_pth(inputs.vae)
-    if inputs.text == "tiny":
-        text = Reason1TextEmbedder.tiny(seed=0)
-    elif inputs.text:
-        text = Reason1TextEmbedder.from_pretrained(inputs.text)
-    device = training_device()
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    return (
-        None if vae is None else vae.to(device=device, dtype=dtype).eval(),
-        None if text is None else text.to(device=device, dtype=dtype).eval(),
-    )
-
-
 def training_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
@@ -185,16 +165,10 @@ def build_training_network(cfg: DictConfig, inputs: RunInputs) -> CosmosTransfer
 def build_model(cfg: DictConfig, inputs: RunInputs) -> CosmosTransferModel:
     m = cfg.model
     net = build_training_network(cfg, inputs)
-    objective = ObjectiveConfig(
-        sigma_shift=m.sigma_shift,
-        conditional_frames_probs={int(k): float(v) for k, v in m.conditional_frames_probs.items()},
-        text_dropout_rate=m.text_dropout_rate,
-        eval_sigmas=tuple(m.eval_sigmas),
-    )
-    vae, text = build_encoders(inputs)
+    vae, text = build_encoders(inputs.vae, inputs.text, training_device())
     return CosmosTransferModel(
         net,
-        objective=objective,
+        objective=ObjectiveConfig.from_model_config(m),
         use_ema=m.use_ema,
         train_base=m.train_base,
         control_key=m.control_key,
@@ -204,7 +178,9 @@ def build_model(cfg: DictConfig, inputs: RunInputs) -> CosmosTransferModel:
 
 
 # ----------------------------------------------------------------------------- data
-def build_dataloader(loader_cfg: DictConfig, batch_size: int, model: CosmosTransferModel, context_parallel_size: int = 1):
+def build_dataloader(
+    loader_cfg: DictConfig, batch_size: int, model: CosmosTransferModel, context_parallel_size: int = 1
+):
     """`batch_size` samples per rank; a context-parallel group's `context_parallel_size` consecutive ranks get
     the same samples (Streaming's `replication`)."""
     from .data.dataset import TransferStreamingDataset, build_dataloader
@@ -222,6 +198,10 @@ def build_dataloader(loader_cfg: DictConfig, batch_size: int, model: CosmosTrans
         control_key=model.control_key,
         random_start=ds.random_start,
         decode_video=ds.decode_video,
+        use_cached_latents=ds.use_cached_latents,
+        use_cached_text=ds.use_cached_text,
+        random_control_params=ds.random_control_params,
+        augment_seed=ds.augment_seed,
         shuffle=ds.shuffle,
         shuffle_seed=ds.shuffle_seed,
         batch_size=batch_size,
@@ -275,7 +255,9 @@ def ensure_demo_dataset(ds: DictConfig, is_multiview: bool, vae=None, text_embed
             precomputer = Precomputer(
                 height=ds.height, width=ds.width, num_frames=ds.num_frames, vae=vae, text_embedder=text_embedder
             )
-        convert_to_mds(layout=layout, input_dir=raw, output_dir=ds.local, min_frames=ds.num_frames, precomputer=precomputer)
+        convert_to_mds(
+            layout=layout, input_dir=raw, output_dir=ds.local, min_frames=ds.num_frames, precomputer=precomputer
+        )
     dist.barrier()
 
 
@@ -317,15 +299,25 @@ def build_callbacks(cfg: DictConfig, model: str = "", start: str = "") -> list:
     """
     folder = run_folder(cfg)
     always = {
-        "run_summary": {"path": str(folder / "summary.json"), "folder": str(folder), "model": model, "start": start,
-                        "context_parallel_size": cfg.context_parallel_size},
+        "run_summary": {
+            "path": str(folder / "summary.json"),
+            "folder": str(folder),
+            "model": model,
+            "start": start,
+            "context_parallel_size": cfg.context_parallel_size,
+        },
         "loss_plot": {"path": str(folder / "loss.png")},
         "attention_kernel": {},  # the SDPA kernel is chosen, never left to chance
     }
-    named = {name: None if kwargs is None else OmegaConf.to_container(kwargs) for name, kwargs in (cfg.callbacks or {}).items()}
+    named = {
+        name: None if kwargs is None else OmegaConf.to_container(kwargs)
+        for name, kwargs in (cfg.callbacks or {}).items()
+    }
     for name, defaults in always.items():
         if name not in named or named[name] is not None:
             named[name] = {**defaults, **(named.get(name) or {})}
+    if named.get("sample_videos") is not None:  # samples go into the run folder, beside the run's other files
+        named["sample_videos"] = {"output_dir": str(folder / "samples"), **named["sample_videos"]}
     callbacks = []
     for name, kwargs in named.items():
         if kwargs is None:
@@ -333,7 +325,7 @@ def build_callbacks(cfg: DictConfig, model: str = "", start: str = "") -> list:
         if name == "memory_monitor" and not torch.cuda.is_available():
             log.info("memory_monitor left out: it measures CUDA memory, and this machine has no GPU")
             continue
-        callbacks.append(CALLBACKS[name](**kwargs))
+        callbacks.append(build_callback(name, **kwargs))
     return callbacks
 
 
@@ -442,8 +434,11 @@ def build_trainer(cfg: DictConfig) -> Trainer:
             precision=cfg.precision,
             parallelism_config=parallelism,
             algorithms=[FiniteGradClip(max_norm=cfg.grad_clip_norm)],
-            callbacks=[StepSeed(cfg.seed, cp_size), NonFiniteLossGuard(cfg.max_nonfinite_steps),
-                       *build_callbacks(cfg, describe_model(cfg), describe_start(cfg, inputs))],
+            callbacks=[
+                StepSeed(cfg.seed, cp_size),
+                NonFiniteLossGuard(cfg.max_nonfinite_steps),
+                *build_callbacks(cfg, describe_model(cfg), describe_start(cfg, inputs)),
+            ],
             loggers=loggers,
             save_folder=save_folder,
             save_interval=cfg.save_interval,
@@ -457,7 +452,8 @@ def build_trainer(cfg: DictConfig) -> Trainer:
             console_log_interval=cfg.console_log_interval,
             dist_timeout=cfg.dist_timeout,
         )
-    CheckpointChecksums.attach(trainer)  # after Composer's checkpoint saver: sums what it has just written
+    # After Composer's checkpoint saver: writes network.json and sums what it has just written.
+    CheckpointChecksums.attach(trainer, cfg.model.preset)
     return trainer
 
 

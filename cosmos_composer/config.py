@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, ValidationError
+from omegaconf.errors import ConfigKeyError, KeyValidationError, ValidationError
 
 
 @dataclass
@@ -26,11 +26,20 @@ class ModelConfig:
     # `scripts/benchmark.py --section trainer --set model.compile_blocks=true` before turning it on.
     compile_blocks: bool = False
     use_ema: bool = True
+    # The control the model is trained on (`control_input_<key>` of the batch): hdmap_bbox, edge or vis for
+    # multiview; depth, seg, edge or vis for single view; blur is accepted for vis.
     control_key: str = "hdmap_bbox"
+    # The objective: the released multiview recipe's (upstream's transfer2_auto_multiview_post_train_example).
+    # diffusion/objective.py's ObjectiveConfig takes its defaults from here.
+
+    # The shift of the logit-normal training sigma (upstream rectified_flow.py).
     sigma_shift: float = 5.0
+    # Probabilities of 0, 1 or 2 clean conditioning frames per view (single-view recipe: {0: 0.4, 1: 0.4, 2: 0.2}).
     conditional_frames_probs: dict[int, float] = field(default_factory=lambda: {0: 0.5, 1: 0.25, 2: 0.25})
-    text_dropout_rate: float = 0.2
+    text_dropout_rate: float = 0.2  # per sample, all views together (upstream's TextAttr dropout)
+    # The eval loss is measured at each of these fixed sigmas.
     eval_sigmas: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.5, 0.75, 0.9])
+    eval_seed: int = 1234  # seeds the eval noise: the same at every eval, so eval losses compare between runs
 
 
 @dataclass
@@ -57,6 +66,15 @@ class DatasetConfig:
     shuffle: bool = True
     shuffle_seed: int = 0
     decode_video: bool = True  # false: serve only cached latents (faster)
+    # Serve the shards' cached latents when they have them; false: decode and encode online with encoders.vae.
+    use_cached_latents: bool = True
+    # Serve the shards' cached text embeddings when they have them; false: embed online with encoders.text.
+    use_cached_text: bool = True
+    # Random edge thresholds and blur strengths per sample, as upstream trains; false: its fixed "medium" ones.
+    random_control_params: bool = True
+    # Seeds each sample's random start frame and control parameters from (augment_seed, epoch, sample index),
+    # so a resumed run sees the same ones.
+    augment_seed: int = 0
     # Optional demo data: generated and converted if `local` does not exist (quickstart only).
     demo_if_missing: bool = False
 
@@ -72,6 +90,11 @@ class LoaderConfig:
 
 @dataclass
 class OptimizerConfig:
+    """AdamW as in the released recipes: one param group, the weight decay on every trainable weight.
+
+    The defaults are the multiview recipe's (upstream's transfer2_auto_multiview_post_train_example).
+    """
+
     lr: float = 8.63e-5
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
@@ -80,7 +103,11 @@ class OptimizerConfig:
 
 @dataclass
 class SchedulerConfig:
-    """The LambdaLinear multiplier: warm-up f_start -> f_max, then linear toward f_min over cycle_length."""
+    """The LambdaLinear multiplier: warm-up f_start -> f_max, then linear toward f_min over cycle_length.
+
+    The defaults are the multiview recipe's (upstream lr_scheduler.py's LambdaLinearScheduler as configured by
+    transfer2_auto_multiview_post_train_example); the single-view recipe warms up 100 steps of a 5000-step cycle.
+    """
 
     warm_up_steps: int = 1000
     f_start: float = 1e-6
@@ -171,6 +198,21 @@ def _valid_keys_message(full_key: str) -> str:
     return f"valid keys at {where}: {keys}"
 
 
+# Dicts that a value replaces instead of merging into: `conditional_frames_probs={1: 1.0}` means "always one
+# conditioning frame", which a merge with the default {0: .5, 1: .25, 2: .25} would silently turn into garbage.
+REPLACED_WHOLE = ("model.conditional_frames_probs",)
+
+
+def _merge_replacing_whole(base: DictConfig, update: DictConfig) -> DictConfig:
+    """`OmegaConf.merge(base, update)`, except that the keys of `REPLACED_WHOLE` set in `update` replace `base`'s."""
+    merged = OmegaConf.merge(base, update)
+    for key in REPLACED_WHOLE:
+        value = OmegaConf.select(update, key, default=None)
+        if value is not None:
+            OmegaConf.update(merged, key, value, merge=False)
+    return merged
+
+
 def load_config(yaml_path: str | os.PathLike, overrides: list[str] | None = None) -> DictConfig:
     """Read a YAML, apply `key=value` overrides, validate against `TrainConfig`.
 
@@ -186,19 +228,37 @@ def load_config(yaml_path: str | os.PathLike, overrides: list[str] | None = None
             bad = [o for o in overrides if "=" not in o]
             if bad:
                 raise ConfigError(f"Overrides must look like key=value, got {bad}")
-            user = OmegaConf.merge(user, OmegaConf.from_dotlist(overrides))
-        cfg = OmegaConf.merge(schema, user)
+            user = _merge_replacing_whole(user, OmegaConf.from_dotlist(overrides))
+        cfg = _merge_replacing_whole(schema, user)
     except ConfigKeyError as e:
         key = e.full_key or str(e)
         raise ConfigError(f"Unknown config key '{key}' in {yaml_path}; {_valid_keys_message(key)}") from None
-    except ValidationError as e:
+    except (ValidationError, KeyValidationError) as e:
         raise ConfigError(f"Invalid value for '{e.full_key}' in {yaml_path}: {e.msg}") from None
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"Missing required config value(s) {missing} in {yaml_path}")
     _validate_sections(cfg, yaml_path)
     _validate_values(cfg, yaml_path)
+    # The one place an alias (blur) becomes its canonical key (vis): the model, the datasets and config.yaml see it.
+    cfg.model.control_key = canonical_control_key(cfg.model)
     return cfg
+
+
+def network_layout(model: DictConfig) -> str:
+    """The data layout of the network `model.preset` and `model.overrides` make: multiview-hdmap or singleview."""
+    from .data.layouts import MULTIVIEW_HDMAP, SINGLEVIEW
+    from .models import get_config
+
+    network = get_config(model.preset, **OmegaConf.to_container(model.overrides))
+    return MULTIVIEW_HDMAP if network.is_multiview else SINGLEVIEW
+
+
+def canonical_control_key(model: DictConfig) -> str:
+    """`model.control_key` as the batch names it (`blur` -> `vis`); a ValueError for a key the layout has not."""
+    from .data.layouts import normalize_control_key
+
+    return normalize_control_key(model.control_key, network_layout(model))
 
 
 KNOWN_LOGGERS = ("wandb", "jsonl")
@@ -222,7 +282,9 @@ def _validate_sections(cfg: DictConfig, yaml_path: Path) -> None:
     valid_fsdp = FSDP2Config.settable_attrs() - {"device_mesh"}
     for key in parallelism.get("fsdp") or {}:
         if key not in valid_fsdp:
-            raise ConfigError(f"Unknown key 'parallelism_config.fsdp.{key}' in {yaml_path}; valid keys: {sorted(valid_fsdp)}")
+            raise ConfigError(
+                f"Unknown key 'parallelism_config.fsdp.{key}' in {yaml_path}; valid keys: {sorted(valid_fsdp)}"
+            )
 
 
 # ----------------------------------------------------------------------------- values
@@ -267,12 +329,30 @@ def _value_problems(cfg: DictConfig) -> list[tuple[str, Any, str]]:
 
     m = cfg.model
     check("model.preset", m.preset in PRESETS, f"one of {sorted(PRESETS)}")
+    if m.preset in PRESETS:
+        from .data.layouts import normalize_control_key
+
+        try:
+            layout = network_layout(m)
+        except (TypeError, ValueError) as error:
+            check("model.overrides", False, str(error))
+        else:
+            try:
+                normalize_control_key(m.control_key, layout)
+            except ValueError as error:
+                check("model.control_key", False, str(error))
     positive("model.sigma_shift")
     check("model.text_dropout_rate", fraction("", m.text_dropout_rate), "between 0 and 1")
     probs = dict(m.conditional_frames_probs)
-    check("model.conditional_frames_probs", bool(probs) and all(int(k) >= 0 and fraction("", v) for k, v in probs.items())
-          and abs(sum(probs.values()) - 1) < 1e-6, "probabilities >= 0 of frame counts >= 0 that sum to 1")
+    check(
+        "model.conditional_frames_probs",
+        bool(probs)
+        and all(int(k) >= 0 and fraction("", v) for k, v in probs.items())
+        and abs(sum(probs.values()) - 1) < 1e-6,
+        "probabilities >= 0 of frame counts >= 0 that sum to 1",
+    )
     check("model.eval_sigmas", all(0 < s < 1 for s in m.eval_sigmas), "sigmas strictly between 0 and 1")
+    check("model.eval_seed", m.eval_seed >= 0, "an integer >= 0")
 
     check("precision", cfg.precision in PRECISIONS, f"one of {list(PRECISIONS)}")
     for key in ("max_duration", "eval_interval", *(["save_interval"] if cfg.save_interval is not None else [])):
@@ -281,18 +361,27 @@ def _value_problems(cfg: DictConfig) -> list[tuple[str, Any, str]]:
     positive("global_train_batch_size")
     micro = cfg.device_train_microbatch_size
     fsdp = bool(cfg.parallelism_config and cfg.parallelism_config.get("fsdp") is not None)
-    check("context_parallel_size", isinstance(cfg.context_parallel_size, int) and cfg.context_parallel_size >= 1,
-          "an integer >= 1")
+    check(
+        "context_parallel_size",
+        isinstance(cfg.context_parallel_size, int) and cfg.context_parallel_size >= 1,
+        "an integer >= 1",
+    )
     if cfg.context_parallel_size > 1:
         check("context_parallel_size", fsdp, "1 without parallelism_config.fsdp (context parallelism runs under FSDP2)")
-    check("device_train_microbatch_size", (isinstance(micro, int) and micro > 0) or (micro == "auto" and not fsdp),
-          "an integer > 0" + (" ('auto' is not supported by Composer with FSDP2)" if fsdp else " or 'auto'"))
+    check(
+        "device_train_microbatch_size",
+        (isinstance(micro, int) and micro > 0) or (micro == "auto" and not fsdp),
+        "an integer > 0" + (" ('auto' is not supported by Composer with FSDP2)" if fsdp else " or 'auto'"),
+    )
 
     positive("optimizer.lr")
     positive("optimizer.eps")
     check("optimizer.weight_decay", cfg.optimizer.weight_decay >= 0, "a number >= 0")
-    check("optimizer.betas", len(cfg.optimizer.betas) == 2 and all(0 <= b < 1 for b in cfg.optimizer.betas),
-          "two numbers in [0, 1)")
+    check(
+        "optimizer.betas",
+        len(cfg.optimizer.betas) == 2 and all(0 <= b < 1 for b in cfg.optimizer.betas),
+        "two numbers in [0, 1)",
+    )
     positive("grad_clip_norm")
     sched = cfg.scheduler
     check("scheduler.warm_up_steps", 0 <= sched.warm_up_steps < sched.cycle_length, "0 <= warm_up_steps < cycle_length")
@@ -301,8 +390,25 @@ def _value_problems(cfg: DictConfig) -> list[tuple[str, Any, str]]:
     for loader in ("train_loader", "eval_loader"):
         if cfg[loader] is None:
             continue
+        ds = cfg[loader].dataset
         for key in ("num_frames", "height", "width"):
             positive(f"{loader}.dataset.{key}")
+        check(f"{loader}.dataset.augment_seed", ds.augment_seed >= 0, "an integer >= 0")
+        check(
+            f"{loader}.dataset.use_cached_latents",
+            ds.use_cached_latents or ds.decode_video,
+            "true with decode_video=false (then the cached latents are all there is to train from)",
+        )
+        check(
+            f"{loader}.dataset.use_cached_latents",
+            ds.use_cached_latents or cfg.encoders.vae is not None,
+            "true when encoders.vae is null (nothing else makes the latents)",
+        )
+        check(
+            f"{loader}.dataset.use_cached_text",
+            ds.use_cached_text or cfg.encoders.text is not None,
+            "true when encoders.text is null (nothing else makes the text embeddings)",
+        )
         check(f"{loader}.num_workers", cfg[loader].num_workers >= 0, "an integer >= 0")
     if cfg.gpu_memory_cap_gib is not None:
         positive("gpu_memory_cap_gib")
@@ -369,12 +475,16 @@ def _describe(cls: type, indent: str, described: dict) -> list[str]:
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         comment = comments.get(f.name) or ""
-        section = next((t for t in (hints[f.name], *typing.get_args(hints[f.name])) if dataclasses.is_dataclass(t)), None)
+        section = next(
+            (t for t in (hints[f.name], *typing.get_args(hints[f.name])) if dataclasses.is_dataclass(t)), None
+        )
         if section is not None:
             comment = comment or _section_doc(section)
             if section in described:  # e.g. eval_loader: the keys of train_loader
                 comment = f"or a section with the keys of {described[section]}"
-            lines.append(f"{indent}{f.name}:{' null' if f.default is None else ''}{f'  # {comment}' if comment else ''}")
+            lines.append(
+                f"{indent}{f.name}:{' null' if f.default is None else ''}{f'  # {comment}' if comment else ''}"
+            )
             if section not in described:
                 described[section] = f.name
                 lines += _describe(section, indent + "  ", described)
@@ -391,9 +501,11 @@ def describe_config() -> str:
     """Every config key with its default and comment, generated from the dataclasses above (`train.py --help`)."""
     from .callbacks.registry import CALLBACKS
 
-    return "\n".join([
-        "Config keys (YAML, or key=value overrides), with their defaults:",
-        *_describe(TrainConfig, "  ", {}),
-        f"Loggers (under loggers:): {', '.join(KNOWN_LOGGERS)}.",
-        f"Callbacks (under callbacks:): {', '.join(sorted(CALLBACKS))}.",
-    ])
+    return "\n".join(
+        [
+            "Config keys (YAML, or key=value overrides), with their defaults:",
+            *_describe(TrainConfig, "  ", {}),
+            f"Loggers (under loggers:): {', '.join(KNOWN_LOGGERS)}.",
+            f"Callbacks (under callbacks:): {', '.join(sorted(CALLBACKS))}.",
+        ]
+    )

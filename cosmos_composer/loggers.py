@@ -82,7 +82,9 @@ class WandBLogger(ComposerWandBLogger):
     logger then calls the W&B API, which fails in offline mode (`WANDB_MODE=offline`) and stops the run.
     """
 
-    def download_file(self, remote_file_name: str, destination: str, overwrite: bool = False, progress_bar: bool = True):
+    def download_file(
+        self, remote_file_name: str, destination: str, overwrite: bool = False, progress_bar: bool = True
+    ):
         if not self._log_artifacts:
             raise FileNotFoundError(f"{remote_file_name}: checkpoints are not uploaded to W&B (log_artifacts is off)")
         return super().download_file(remote_file_name, destination, overwrite=overwrite, progress_bar=progress_bar)

@@ -1,4 +1,7 @@
-"""The released recipe's optimizer, learning-rate schedule and gradient clipping (reference 4.6).
+"""The released recipe's optimizer, learning-rate schedule and gradient clipping.
+
+Their settings and the recipe's values are `OptimizerConfig` and `SchedulerConfig` in `config.py`; the functions
+here take those fields as keywords, and a field not given is the dataclass's default.
 
 - `build_optimizer`: AdamW over the trainable parameters, one param group, weight decay on all of
   them (biases and norms included), as upstream's `get_base_optimizer`.
@@ -10,7 +13,8 @@
 
 from __future__ import annotations
 
-from typing import Iterable, Optional, Union
+import dataclasses
+from typing import Any, Iterable, Optional, Union
 
 import torch
 from composer.core import Algorithm, Event, State
@@ -18,6 +22,7 @@ from composer.loggers import Logger
 from torch import nn
 from torch.distributed.tensor import DTensor, Partial, Replicate, Shard
 
+from .config import OptimizerConfig, SchedulerConfig
 from .models.parallelize import local_tensor
 
 __all__ = [
@@ -32,18 +37,17 @@ __all__ = [
 # ----------------------------------------------------------------------------- optimizer
 def build_optimizer(
     model_or_named_params: Union[nn.Module, Iterable[tuple[str, nn.Parameter]]],
-    lr: float = 8.63e-5,
-    betas: tuple[float, float] = (0.9, 0.999),
-    eps: float = 1e-8,
-    weight_decay: float = 1e-3,
     fused: bool = False,
+    **settings: Any,
 ) -> torch.optim.AdamW:
     """torch AdamW over the parameters that require grad, in a single param group.
 
+    `settings`: `OptimizerConfig`'s fields (lr, betas, eps, weight_decay); the others are its defaults.
     Upstream applies the weight decay to every trainable parameter, biases included (one group), so
     this does too. Frozen parameters (the base DiT by default) are left out of the optimizer, so only
     the trainable ones have optimizer state. `fused=True` (CUDA) runs the whole update in one kernel.
     """
+    recipe = OptimizerConfig(**settings)
     if isinstance(model_or_named_params, nn.Module):
         named_params = model_or_named_params.named_parameters()
     else:
@@ -51,19 +55,22 @@ def build_optimizer(
     params = [param for _, param in named_params if param.requires_grad]
     if not params:
         raise ValueError("build_optimizer: no parameter requires grad, so there is nothing to train")
-    return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, fused=fused or None)
+    return torch.optim.AdamW(
+        params,
+        lr=recipe.lr,
+        betas=tuple(recipe.betas),
+        eps=recipe.eps,
+        weight_decay=recipe.weight_decay,
+        fused=fused or None,
+    )
 
 
 # ----------------------------------------------------------------------------- learning-rate schedule
-def lambda_linear_multiplier(
-    step: int,
-    warm_up_steps: int = 1000,
-    f_start: float = 1e-6,
-    f_max: float = 0.5,
-    f_min: float = 0.2,
-    cycle_length: int = 100_000,
-) -> float:
+def lambda_linear_multiplier(step: int, **settings: Any) -> float:
     """The learning-rate multiplier of upstream's `LambdaLinearScheduler` (one cycle) at `step`.
+
+    `settings`: `SchedulerConfig`'s fields (warm_up_steps, f_start, f_max, f_min, cycle_length); the others are
+    its defaults.
 
     - step < warm_up_steps:              f_start + (f_max - f_start) * step / warm_up_steps
     - warm_up_steps <= step <= cycle_length: f_min + (f_max - f_min) * (cycle_length - step) / (cycle_length - warm_up_steps)
@@ -73,11 +80,13 @@ def lambda_linear_multiplier(
     its `find_in_interval` returns None and `schedule` raises a TypeError, so an upstream run never gets
     that far (the recipes stop at 5000 steps with cycles of 5000 or 100,000).
     """
-    if step < warm_up_steps:
-        return (f_max - f_start) / warm_up_steps * step + f_start
-    if step > cycle_length:
-        return f_min
-    return f_min + (f_max - f_min) * (cycle_length - step) / (cycle_length - warm_up_steps)
+    schedule = SchedulerConfig(**settings)
+    if step < schedule.warm_up_steps:
+        return (schedule.f_max - schedule.f_start) / schedule.warm_up_steps * step + schedule.f_start
+    if step > schedule.cycle_length:
+        return schedule.f_min
+    span = schedule.cycle_length - schedule.warm_up_steps
+    return schedule.f_min + (schedule.f_max - schedule.f_min) * (schedule.cycle_length - step) / span
 
 
 class LambdaLinearSchedule:
@@ -99,37 +108,25 @@ class LambdaLinearSchedule:
     early.
     """
 
-    def __init__(
-        self,
-        warm_up_steps: int = 1000,
-        f_start: float = 1e-6,
-        f_max: float = 0.5,
-        f_min: float = 0.2,
-        cycle_length: int = 100_000,
-    ):
-        if not 0 <= warm_up_steps < cycle_length:
+    def __init__(self, **settings: Any):
+        """`settings`: `SchedulerConfig`'s fields; the others are its defaults."""
+        self.settings = SchedulerConfig(**settings)
+        if not 0 <= self.settings.warm_up_steps < self.settings.cycle_length:
             raise ValueError(
-                f"need 0 <= warm_up_steps < cycle_length, got {warm_up_steps} and {cycle_length}"
+                f"need 0 <= warm_up_steps < cycle_length, got {self.settings.warm_up_steps} and "
+                f"{self.settings.cycle_length}"
             )
-        self.warm_up_steps = warm_up_steps
-        self.f_start = f_start
-        self.f_max = f_max
-        self.f_min = f_min
-        self.cycle_length = cycle_length
 
     def __call__(self, state: State, ssr: float = 1.0) -> float:
         batch = int(state.timestamp.batch)
         # Composer assigns `state.schedulers` only after compiling them: while it is empty this is
         # the compile-time call, which sets the learning rate of the current batch.
         step = batch if len(state.schedulers) == 0 else batch + 1
-        return lambda_linear_multiplier(
-            step,
-            warm_up_steps=round(self.warm_up_steps * ssr),
-            f_start=self.f_start,
-            f_max=self.f_max,
-            f_min=self.f_min,
-            cycle_length=round(self.cycle_length * ssr),
+        settings = dataclasses.asdict(self.settings)
+        settings.update(
+            warm_up_steps=round(self.settings.warm_up_steps * ssr), cycle_length=round(self.settings.cycle_length * ssr)
         )
+        return lambda_linear_multiplier(step, **settings)
 
 
 # ----------------------------------------------------------------------------- gradient clipping
@@ -142,9 +139,7 @@ def _global_count(local_count: torch.Tensor, like: Optional[DTensor]) -> torch.T
 
 
 @torch.no_grad()
-def clip_finite_grad_norm_(
-    parameters: Iterable[torch.Tensor], max_norm: float
-) -> tuple[torch.Tensor, torch.Tensor]:
+def clip_finite_grad_norm_(parameters: Iterable[torch.Tensor], max_norm: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Set NaN/Inf gradient entries to 0, then clip the total gradient norm to `max_norm`.
 
     Returns (total norm before clipping, number of non-finite entries), both over all ranks when the

@@ -15,13 +15,15 @@ def silence_known_warnings(resumed: bool) -> None:
     # FSDP2 is this project's chosen path (Composer's FSDP1 needs a GPU); the warning repeats on every run.
     warnings.filterwarnings("ignore", message="FSDP2 Config/APIs are experimental", module="composer.utils.parallelism")
     # torch's own DCP writer calls tensor.storage(); nothing here uses TypedStorage.
-    warnings.filterwarnings("ignore", message="TypedStorage is deprecated",
-                            module="torch.distributed.checkpoint.filesystem")
+    warnings.filterwarnings(
+        "ignore", message="TypedStorage is deprecated", module="torch.distributed.checkpoint.filesystem"
+    )
     if resumed:
         # A checkpoint is written after the last batch of an epoch but before the epoch ends, so a run resumed
         # from it first finishes that epoch with no batch left in it. A fresh run with no batches still warns.
-        warnings.filterwarnings("ignore", message="No batches were trained for global rank",
-                                module="composer.trainer.trainer")
+        warnings.filterwarnings(
+            "ignore", message="No batches were trained for global rank", module="composer.trainer.trainer"
+        )
 
 
 def remove_streaming_filelocks(trainer) -> None:
@@ -36,8 +38,11 @@ def remove_streaming_filelocks(trainer) -> None:
     from streaming.base.shared.prefix import _get_path
 
     loaders = [trainer.state.train_dataloader, *(e.dataloader.dataloader for e in trainer.state.evaluators)]
-    prefixes = {dataset._shm_prefix_int for dataset in (getattr(loader, "dataset", None) for loader in loaders)
-                if hasattr(dataset, "_shm_prefix_int")}
+    prefixes = {
+        dataset._shm_prefix_int
+        for dataset in (getattr(loader, "dataset", None) for loader in loaders)
+        if hasattr(dataset, "_shm_prefix_int")
+    }
     dist.barrier()  # no rank iterates a dataset any more
     if dist.get_local_rank() != 0:
         return

@@ -84,9 +84,7 @@ def add_network_arguments(parser: argparse.ArgumentParser) -> None:
         "--dtype", choices=["fp32", "bf16"], default="fp32",
         help="weights and inputs (upstream trains the network in bf16; ours keeps its fp32 islands)",
     )  # fmt: skip
-    group.add_argument(
-        "--train", choices=["control", "all"], default="control", help="which parameters get grads"
-    )
+    group.add_argument("--train", choices=["control", "all"], default="control", help="which parameters get grads")
     group.add_argument("--no-memory", action="store_true", help="skip the memory measurements")
 
 
@@ -133,9 +131,7 @@ def _make_inputs(config, args, device, dtype) -> dict:
     condition_mask[:, :, :1] = 1.0  # first latent frame is a conditioning frame
     inputs = dict(
         x_B_C_T_H_W=torch.randn(B, config.in_channels, T, H, W, generator=generator),
-        crossattn_emb=torch.randn(
-            B, args.text_tokens, config.crossattn_proj_in_channels, generator=generator
-        ),
+        crossattn_emb=torch.randn(B, args.text_tokens, config.crossattn_proj_in_channels, generator=generator),
         latent_control_input=torch.randn(B, config.in_channels, T, H, W, generator=generator),
         condition_video_input_mask_B_C_T_H_W=condition_mask,
         # diffusers 0.38.0 only takes a padding mask shared by the batch; ours takes [B, 1, H, W].
@@ -194,9 +190,7 @@ def _build_variants(args, device, dtype) -> tuple[list[Variant], object]:
         cn.train()
         params = _set_trainable(tr, None if train_all else ())
         params += _set_trainable(cn, None if train_all else DIFFUSERS_CONTROL_PREFIXES)
-        variants.append(
-            Variant(name, [tr, cn], lambda tr=tr, cn=cn: diffusers_velocity(tr, cn, **inputs), params)
-        )
+        variants.append(Variant(name, [tr, cn], lambda tr=tr, cn=cn: diffusers_velocity(tr, cn, **inputs), params))
     return variants, ours.config
 
 
@@ -273,14 +267,10 @@ def run_network(args) -> None:
     variants, config = _build_variants(args, device, dtype)
     by_name = {v.name: v for v in variants}
     # Parameters (trainable or frozen) are saved by reference, never as activations.
-    all_parameters = {
-        p.untyped_storage().data_ptr() for v in variants for m in v.modules for p in m.parameters()
-    }
+    all_parameters = {p.untyped_storage().data_ptr() for v in variants for m in v.modules for p in m.parameters()}
     B, T, H, W = args.batch_size, args.frames, args.height, args.width
     tokens = T * (H // config.patch_spatial) * (W // config.patch_spatial)
-    target = torch.randn(B, config.out_channels, T, H, W, generator=torch.Generator().manual_seed(1)).to(
-        device
-    )
+    target = torch.randn(B, config.out_channels, T, H, W, generator=torch.Generator().manual_seed(1)).to(device)
 
     print(
         f"network: preset={args.preset} D={config.model_channels} heads={config.num_heads} "
@@ -344,8 +334,12 @@ def run_network(args) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Entry point
+# Section: data
 # ---------------------------------------------------------------------------------------------------------------
+# A multiview demo dataset converted twice (plain, and with `--precompute latents,text`), and a full pass of each
+# timed. It measures the data path only (decode + resize + control, or reading cached arrays), not the encoders a
+# training step would run on decoded pixels, so the cached figure is an upper bound on what caching saves.
+
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data section")
@@ -357,11 +351,87 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--data-workers", type=int, default=0, help="DataLoader workers")
 
 
+def _samples_per_second(folder: Path, epochs: int, num_workers: int, **dataset_kwargs) -> float:
+    from cosmos_composer.data.dataset import TransferStreamingDataset, build_dataloader
+
+    dataset = TransferStreamingDataset(local=str(folder), **dataset_kwargs)
+    loader = build_dataloader(dataset, batch_size=1, num_workers=num_workers)
+    for _ in loader:  # warm-up pass (worker start, page cache)
+        pass
+    count, start = 0, time.perf_counter()
+    for _ in range(epochs):
+        for batch in loader:
+            count += len(batch["sample_name"])
+    elapsed = time.perf_counter() - start
+    del loader, dataset
+    return count / elapsed
+
+
+def benchmark_data(
+    tmpdir: str | Path,
+    samples: int = 4,
+    frames: int = 29,
+    height: int = 64,
+    width: int = 112,
+    epochs: int = 3,
+    num_workers: int = 0,
+    text_dim: int = 1024,
+) -> dict:
+    """Samples/s of the multiview dataset decoding mp4s vs. serving cached latents and text embeddings.
+
+    The demo data (``samples`` items of ``frames`` x ``height`` x ``width``, the training size too) and both MDS
+    copies are written under ``tmpdir``. The cache is made with the tiny random encoders: the cached arrays have
+    the real shapes either way, except the text width, which ``text_dim`` sets (1024: projected, as training with
+    a frozen base stores it). Returns the settings, ``decode_samples_per_s``, ``cached_samples_per_s`` and
+    ``speedup``.
+    """
+    from torch import nn
+
+    from cosmos_composer.data.convert import convert_to_mds
+    from cosmos_composer.data.demo import make_demo_dataset
+    from cosmos_composer.data.precompute import Precomputer
+    from cosmos_composer.encoders.text import Reason1TextEmbedder
+    from cosmos_composer.encoders.vae import WanVAE
+
+    tmpdir = Path(tmpdir)
+    text_embedder = Reason1TextEmbedder.tiny()
+    source = tmpdir / "demo_multiview"
+    make_demo_dataset(
+        source, "multiview-hdmap", samples=samples, frames=frames, height=height, width=width, overwrite=True
+    )
+    plain, cached = tmpdir / "mds_plain", tmpdir / "mds_cached"
+    convert_to_mds(source, plain, "multiview-hdmap", min_frames=frames, overwrite=True)
+    precomputer = Precomputer(
+        height=height,
+        width=width,
+        num_frames=frames,
+        vae=WanVAE.tiny(),
+        text_embedder=text_embedder,
+        crossattn_proj=nn.Sequential(nn.Linear(text_embedder.embed_dim, text_dim), nn.GELU()),
+    )
+    convert_to_mds(source, cached, "multiview-hdmap", min_frames=frames, overwrite=True, precomputer=precomputer)
+    settings = dict(num_frames=frames, height=height, width=width)
+    decode = _samples_per_second(plain, epochs, num_workers, **settings)
+    from_cache = _samples_per_second(cached, epochs, num_workers, decode_video=False, **settings)
+    return {
+        "layout": "multiview-hdmap",
+        "views": 7,
+        "frames_per_view": frames,
+        "height": height,
+        "width": width,
+        "samples": samples,
+        "epochs": epochs,
+        "num_workers": num_workers,
+        "torch_threads": torch.get_num_threads(),
+        "decode_samples_per_s": decode,
+        "cached_samples_per_s": from_cache,
+        "speedup": from_cache / decode,
+    }
+
+
 def run_data(args) -> None:
     """Samples/s of the multiview dataset decoding mp4s vs. serving cached latents, side by side."""
     import tempfile
-
-    from cosmos_composer.data.bench import benchmark_data
 
     with tempfile.TemporaryDirectory() as tmpdir:
         result = benchmark_data(
@@ -409,8 +479,9 @@ def _cached_inputs(config, args, device) -> dict:
     """A batch as it comes from shards with cached latents and projected text (shapes from the train_* args)."""
     views = args.train_views or (7 if config.is_multiview else 1)
     frames = args.train_latent_frames or config.state_t
-    return _cached_batch(config, args.train_batch_size, views, frames, args.train_latent_height,
-                         args.train_latent_width, device)
+    return _cached_batch(
+        config, args.train_batch_size, views, frames, args.train_latent_height, args.train_latent_width, device
+    )
 
 
 def _cached_batch(config, B: int, views: int, frames: int, H: int, W: int, device) -> tuple[dict, int]:
@@ -480,12 +551,15 @@ def run_train(args) -> None:
     import copy
 
     from cosmos_composer.diffusion.objective import ObjectiveConfig
+    from cosmos_composer.optim import build_optimizer
 
     device = torch.device(args.device)
     preset, overrides = _train_network(args, device)
     if not args.no_activation_checkpointing:
         overrides = {**overrides, "activation_checkpointing": True}
-    flops = _model_flops_per_sample(preset, {k: v for k, v in overrides.items() if k != "activation_checkpointing"}, args)
+    flops = _model_flops_per_sample(
+        preset, {k: v for k, v in overrides.items() if k != "activation_checkpointing"}, args
+    )
     print(f"train: preset={preset} model FLOPs per sample (fwd+bwd, frozen base) = {flops:.3e}")
     if args.flops_only:
         return
@@ -498,14 +572,15 @@ def run_train(args) -> None:
         p.requires_grad_(name in trainable)
     net_ema = copy.deepcopy(net).requires_grad_(False)  # memory as in training
     params = [p for p in net.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=8.63e-5, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-3,
-                                  fused=device.type == "cuda")
+    optimizer = build_optimizer(net, fused=device.type == "cuda")  # the recipe's AdamW (OptimizerConfig)
     inputs, tokens = _cached_inputs(net.config, args, device)
     autocast_dtype = torch.bfloat16 if device.type == "cuda" else None
     objective = ObjectiveConfig()
-    print(f"train: {sum(p.numel() for p in net.parameters()) / 1e9:.2f}B params, "
-          f"{sum(p.numel() for p in params) / 1e6:.0f}M trainable, {tokens} tokens per sample, "
-          f"device={device}, activation checkpointing={not args.no_activation_checkpointing}")
+    print(
+        f"train: {sum(p.numel() for p in net.parameters()) / 1e9:.2f}B params, "
+        f"{sum(p.numel() for p in params) / 1e6:.0f}M trainable, {tokens} tokens per sample, "
+        f"device={device}, activation checkpointing={not args.no_activation_checkpointing}"
+    )
 
     ema_params = [p for n, p in net_ema.named_parameters() if n in trainable]
     for _ in range(args.train_warmup):
@@ -523,8 +598,10 @@ def run_train(args) -> None:
         times.append(time.perf_counter() - start)
     step_s = statistics.median(times)
     samples_per_s = args.train_batch_size / step_s
-    print(f"train: step {step_s:.3f} s (median of {len(times)}), {samples_per_s:.4f} samples/s, "
-          f"{1 / samples_per_s:.1f} device-seconds per sample, loss {loss.item():.4f}")
+    print(
+        f"train: step {step_s:.3f} s (median of {len(times)}), {samples_per_s:.4f} samples/s, "
+        f"{1 / samples_per_s:.1f} device-seconds per sample, loss {loss.item():.4f}"
+    )
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         peak_gib = torch.cuda.max_memory_allocated(device) / 2**30
@@ -532,7 +609,6 @@ def run_train(args) -> None:
         peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
         if peak:
             print(f"train: MFU {flops * samples_per_s / peak:.1%} (model FLOPs / dense bf16 peak {peak:.3g})")
-
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -562,8 +638,9 @@ def add_trainer_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--gpu-memory-cap-gib", type=float, default=None, help="cap each process's CUDA memory")
 
 
-def _write_synthetic_shards(folder: Path, cfg, views: int, latent_frames: int, H: int, W: int, samples: int,
-                            fingerprint: str, text_kind: str) -> dict:
+def _write_synthetic_shards(
+    folder: Path, cfg, views: int, latent_frames: int, H: int, W: int, samples: int, fingerprint: str, text_kind: str
+) -> dict:
     """Cached-latent MDS shards of the recipe's columns (random latents and text), through our column schema."""
     import numpy as np
     from streaming import MDSWriter
@@ -655,16 +732,22 @@ def run_trainer(args) -> None:
         raise SystemExit("--steps must be at least 2: the first step is not timed")
     text_kind = "projected" if network.use_crossattn_projection else "raw"
     fingerprint = _crossattn_proj_fingerprint(cfg, args.load_path) if text_kind == "projected" else ""
-    tokens = views * latent_frames // network.patch_temporal * (H // network.patch_spatial) * (W // network.patch_spatial)
-    print(f"trainer: {recipe.name} with preset={preset}, {args.nproc} x {args.device}, {views} views x "
-          f"{latent_frames} latent frames x {H}x{W} ({tokens} tokens per sample), {args.steps} steps", flush=True)
+    tokens = (
+        views * latent_frames // network.patch_temporal * (H // network.patch_spatial) * (W // network.patch_spatial)
+    )
+    print(
+        f"trainer: {recipe.name} with preset={preset}, {args.nproc} x {args.device}, {views} views x "
+        f"{latent_frames} latent frames x {H}x{W} ({tokens} tokens per sample), {args.steps} steps",
+        flush=True,
+    )
 
     # One sample per data-parallel group and step: with context parallelism a group of ranks shares one.
     samples_per_step = args.nproc // cfg.context_parallel_size
     with tempfile.TemporaryDirectory(prefix="cosmos-trainer-bench-") as tmp:
         tmp = Path(tmp)
-        pixels = _write_synthetic_shards(tmp / "mds", cfg, views, latent_frames, H, W, args.nproc * args.steps,
-                                         fingerprint, text_kind)
+        pixels = _write_synthetic_shards(
+            tmp / "mds", cfg, views, latent_frames, H, W, args.nproc * args.steps, fingerprint, text_kind
+        )
         summary_path = tmp / "summary.json"
         overrides = [
             "loggers=null", "eval_loader=null", "save_interval=null", "encoders.vae=null", "encoders.text=null",
@@ -703,9 +786,10 @@ def run_trainer(args) -> None:
                                  for key in TRAINER_METRICS))  # fmt: skip
 
 
-SECTIONS: dict[
-    str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], None]]
-] = {
+# ---------------------------------------------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------------------------------------------
+SECTIONS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], None]]] = {
     "network": (add_network_arguments, run_network),
     "data": (add_data_arguments, run_data),
     "train": (add_train_arguments, run_train),
@@ -714,13 +798,9 @@ SECTIONS: dict[
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--section", choices=sorted(SECTIONS), default="network", help="what to benchmark")
-    parser.add_argument(
-        "--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu"
-    )
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument(
         "--preset", default=None,

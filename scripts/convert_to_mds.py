@@ -49,9 +49,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layout", choices=LAYOUTS, required=True, help="folder layout of --input")
     parser.add_argument("--input", required=True, help="dataset folder in the official layout")
     parser.add_argument("--output", required=True, help="local folder for the MDS shards (new or empty)")
@@ -69,43 +67,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"frames every video and control must have (default: {DEFAULT_MIN_FRAMES['multiview-hdmap']} "
         f"multiview, {DEFAULT_MIN_FRAMES['singleview']} single view, the recipes' frames per view)",
     )
-    parser.add_argument(
-        "--skip-invalid", action="store_true", help="leave out invalid samples instead of stopping"
-    )
+    parser.add_argument("--skip-invalid", action="store_true", help="leave out invalid samples instead of stopping")
     parser.add_argument(
         "--resize",
         action="store_true",
         help="resize videos and controls at another resolution than their sample's videos (default: refuse them)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace --output if it is not empty")
-    parser.add_argument(
-        "--size-limit", default=DEFAULT_SIZE_LIMIT, help=f"shard size (default: {DEFAULT_SIZE_LIMIT})"
-    )
+    parser.add_argument("--size-limit", default=DEFAULT_SIZE_LIMIT, help=f"shard size (default: {DEFAULT_SIZE_LIMIT})")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     cache = parser.add_argument_group("precomputed columns (--precompute)")
     cache.add_argument("--precompute", default="", help="comma list of: latents, text")
-    cache.add_argument(
-        "--num-frames", type=int, default=None, help="frames per view to encode (default: --min-frames)"
-    )
-    cache.add_argument(
-        "--height", type=int, default=None, help="training height (default: 720 multiview, 704 single)"
-    )
+    cache.add_argument("--num-frames", type=int, default=None, help="frames per view to encode (default: --min-frames)")
+    cache.add_argument("--height", type=int, default=None, help="training height (default: 720 multiview, 704 single)")
     cache.add_argument("--width", type=int, default=1280, help="training width (default: 1280)")
     cache.add_argument("--vae", help="Wan2.1 VAE: official tokenizer.pth, or a diffusers folder / HF repo id")
-    cache.add_argument(
-        "--text-encoder", help="Cosmos-Reason1 folder or HF repo id (default: the official repo)"
-    )
+    cache.add_argument("--text-encoder", help="Cosmos-Reason1 folder or HF repo id (default: the official repo)")
     cache.add_argument(
         "--crossattn-proj",
         help="checkpoint .pt holding net.crossattn_proj.* : store 1024-d projected text embeddings (else raw 100352-d)",
     )
-    cache.add_argument(
-        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="encoder device"
-    )
-    cache.add_argument(
-        "--dtype", choices=DTYPES, default=None, help="encoder dtype (default: bf16 on GPU, else fp32)"
-    )
+    cache.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="encoder device")
+    cache.add_argument("--dtype", choices=DTYPES, default=None, help="encoder dtype (default: bf16 on GPU, else fp32)")
     return parser.parse_args(argv)
 
 
@@ -118,9 +102,7 @@ def load_crossattn_proj(path: str, dtype: torch.dtype) -> torch.nn.Module:
             weight, bias = state[f"{prefix}weight"], state[f"{prefix}bias"]
             break
     else:
-        raise KeyError(
-            f"{path} has no net.crossattn_proj.0.weight; pass the released or exported model checkpoint"
-        )
+        raise KeyError(f"{path} has no net.crossattn_proj.0.weight; pass the released or exported model checkpoint")
     projection = torch.nn.Sequential(torch.nn.Linear(weight.shape[1], weight.shape[0]), torch.nn.GELU())
     projection[0].load_state_dict({"weight": weight, "bias": bias})
     return projection.to(dtype).eval().requires_grad_(False)
@@ -130,22 +112,14 @@ def build_precomputer(args: argparse.Namespace) -> Precomputer | None:
     wanted = {item.strip() for item in args.precompute.split(",") if item.strip()}
     unknown = wanted - set(PRECOMPUTE_CHOICES)
     if unknown:
-        raise ValueError(
-            f"--precompute {args.precompute}: unknown {sorted(unknown)}; choose from {PRECOMPUTE_CHOICES}"
-        )
+        raise ValueError(f"--precompute {args.precompute}: unknown {sorted(unknown)}; choose from {PRECOMPUTE_CHOICES}")
     if not wanted:
         return None
-    dtype = (
-        DTYPES[args.dtype]
-        if args.dtype
-        else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
-    )
+    dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
     vae = text_embedder = crossattn_proj = None
     if "latents" in wanted:
         if not args.vae:
-            raise ValueError(
-                "--precompute latents needs --vae (the official tokenizer.pth or a diffusers VAE)"
-            )
+            raise ValueError("--precompute latents needs --vae (the official tokenizer.pth or a diffusers VAE)")
         from cosmos_composer.encoders.vae import WanVAE
 
         if args.vae.endswith((".pth", ".pt")):

@@ -9,19 +9,23 @@ group; only the model weights are read, never the optimizer state.
   model.pt            net.* (training weights, fp32 as saved) and net_ema.* (EMA)
   model_ema_fp32.pt   the EMA weights as net.*, fp32
   model_ema_bf16.pt   the same in bf16: the file the official inference and scripts/generate.py take
+  network.json        the network config (preset and every field), with every format
 --format diffusers writes transformer/ and controlnet/ for diffusers' CosmosTransformer3DModel and
 CosmosControlNetModel (single view only), from the EMA weights unless --weights net.
 
 --verify reloads every written file, checks its tensors bit for bit, loads it strictly into a fresh network
-and compares a forward pass (diffusers: from_pretrained and the velocity). The network config comes from
+and compares a forward pass (diffusers: from_pretrained and the velocity).
+
+The network config is the checkpoint's network.json, which training writes into every checkpoint: no
+--preset is needed. For a checkpoint without one (saved before network.json existed) it comes from
 --preset/--set (the run's model.preset and model.overrides), or is inferred from the checkpoint's parameter
-shapes when they match one preset exactly; a run that overrode shape-neutral settings (RoPE extrapolation
-ratios, maximum sizes) must pass them for --format diffusers.
+shapes when they match one preset exactly; that inference cannot see settings that change no shape (RoPE
+extrapolation ratios, timestep_scale, maximum sizes). The output says which was used.
 
 Examples:
     python scripts/export_checkpoint.py runs/cosmos_composer/hdmap/run1/checkpoints/latest-rank0.pt exported/
     python scripts/export_checkpoint.py runs/.../checkpoints exported/ --format all --verify
-    python scripts/export_checkpoint.py runs/.../ep0-ba500 exported/ --verify --preset tiny-singleview --set num_blocks=6
+    python scripts/export_checkpoint.py old_run/checkpoints/ep0-ba500 exported/ --preset tiny-singleview --set num_blocks=6
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ import sys
 
 import torch
 
-from cosmos_composer.checkpoint.export import FORMATS, ExportError, export, parse_overrides
+from cosmos_composer.checkpoint.export import FORMATS, ExportError, export
+from cosmos_composer.config_file import parse_set_items
 from cosmos_composer.data.output import DiskFullError
 from cosmos_composer.models import PRESETS
 
@@ -47,17 +52,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--format", choices=[*FORMATS, "all"], default="official", help="what to write (default: official)"
     )
     parser.add_argument("--verify", action="store_true", help="reload and check everything written")
-    parser.add_argument("--preset", choices=sorted(PRESETS), help="the run's model.preset (default: inferred)")
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="a network config override, as in the run's model.overrides (repeatable; needs --preset)",
+        "--preset",
+        choices=sorted(PRESETS),
+        help="for a checkpoint without network.json: the run's model.preset (default: inferred from the shapes)",
     )
     parser.add_argument(
-        "--weights", choices=["ema", "net"], default="ema",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="for a checkpoint without network.json: a network config override, as in the run's model.overrides "
+        "(repeatable; needs --preset)",
+    )
+    parser.add_argument(
+        "--weights",
+        choices=["ema", "net"],
+        default="ema",
         help="weights for --format diffusers: the EMA or the training weights (default: ema)",
     )
     parser.add_argument(
-        "--diffusers-dtype", choices=sorted(DTYPES), default="fp32", help="dtype of the diffusers weights (default: fp32)"
+        "--diffusers-dtype",
+        choices=sorted(DTYPES),
+        default="fp32",
+        help="dtype of the diffusers weights (default: fp32)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
@@ -67,12 +86,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
+        overrides = parse_set_items(args.overrides)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    try:
         result = export(
             args.checkpoint,
             args.out_dir,
             formats=args.format,
             preset=args.preset,
-            overrides=parse_overrides(args.overrides),
+            overrides=overrides,
             weights=args.weights,
             diffusers_dtype=DTYPES[args.diffusers_dtype],
             verify=args.verify,
@@ -82,8 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"Exported {result.checkpoint}")
-    if result.network is not None:
-        print(f"  network: {result.network.describe()}")
+    print(f"  network: {result.network.describe()}")
     for path in result.written:
         print(f"  wrote {path}")
     if result.verified:

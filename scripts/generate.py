@@ -29,140 +29,91 @@ network's native length (93 single view, 29 multiview) and the size and fps are 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+import typing
 from pathlib import Path
-
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(REPO))
 
-from cosmos_composer.checkpoint import hf  # noqa: E402
-from cosmos_composer.diffusion import sampler  # noqa: E402
+from cosmos_composer.checkpoint.hf import HfResolveError  # noqa: E402
+from cosmos_composer.checkpoint.load import CheckpointLoadError  # noqa: E402
+from cosmos_composer.checkpoint.network_config import NetworkConfigError  # noqa: E402
+from cosmos_composer.config_file import parse_set_items  # noqa: E402
 from cosmos_composer.generate import (  # noqa: E402
-    CAPTION_MODES,
-    DEFAULT_TEXT_ENCODER,
-    DEFAULT_VAE,
+    EXCLUSIVE_OPTIONS,
+    OPTION_GROUPS,
     GenerateOptions,
     GenerationError,
     generate,
+    option_flag,
 )
-from cosmos_composer.models.presets import PRESETS  # noqa: E402
 
 
 def _parse_overrides(items: list[str]) -> dict:
-    overrides = {}
-    for item in items:
-        if "=" not in item:
-            raise GenerationError(f"--set {item!r}: expected key=value, e.g. --set num_blocks=6")
-        key, value = item.split("=", 1)
-        overrides[key.strip()] = yaml.safe_load(value)
-    return overrides
+    """The --set items, read as export_checkpoint.py and train.py read values (`config_file.parse_set_items`)."""
+    try:
+        return parse_set_items(items)
+    except ValueError as error:
+        raise GenerationError(str(error)) from None
+
+
+def _value_type(hint) -> type:
+    """``int`` for ``Optional[int]``, ``dict`` for ``dict[str, Any]``: the type a field's value has when given."""
+    given = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+    if typing.get_origin(hint) is typing.Union and len(given) == 1:
+        hint = given[0]
+    return typing.get_origin(hint) or hint
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """One flag per field of `GenerateOptions`, with the field's default, help, group and choices."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    groups = {name: parser.add_argument_group(name) for name in OPTION_GROUPS}
+    options = {option.name: option for option in dataclasses.fields(GenerateOptions)}
+    exclusive = {}
+    for names, required in EXCLUSIVE_OPTIONS.items():
+        group = groups[options[names[0]].metadata["group"]].add_mutually_exclusive_group(required=required)
+        exclusive.update(dict.fromkeys(names, group))
+    hints = typing.get_type_hints(GenerateOptions)
+    for name, option in options.items():
+        meta = option.metadata
+        kwargs = {"dest": name, "help": meta["help"]}
+        value_type = _value_type(hints[name])
+        if value_type is bool:  # --flag turns a False default on, --no-flag a True default off
+            kwargs["action"] = "store_false" if option.default else "store_true"
+        elif value_type is dict:  # --set KEY=VALUE, repeatable; read by _parse_overrides
+            kwargs.update(action="append", default=[])
+        elif option.default is dataclasses.MISSING:
+            kwargs["required"] = True
+        else:
+            kwargs["default"] = option.default
+        if value_type in (int, float):
+            kwargs["type"] = value_type
+        kwargs.update({key: meta[key] for key in ("type", "choices", "metavar") if key in meta})
+        (exclusive.get(name) or groups[meta["group"]]).add_argument(option_flag(option), **kwargs)
+    return parser
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    model = parser.add_argument_group("model")
-    model.add_argument("--checkpoint", required=True, help=".pt file, hf:// URI or Composer checkpoint folder")
-    model.add_argument("--preset", required=True, choices=sorted(PRESETS), help="network preset the checkpoint was trained with")
-    model.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="network config override by its official name (repeatable), e.g. --set num_blocks=6")
-    model.add_argument("--weights", choices=("ema", "net"), default="ema",
-                       help="for files with net.* and net_ema.* (model.pt, Composer checkpoints): which to sample "
-                            "with (default: ema; EMA-only files hold one set under net.*)")
-    model.add_argument("--allow-partial-load", action="store_true",
-                       help="load the matching keys only and print what was dropped (default: strict)")
-    model.add_argument("--vae", default=DEFAULT_VAE, help="Wan2.1 VAE: tiny | path | hf:// URI (default: the official tokenizer.pth)")
-    model.add_argument("--text-encoder", default=DEFAULT_TEXT_ENCODER,
-                       help="Cosmos-Reason1: tiny | path | hf:// URI (default: nvidia/Cosmos-Reason1-7B)")
-
-    inputs = parser.add_argument_group("inputs")
-    inputs.add_argument("--control", required=True,
-                        help="control mp4 (single view) or a folder with one mp4 per camera (multiview)")
-    inputs.add_argument("--sample", help="multiview: the sample to take from a dataset's control folder in the "
-                        "official layout (ftheta_<camera>/<sample>.mp4)")
-    text = inputs.add_mutually_exclusive_group(required=True)
-    text.add_argument("--prompt", help="the text prompt")
-    text.add_argument("--text-embedding", help="a cached Reason1 embedding (.pt tensor [L, D], or [V, L, D] per view)")
-    negative = inputs.add_mutually_exclusive_group()
-    negative.add_argument("--negative-prompt", default=None,
-                          help="negative prompt for the unconditional branch (default: the official one)")
-    negative.add_argument("--negative-text-embedding", default=None, help="a cached embedding of the negative prompt")
-    negative.add_argument("--no-negative-prompt", action="store_true",
-                          help="use training's dropped text (zeros) for the unconditional branch instead")
-    inputs.add_argument("--cameras", default=None,
-                        help="multiview: comma-separated cameras to generate (default: all 7)")
-    inputs.add_argument("--caption-mode", choices=CAPTION_MODES, default="prefixed",
-                        help="multiview prompts: 'prefixed' = camera prefix on every view, caption on front-wide "
-                             "(as in training; default); 'front-only' = as the official multiview inference script")
-    inputs.add_argument("--num-conditional-frames", type=int, default=0,
-                        help="first frames of --input to condition on (0, 1, 5, ...; default 0)")
-    inputs.add_argument("--input", default=None, help="video (folder for multiview) with the conditioning frames")
-    inputs.add_argument("--control-weight", type=float, default=1.0, help="control strength in [0, 1] (default 1)")
-
-    sampling = parser.add_argument_group("sampling")
-    sampling.add_argument("--seed", type=int, default=0)
-    sampling.add_argument("--guidance", type=float, default=sampler.DEFAULT_GUIDANCE,
-                          help="classifier-free guidance, v = cond + g * (cond - uncond); 0 = no guidance (default 3)")
-    sampling.add_argument("--steps", type=int, default=sampler.DEFAULT_NUM_STEPS, help="UniPC steps (default 35)")
-    sampling.add_argument("--shift", type=float, default=sampler.DEFAULT_SHIFT, help="sigma shift (default 5)")
-    sampling.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
-    sampling.add_argument("--dtype", choices=("bf16", "fp32"), default=None, help="default: bf16 on GPU, fp32 on CPU")
-    sampling.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-    output = parser.add_argument_group("output")
-    output.add_argument("--output", required=True, help="output .mp4 (multiview: the overview; views beside it)")
-    output.add_argument("--num-frames", type=int, default=None, help="frames per view, 1 + 4k (default: the network's)")
-    output.add_argument("--height", type=int, default=None, help="default: the control video's")
-    output.add_argument("--width", type=int, default=None, help="default: the control video's")
-    output.add_argument("--fps", type=float, default=None, help="output frame rate (default: the control video's)")
-    return parser.parse_args(argv)
+    return build_parser().parse_args(argv)
 
 
 def options_from_args(args: argparse.Namespace) -> GenerateOptions:
-    return GenerateOptions(
-        checkpoint=args.checkpoint,
-        preset=args.preset,
-        control=args.control,
-        sample=args.sample,
-        output=args.output,
-        prompt=args.prompt,
-        text_embedding=args.text_embedding,
-        negative_prompt=args.negative_prompt,
-        use_negative_prompt=not args.no_negative_prompt,
-        negative_text_embedding=args.negative_text_embedding,
-        overrides=_parse_overrides(args.overrides),
-        weights=args.weights,
-        allow_partial_load=args.allow_partial_load,
-        seed=args.seed,
-        guidance=args.guidance,
-        steps=args.steps,
-        shift=args.shift,
-        num_frames=args.num_frames,
-        height=args.height,
-        width=args.width,
-        fps=args.fps,
-        cameras=[c.strip() for c in args.cameras.split(",") if c.strip()] if args.cameras else None,
-        caption_mode=args.caption_mode,
-        num_conditional_frames=args.num_conditional_frames,
-        input=args.input,
-        control_weight=args.control_weight,
-        vae=None if args.vae in ("", "none") else args.vae,
-        text_encoder=None if args.text_encoder in ("", "none") else args.text_encoder,
-        device=args.device,
-        dtype=args.dtype,
-        progress=not args.no_progress,
-    )
+    values = {option.name: getattr(args, option.name) for option in dataclasses.fields(GenerateOptions)}
+    values["overrides"] = _parse_overrides(args.overrides)
+    return GenerateOptions(**values)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    # hf:// resolution errors (401/403, not in the offline cache, ...) explain themselves too.
-    expected_errors = (GenerationError, getattr(hf, "HfResolveError", GenerationError))
+    # Errors of the inputs explain themselves (hf:// 401/403 or not in the offline cache, a checkpoint that does
+    # not fit, a missing camera, ...): print them without a traceback.
     try:
         written = generate(options_from_args(args))
-    except expected_errors as error:
+    except (GenerationError, HfResolveError, CheckpointLoadError, NetworkConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     for path in written:

@@ -20,9 +20,7 @@ from cosmos_composer.data.layouts import LAYOUTS, MULTIVIEW_HDMAP
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layout", choices=LAYOUTS, default=MULTIVIEW_HDMAP, help="folder layout to write")
     parser.add_argument("--output", required=True, help="folder to create (must be new or empty)")
     parser.add_argument("--samples", type=int, default=4, help="number of clips (default: 4)")

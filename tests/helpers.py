@@ -28,7 +28,11 @@ def run_train(args, root: Path, yaml: Path = QUICKSTART, timeout: int = 600, **e
     """`python train.py <yaml> <args>` in `root`."""
     return subprocess.run(
         [sys.executable, str(REPO / "train.py"), str(yaml), *map(str, args)],
-        cwd=root, env=train_env(root, **env), capture_output=True, text=True, timeout=timeout,
+        cwd=root,
+        env=train_env(root, **env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -37,3 +41,10 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def fingerprint_module(module) -> str:
+    """`fingerprint_tensors` over a module's parameters, named relative to it (`0.weight` for `module[0]`)."""
+    from cosmos_composer.fingerprint import fingerprint_tensors
+
+    return fingerprint_tensors(module.named_parameters())

@@ -19,8 +19,18 @@ RUN = ("out", "cosmos_composer", "quickstart", "quickstart", "checkpoints")
 
 
 def _run(tmp_path, demo_mds, *args):
-    return run_train([f"train_loader.dataset.local={demo_mds}", "eval_loader=null", "callbacks.sample_videos=null",
-                      "save_interval=2ba", "progress_bar=false", "log_to_console=true", *args], tmp_path)
+    return run_train(
+        [
+            f"train_loader.dataset.local={demo_mds}",
+            "eval_loader=null",
+            "callbacks.sample_videos=null",
+            "save_interval=2ba",
+            "progress_bar=false",
+            "log_to_console=true",
+            *args,
+        ],
+        tmp_path,
+    )
 
 
 @pytest.fixture
@@ -115,7 +125,11 @@ def test_no_intact_checkpoint_stops_instead_of_starting_over(tmp_path, demo_mds,
     result = _run(tmp_path, demo_mds, "max_duration=6ba")
     assert result.returncode != 0
     assert "none is intact" in result.stderr and "a new run_name" in result.stderr
-    assert sorted(p.name for p in (four_batches / "ep0-ba2").iterdir()) == ["__0_0.distcp", "checksums.json"]  # kept
+    assert sorted(p.name for p in (four_batches / "ep0-ba2").iterdir()) == [  # kept
+        "__0_0.distcp",
+        "checksums.json",
+        "network.json",
+    ]
 
 
 def test_a_finished_run_run_again_exits_0_and_says_how_to_go_on(tmp_path, demo_mds, four_batches):
@@ -130,8 +144,9 @@ def test_load_path_is_kept_when_there_is_nothing_to_resume(tmp_path, demo_mds):
     folder.mkdir(parents=True)
     (folder / "latest-rank0.pt").symlink_to("ep9-ba20")  # a copy that kept the link but not the checkpoint
     weights = tmp_path / "start_ema_bf16.pt"
-    torch.save({f"net.{k}": v.to(torch.bfloat16) for k, v in build_network("tiny-multiview").state_dict().items()},
-               weights)
+    torch.save(
+        {f"net.{k}": v.to(torch.bfloat16) for k, v in build_network("tiny-multiview").state_dict().items()}, weights
+    )
     result = _run(tmp_path, demo_mds, "max_duration=2ba", f"load_path={weights}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "autoresume: no checkpoint" in result.stdout and "starting fresh" in result.stdout
@@ -149,11 +164,24 @@ def test_a_second_run_into_the_same_folder_stops_naming_the_first_and_a_dead_one
 
     from helpers import QUICKSTART, REPO, train_env
 
-    args = [f"train_loader.dataset.local={demo_mds}", "eval_loader=null", "callbacks.sample_videos=null",
-            "save_interval=2ba", "progress_bar=false", "log_to_console=true", "console_log_interval=1ba",
-            "max_duration=100000ba"]
-    first = subprocess.Popen([sys.executable, str(REPO / "train.py"), str(QUICKSTART), *args], cwd=tmp_path,
-                             env=train_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    args = [
+        f"train_loader.dataset.local={demo_mds}",
+        "eval_loader=null",
+        "callbacks.sample_videos=null",
+        "save_interval=2ba",
+        "progress_bar=false",
+        "log_to_console=true",
+        "console_log_interval=1ba",
+        "max_duration=100000ba",
+    ]
+    first = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), str(QUICKSTART), *args],
+        cwd=tmp_path,
+        env=train_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         for line in first.stdout:  # wait until the first run holds the folder and trains
             if "[batch=2/" in line:

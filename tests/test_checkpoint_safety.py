@@ -20,6 +20,7 @@ from cosmos_composer.checkpoint.autoresume import plan_resume
 from cosmos_composer.checkpoint.export import MODEL_EMA_BF16, ExportError, export
 from cosmos_composer.checkpoint.integrity import CHECKSUMS_FILE, ChecksumMismatch, verify_checksums
 from cosmos_composer.checkpoint.load import CheckpointLoadError, is_composer_checkpoint, read_state_dict
+from cosmos_composer.checkpoint.network_weights import read_checkpoint_state
 from cosmos_composer.checkpoint.safe_pickle import (
     UnsafePickleError,
     composer_loads_safely,
@@ -27,7 +28,6 @@ from cosmos_composer.checkpoint.safe_pickle import (
     safe_dcp_reader,
     unsafe_pickle_in,
 )
-from cosmos_composer.generate import GenerationError, read_checkpoint_state
 from cosmos_composer.models import build_network
 
 
@@ -81,7 +81,7 @@ def test_a_planted_dcp_index_is_refused_everywhere_naming_its_class(tmp_path):
         plan_resume(folder.parent)  # autoresume: a planted file stops the run, it is not stepped over
     with pytest.raises(ExportError, match=r"posix\.system"):
         export(folder, tmp_path / "out", progress=False)
-    with pytest.raises(GenerationError, match=r"posix\.system"):
+    with pytest.raises(CheckpointLoadError, match=r"posix\.system"):
         read_checkpoint_state(folder)
     from composer.utils.checkpoint import FileSystemReaderWithValidation
 
@@ -98,8 +98,9 @@ def test_a_planted_object_inside_a_shard_is_refused(tmp_path):
     folder = tmp_path / "ep0-ba1"
     _save_dcp(folder, {"state": {"run_name": payload, "x": torch.ones(2)}})  # a non-tensor entry: pickled bytes
     with pytest.raises(CheckpointException) as info:
-        dcp.load({"state": {"run_name": None, "x": torch.zeros(2)}}, storage_reader=safe_dcp_reader(folder),
-                 no_dist=True)
+        dcp.load(
+            {"state": {"run_name": None, "x": torch.zeros(2)}}, storage_reader=safe_dcp_reader(folder), no_dist=True
+        )
     refusal = unsafe_pickle_in(info.value)  # what train.py prints
     assert refusal is not None and "entry state.run_name" in str(refusal) and "posix.system" in str(refusal)
     assert not marker.exists()
@@ -178,7 +179,7 @@ def test_flipped_bytes_in_a_shard_are_named_by_resume_export_and_generate(tmp_pa
         export(folder / "ep1-ba4", tmp_path / "out", progress=False)  # named: an error
     result = export(folder, tmp_path / "out", progress=False)  # the newest: the intact one, saying so
     assert result.checkpoint.name == "ep0-ba2"
-    with pytest.raises(GenerationError, match="does not match"):
+    with pytest.raises(CheckpointLoadError, match="does not match"):
         read_checkpoint_state(folder / "ep1-ba4")
 
 

@@ -134,7 +134,10 @@ def test_sampling_with_context_parallelism_gives_the_cp1_latents():
 
 
 def test_a_size_that_does_not_split_the_heads_or_ranks_is_refused_with_the_valid_sizes():
-    with pytest.raises(ValueError, match=r"context_parallel_size=3 .* 16 attention heads and the 8 processes; valid sizes here: \[1, 2, 4, 8\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"context_parallel_size=3 .* 16 attention heads and the 8 processes; valid sizes here: \[1, 2, 4, 8\]",
+    ):
         check_context_parallel_size(3, num_heads=16, world_size=8)
     with pytest.raises(ValueError, match=r"valid sizes here: \[1, 2\]"):
         check_context_parallel_size(4, num_heads=16, world_size=6)

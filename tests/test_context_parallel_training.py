@@ -24,14 +24,29 @@ RESUME_TOLERANCE = 1e-6
 
 
 def _args(demo_mds) -> list[str]:
-    return [f"train_loader.dataset.local={demo_mds}", f"eval_loader.dataset.local={demo_mds}", "max_duration=6ba",
-            "save_interval=2ba", "eval_interval=6ba", "callbacks.sample_videos.every_n_batches=6",
-            "console_log_interval=1ba", "progress_bar=false", "log_to_console=true"]
+    return [
+        f"train_loader.dataset.local={demo_mds}",
+        f"eval_loader.dataset.local={demo_mds}",
+        "max_duration=6ba",
+        "save_interval=2ba",
+        "eval_interval=6ba",
+        "callbacks.sample_videos.every_n_batches=6",
+        "console_log_interval=1ba",
+        "progress_bar=false",
+        "log_to_console=true",
+    ]
 
 
 def _composer(root, args, processes: int = 2, launcher: tuple = ()) -> list[str]:
-    return [os.path.join(os.path.dirname(sys.executable), "composer"), *launcher, "-n", str(processes),
-            str(REPO / "train.py"), str(QUICKSTART), *args]
+    return [
+        os.path.join(os.path.dirname(sys.executable), "composer"),
+        *launcher,
+        "-n",
+        str(processes),
+        str(REPO / "train.py"),
+        str(QUICKSTART),
+        *args,
+    ]
 
 
 def _losses(root) -> dict:
@@ -62,8 +77,14 @@ def one_process(tmp_path_factory, demo_mds):
 @pytest.fixture(scope="module")
 def context_parallel(tmp_path_factory, demo_mds):
     root = tmp_path_factory.mktemp("cp2")
-    result = subprocess.run(_composer(root, [*_args(demo_mds), "context_parallel_size=2"]), cwd=root,
-                            env=train_env(root), capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        _composer(root, [*_args(demo_mds), "context_parallel_size=2"]),
+        cwd=root,
+        env=train_env(root),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert list(root.joinpath(*RUN, "samples", "ba6").glob("*.mp4")), "the sample callback ran under CP"
     return _losses(root)
@@ -77,8 +98,15 @@ def test_cp2_logs_the_losses_of_one_process(one_process, context_parallel):
 def test_cp2_killed_and_resumed_continues_exactly(tmp_path, demo_mds, context_parallel):
     # A checkpoint at batch 3 is mid-epoch (2 batches per epoch): the loader resumes inside an epoch.
     args = [*_args(demo_mds), "context_parallel_size=2", "save_interval=3ba"]
-    run = subprocess.Popen(_composer(tmp_path, args), cwd=tmp_path, env=train_env(tmp_path), text=True,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    run = subprocess.Popen(
+        _composer(tmp_path, args),
+        cwd=tmp_path,
+        env=train_env(tmp_path),
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         for line in run.stdout:
             if "[batch=5/6]" in line:  # the batch-3 checkpoint is written; batch 5 is under way
@@ -88,8 +116,9 @@ def test_cp2_killed_and_resumed_continues_exactly(tmp_path, demo_mds, context_pa
     finally:
         os.killpg(run.pid, signal.SIGKILL)
         run.wait()
-    resumed = subprocess.run(_composer(tmp_path, args), cwd=tmp_path, env=train_env(tmp_path),
-                             capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        _composer(tmp_path, args), cwd=tmp_path, env=train_env(tmp_path), capture_output=True, text=True, timeout=600
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "autoresume: resuming from ep1-ba3" in resumed.stdout
     _assert_close(_losses(tmp_path), context_parallel, RESUME_TOLERANCE)
@@ -105,20 +134,46 @@ def test_cp2_over_two_launchers_on_loopback_trains_and_exports(tmp_path, demo_md
     port = free_port()
     nodes = []
     for node in (0, 1):
-        launcher = ("--world_size", "2", "--node_rank", str(node), "--master_addr", "127.0.0.1",
-                    "--master_port", str(port))
+        launcher = (
+            "--world_size",
+            "2",
+            "--node_rank",
+            str(node),
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(port),
+        )
         command = _composer(tmp_path, [*_args(demo_mds), "context_parallel_size=2"], processes=1, launcher=launcher)
         (tmp_path / f"tmp{node}").mkdir()
         env = train_env(tmp_path, TMPDIR=str(tmp_path / f"tmp{node}"))  # Streaming's lock files are per node too
         node_shell = 'mount -t tmpfs tmpfs /dev/shm && exec "$@"'
-        nodes.append(subprocess.Popen(["unshare", "-rm", "sh", "-c", node_shell, "node", *command], cwd=tmp_path,
-                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        nodes.append(
+            subprocess.Popen(
+                ["unshare", "-rm", "sh", "-c", node_shell, "node", *command],
+                cwd=tmp_path,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     outputs = [node.communicate(timeout=600)[0] for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
     _assert_close(_losses(tmp_path), context_parallel, RESUME_TOLERANCE)
 
-    exported = subprocess.run([sys.executable, str(REPO / "scripts" / "export_checkpoint.py"),
-                               str(tmp_path.joinpath(*RUN, "checkpoints")), str(tmp_path / "exported"), "--verify",
-                               "--quiet"], capture_output=True, text=True, timeout=600)
+    exported = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "export_checkpoint.py"),
+            str(tmp_path.joinpath(*RUN, "checkpoints")),
+            str(tmp_path / "exported"),
+            "--verify",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert exported.returncode == 0, exported.stderr[-3000:]
     assert "verified" in exported.stdout and "-ba6" in exported.stdout

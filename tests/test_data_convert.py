@@ -130,12 +130,7 @@ def test_cli_converts_and_prints_a_summary(multiview: Path, tmp_path: Path, caps
 
 def test_default_min_frames_is_the_recipe_value(multiview: Path, tmp_path: Path, capsys):
     output = tmp_path / "mds"
-    assert (
-        convert_script.main(
-            ["--layout", "multiview-hdmap", "--input", str(multiview), "--output", str(output)]
-        )
-        == 1
-    )
+    assert convert_script.main(["--layout", "multiview-hdmap", "--input", str(multiview), "--output", str(output)]) == 1
     err = capsys.readouterr().err
     assert "too short: 9 frames, at least 29 needed (--min-frames)" in err
     assert_no_partial_output(output)
@@ -259,9 +254,7 @@ def test_missing_camera_folder_with_skip_invalid_leaves_nothing_to_write(multivi
 def test_singleview_missing_control_file(singleview: Path, tmp_path: Path):
     (singleview / "depth" / "demo_0002.mp4").unlink()
     output = tmp_path / "mds"
-    with pytest.raises(
-        ConversionError, match=r"demo_0002.mp4: missing control video\. Fix: add demo_0002.mp4"
-    ):
+    with pytest.raises(ConversionError, match=r"demo_0002.mp4: missing control video\. Fix: add demo_0002.mp4"):
         convert_to_mds(singleview, output, "singleview", control_key="depth", min_frames=9, progress=False)
     assert_no_partial_output(output)
     # Edge needs no control folder, so the same input converts.
@@ -333,9 +326,7 @@ def test_files_that_are_not_samples_are_reported(multiview: Path, tmp_path: Path
     argv = _multiview_argv(multiview, output)
     assert convert_script.main(argv + ["--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert (
-        "Wrote 3 of 3 samples" in out and "ignored 1 files that are not samples" in out and str(stray) in out
-    )
+    assert "Wrote 3 of 3 samples" in out and "ignored 1 files that are not samples" in out and str(stray) in out
 
 
 @pytest.mark.parametrize("where", ["same", "parent", "inside"])

@@ -1,9 +1,10 @@
-"""MDS shards -> training samples and batches (reference section 5), with and without cached columns."""
+"""MDS shards -> training samples and batches as the official loaders build them, with and without cached columns."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -12,7 +13,6 @@ from torchvision.transforms.v2 import InterpolationMode
 
 from cosmos_composer.data import mds
 from cosmos_composer.data.cameras import DEFAULT_CAMERAS, DEFAULT_CAPTION_PREFIXES
-from cosmos_composer.data.controls import canny
 from cosmos_composer.data.convert import convert_to_mds
 from cosmos_composer.data.dataset import TransferStreamingDataset, build_dataloader, collate_samples
 from cosmos_composer.data.demo import make_demo_dataset
@@ -32,9 +32,7 @@ def data(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("data")
     make_demo_dataset(root / "multiview", "multiview-hdmap", seed=0, **SMALL)
     make_demo_dataset(root / "singleview", "singleview", seed=0, **SMALL)
-    convert_to_mds(
-        root / "multiview", root / "multiview_mds", "multiview-hdmap", min_frames=F, progress=False
-    )
+    convert_to_mds(root / "multiview", root / "multiview_mds", "multiview-hdmap", min_frames=F, progress=False)
     for key in ("depth", "seg", "edge"):
         convert_to_mds(
             root / "singleview",
@@ -83,9 +81,7 @@ def test_multiview_batch_matches_reference_section_5(data):
 
 def test_multiview_captions_have_the_camera_prefixes(data):
     sample = dataset(data["root"] / "multiview_mds")[0]
-    caption = (
-        data["multiview"] / "captions" / "ftheta_camera_front_wide_120fov" / "demo_0000.json"
-    ).read_text()
+    caption = (data["multiview"] / "captions" / "ftheta_camera_front_wide_120fov" / "demo_0000.json").read_text()
     text = __import__("json").loads(caption)["caption"]
     assert sample["ai_caption"][0] == (
         "The video is captured from a camera mounted on a car. The camera is facing forward. " + text
@@ -103,9 +99,7 @@ def test_multiview_pixels_are_the_resized_source_frames_view_by_view(data):
     for view, camera in enumerate(DEFAULT_CAMERAS):
         frames = slice(view * F, (view + 1) * F)
         video = source_view(data["multiview"] / "videos" / f"ftheta_{camera}" / "demo_0001.mp4")
-        control = source_view(
-            data["multiview"] / "control_input_hdmap_bbox" / f"ftheta_{camera}" / "demo_0001.mp4"
-        )
+        control = source_view(data["multiview"] / "control_input_hdmap_bbox" / f"ftheta_{camera}" / "demo_0001.mp4")
         assert torch.equal(sample["video"][:, frames], video)
         assert torch.equal(sample["control_input_hdmap_bbox"][:, frames], control)
 
@@ -128,8 +122,9 @@ def test_singleview_edge_is_canny_of_the_resized_video(data):
     edges = sample["control_input_edge"]
     assert edges.shape == (3, F, H, W) and set(edges.unique().tolist()) <= {0, 255}
     assert torch.equal(edges[0], edges[2]) and edges.float().mean() > 1
-    expected = canny(sample["video"].permute(1, 0, 2, 3), 100, 200)  # upstream's "medium" preset
-    assert torch.equal(edges[0], expected)
+    # Upstream's AddControlInputEdge, "medium" preset: cv2.Canny(frame, 100, 200) on each RGB frame.
+    expected = np.stack([cv2.Canny(frame, 100, 200) for frame in sample["video"].numpy().transpose(1, 2, 3, 0)])
+    assert torch.equal(edges[0], torch.from_numpy(expected))
 
 
 def test_on_the_fly_controls_are_random_but_reproducible(data):
@@ -140,9 +135,12 @@ def test_on_the_fly_controls_are_random_but_reproducible(data):
     other = dataset(data["root"] / "singleview_edge_mds", control_key="vis", augment_seed=4)[0]
     assert not torch.equal(first["control_input_vis"], other["control_input_vis"])
     # The depth dataset can serve edges too: edge needs only the video.
-    assert dataset(data["root"] / "singleview_depth_mds", control_key="edge")[0][
-        "control_input_edge"
-    ].shape == (3, F, H, W)
+    assert dataset(data["root"] / "singleview_depth_mds", control_key="edge")[0]["control_input_edge"].shape == (
+        3,
+        F,
+        H,
+        W,
+    )
 
 
 def test_random_start(data, tmp_path):
@@ -157,9 +155,7 @@ def test_random_start(data, tmp_path):
         start = sample["frame_indices"][0].item()
         assert sample["frame_indices"].tolist() == list(range(start, start + F)) and 0 <= start <= 13 - F
         assert torch.equal(sample["video"], source_view(source / "videos" / "demo_0001.mp4", start))
-        assert torch.equal(
-            sample["control_input_depth"], source_view(source / "depth" / "demo_0001.mp4", start)
-        )
+        assert torch.equal(sample["control_input_depth"], source_view(source / "depth" / "demo_0001.mp4", start))
         starts.add(start)
     assert len(starts) > 1
     assert dataset(tmp_path / "mds")[1]["frame_indices"][0] == 0  # the default starts at frame 0
@@ -197,9 +193,7 @@ def cached_mds(data, encoders) -> Path:
     precomputer = Precomputer(
         height=H, width=W, num_frames=F, vae=vae, text_embedder=text_embedder, crossattn_proj=projection
     )
-    convert_to_mds(
-        data["multiview"], output, "multiview-hdmap", min_frames=F, precomputer=precomputer, progress=False
-    )
+    convert_to_mds(data["multiview"], output, "multiview-hdmap", min_frames=F, precomputer=precomputer, progress=False)
     return output
 
 
@@ -251,10 +245,36 @@ def test_cached_latents_must_match_the_configuration(cached_mds):
 def test_fingerprint_check_refuses_another_projection(cached_mds, encoders):
     _, _, projection = encoders
     stored = dataset(cached_mds, decode_video=False)[0][mds.CROSSATTN_PROJ_FINGERPRINT]
-    check_crossattn_proj_fingerprint(stored, projection)
+    check_crossattn_proj_fingerprint(stored, crossattn_proj_fingerprint(projection))
     other = nn.Sequential(nn.Linear(projection[0].in_features, 64), nn.GELU())
     with pytest.raises(ValueError, match="only fit the checkpoint they were made with"):
-        check_crossattn_proj_fingerprint(stored, other)
+        check_crossattn_proj_fingerprint(stored, crossattn_proj_fingerprint(other))
+
+
+def test_dataset_options_of_the_yaml_reach_the_dataset(cached_mds):
+    from types import SimpleNamespace
+
+    from helpers import QUICKSTART
+
+    from cosmos_composer.builders import build_dataloader as build_run_dataloader
+    from cosmos_composer.config import load_config
+
+    options = dict(use_cached_latents=False, use_cached_text=False, random_control_params=False, augment_seed=7)
+    cfg = load_config(
+        QUICKSTART,
+        [f"train_loader.dataset.{key}={value}" for key, value in options.items()]
+        + [
+            f"train_loader.dataset.local={cached_mds}",
+            "train_loader.dataset.demo_if_missing=false",
+            "train_loader.dataset.decode_video=true",
+            f"train_loader.dataset.num_frames={F}",
+        ],
+    )
+    loader = build_run_dataloader(cfg.train_loader, 1, SimpleNamespace(control_key=cfg.model.control_key))
+    # Each differs from the dataset's default, and the shards cache latents and text (so both would be served).
+    assert {key: getattr(loader.dataset, key) for key in options} == options
+    sample = loader.dataset[0]
+    assert mds.VIDEO_LATENT not in sample and mds.TEXT_EMBEDDING not in sample and "video" in sample
 
 
 def test_raw_text_and_singleview_edge_latents(data, encoders, tmp_path):
@@ -296,9 +316,7 @@ def test_precompute_needs_enough_frames(data, encoders, tmp_path):
 
 def test_multiview_with_an_on_the_fly_control(data, tmp_path):
     output = tmp_path / "mds"
-    convert_to_mds(
-        data["multiview"], output, "multiview-hdmap", control_key="edge", min_frames=F, progress=False
-    )
+    convert_to_mds(data["multiview"], output, "multiview-hdmap", control_key="edge", min_frames=F, progress=False)
     sample = dataset(output)[0]
     assert sample["control_input_edge"].shape == (3, 7 * F, H, W)
     assert set(sample["control_input_edge"].unique().tolist()) == {0, 255}
@@ -368,7 +386,7 @@ def test_cli_precompute_wiring(data, encoders, tmp_path, monkeypatch, capsys):
     projection[0].load_state_dict({"weight": weight, "bias": bias})
     assert sample[mds.CROSSATTN_PROJ_FINGERPRINT] == crossattn_proj_fingerprint(projection)
     check_crossattn_proj_fingerprint(
-        sample[mds.CROSSATTN_PROJ_FINGERPRINT], projection.float()
+        sample[mds.CROSSATTN_PROJ_FINGERPRINT], crossattn_proj_fingerprint(projection.float())
     )  # dtype-independent
     assert sample[mds.TEXT_EMBEDDING].shape == (512, 32) and sample[mds.VIDEO_LATENT].shape == (16, 3, 4, 6)
     assert script.main(argv[:8] + ["--output", str(tmp_path / "o2"), "--precompute", "latents"]) == 1

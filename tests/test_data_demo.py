@@ -26,9 +26,7 @@ def load_script(name: str):
 
 
 def all_bytes(root: Path) -> dict[str, bytes]:
-    return {
-        str(path.relative_to(root)): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()
-    }
+    return {str(path.relative_to(root)): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -87,9 +85,7 @@ def test_control_is_a_line_drawing_of_the_moving_scene(multiview: Path):
     """Decoded from the mp4s: control lines are sparse and lie on the video's edges; shapes move."""
     for camera in DEFAULT_CAMERAS[:3]:
         video, _ = decode_frames(multiview / "videos" / f"ftheta_{camera}" / "demo_0000.mp4", 0, 9)
-        control, _ = decode_frames(
-            multiview / "control_input_hdmap_bbox" / f"ftheta_{camera}" / "demo_0000.mp4", 0, 9
-        )
+        control, _ = decode_frames(multiview / "control_input_hdmap_bbox" / f"ftheta_{camera}" / "demo_0000.mp4", 0, 9)
         lines = control.max(-1) > 60
         assert 0.01 < lines.mean() < 0.25, "a line drawing is sparse but not empty"
         on_edges = (lines & _edge_map(video, 20)).sum() / lines.sum()
@@ -112,9 +108,7 @@ def test_cameras_and_samples_show_different_scenes(multiview: Path):
 
 def test_scene_renders_depth_and_segmentation_of_the_same_shapes():
     clip = render_clip(make_scene(np.random.default_rng(3), 48, 64), 4)
-    assert {k: v.shape for k, v in clip.items()} == {
-        k: (4, 48, 64, 3) for k in ("rgb", "lines", "depth", "seg")
-    }
+    assert {k: v.shape for k, v in clip.items()} == {k: (4, 48, 64, 3) for k in ("rgb", "lines", "depth", "seg")}
     assert (clip["depth"][..., 0] == clip["depth"][..., 2]).all()  # grey
     # Segmentation boundaries coincide with the video's boundaries.
     seg_edges = _edge_map(clip["seg"], 1)

@@ -17,9 +17,7 @@ NAMES = ["demo_0000", "demo_0001", "demo_0002"]
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("remote")
-    make_demo_dataset(
-        root / "source", "singleview", seed=0, samples=3, frames=F, height=64, width=96, progress=False
-    )
+    make_demo_dataset(root / "source", "singleview", seed=0, samples=3, frames=F, height=64, width=96, progress=False)
     # A tiny shard size gives several shards, so the download path is exercised per shard.
     convert_to_mds(
         root / "source",
@@ -45,9 +43,7 @@ def test_another_local_folder_as_remote(shards: Path, tmp_path: Path):
     batches = read_all(str(shards), local)
     assert [b["sample_name"][0] for b in batches] == NAMES
     assert batches[0]["video"].shape == (1, 3, F, H, W)
-    assert sorted(p.name for p in local.iterdir() if p.suffix == ".mds") == sorted(
-        p.name for p in shards.glob("*.mds")
-    )
+    assert sorted(p.name for p in local.iterdir() if p.suffix == ".mds") == sorted(p.name for p in shards.glob("*.mds"))
 
 
 @pytest.fixture

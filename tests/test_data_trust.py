@@ -134,9 +134,10 @@ def test_resize_stores_the_file_at_the_sample_resolution_and_reports_it(multivie
     row = stored_rows(output)[1]
     stored = probe_video(row[mds.video_column("camera_rear_left_70fov")])
     assert (stored.height, stored.width, stored.num_frames, stored.fps) == (64, 96, 9, 10.0)
-    assert row[mds.video_column("camera_front_wide_120fov")] == (
-        multiview / "videos" / FRONT / "demo_0001.mp4"
-    ).read_bytes()  # the others are stored unchanged
+    assert (
+        row[mds.video_column("camera_front_wide_120fov")]
+        == (multiview / "videos" / FRONT / "demo_0001.mp4").read_bytes()
+    )  # the others are stored unchanged
 
 
 # -- captions -------------------------------------------------------------------------------------
@@ -163,9 +164,7 @@ def test_a_full_disk_is_named_with_the_free_space_and_leaves_nothing(multiview, 
     probe = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=128k tmpfs {disk}"])
     if probe.returncode != 0:
         pytest.skip("unprivileged user namespaces with tmpfs are not available here")
-    script = (
-        f'mount -t tmpfs -o size=128k tmpfs {disk} && "$@"; rc=$?; echo "left: $(ls -A {disk})"; exit $rc'
-    )
+    script = f'mount -t tmpfs -o size=128k tmpfs {disk} && "$@"; rc=$?; echo "left: $(ls -A {disk})"; exit $rc'
     argv = ["--layout", "multiview-hdmap", "--input", multiview, "--output", disk / "mds", "--min-frames", 9]
     result = subprocess.run(
         ["unshare", "-rm", "sh", "-c", script, "sh", sys.executable, str(CONVERT), *map(str, argv)],

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import fingerprint_module
 
-from cosmos_composer.encoders import fingerprint_module, fingerprint_tensors
 from cosmos_composer.encoders.text import (
     EMPTY_PROMPT,
     NUM_TEXT_TOKENS,
@@ -28,6 +28,7 @@ from cosmos_composer.encoders.vae import (
     official_to_diffusers_key_map,
     pixel_num_frames,
 )
+from cosmos_composer.fingerprint import fingerprint_tensors
 
 # ---------------------------------------------------------------------------------------------
 # VAE
@@ -126,14 +127,9 @@ def test_key_mapping_matches_diffusers_single_file_converter():
     reference = convert_wan_vae_to_diffusers({key: key for key in official_keys})  # values = official names
     assert {official: diffusers for diffusers, official in reference.items()} == mapping
     # Spot checks of the documented official layout.
-    assert (
-        mapping["decoder.upsamples.4.shortcut.weight"] == "decoder.up_blocks.1.resnets.0.conv_shortcut.weight"
-    )
+    assert mapping["decoder.upsamples.4.shortcut.weight"] == "decoder.up_blocks.1.resnets.0.conv_shortcut.weight"
     assert mapping["decoder.upsamples.7.time_conv.bias"] == "decoder.up_blocks.1.upsamplers.0.time_conv.bias"
-    assert (
-        mapping["decoder.upsamples.11.resample.1.weight"]
-        == "decoder.up_blocks.2.upsamplers.0.resample.1.weight"
-    )
+    assert mapping["decoder.upsamples.11.resample.1.weight"] == "decoder.up_blocks.2.upsamplers.0.resample.1.weight"
     assert mapping["encoder.downsamples.2.resample.1.weight"] == "encoder.down_blocks.2.resample.1.weight"
     assert mapping["conv1.weight"] == "quant_conv.weight" and mapping["conv2.bias"] == "post_quant_conv.bias"
 
@@ -169,9 +165,7 @@ def test_official_tokenizer_pth_errors(tmp_path, tiny_vae):
     del incomplete["encoder.middle.1.to_qkv.weight"]
     incomplete["encoder.extra.weight"] = torch.zeros(1)
     torch.save(incomplete, tmp_path / "incomplete.pth")
-    with pytest.raises(
-        ValueError, match=r"(?s)missing keys.*encoder\.middle\.1\.to_qkv\.weight.*encoder\.extra"
-    ):
+    with pytest.raises(ValueError, match=r"(?s)missing keys.*encoder\.middle\.1\.to_qkv\.weight.*encoder\.extra"):
         WanVAE.from_official_pth(tmp_path / "incomplete.pth", config=TINY_VAE_CONFIG)
 
     pickled = dict(official)
@@ -214,9 +208,7 @@ def tiny_full_model():
 
     tokenizer = build_tiny_tokenizer()
     torch.manual_seed(0)
-    model = Qwen2_5_VLForConditionalGeneration(
-        tiny_qwen2_5_vl_config(len(tokenizer), NUM_LAYERS, HIDDEN)
-    ).eval()
+    model = Qwen2_5_VLForConditionalGeneration(tiny_qwen2_5_vl_config(len(tokenizer), NUM_LAYERS, HIDDEN)).eval()
     return model, tokenizer
 
 
@@ -266,9 +258,7 @@ def test_text_padding_and_truncation(embedder):
     unpadded = tokenizer(embedder.chat_text("car"))["input_ids"]
     assert short_ids[0, : len(unpadded)].tolist() == unpadded
     assert (short_ids[0, len(unpadded) :] == tokenizer.pad_token_id).all()
-    long_unpadded = tokenizer(embedder.chat_text(" ".join(["the red car drives on the road"] * 100)))[
-        "input_ids"
-    ]
+    long_unpadded = tokenizer(embedder.chat_text(" ".join(["the red car drives on the road"] * 100)))["input_ids"]
     assert len(long_unpadded) > NUM_TEXT_TOKENS
     assert long_ids[0].tolist() == long_unpadded[:NUM_TEXT_TOKENS]  # the tail is cut, no pads
     assert embedder.embed([" ".join(["the red car"] * 300)]).shape == (

@@ -1,9 +1,11 @@
 """Export of Composer sharded checkpoints to the official formats and to diffusers (cosmos_composer.checkpoint.export).
 
 The round trip trains the quickstart model for two batches in one process with FSDP2 (a real sharded DCP
-checkpoint) and checks the exported files against torch's own `dcp_to_torch_save` of the same checkpoint.
+checkpoint), with an override that changes no tensor shape (`model.overrides.rope_t_extrapolation_ratio=2.0`),
+and checks the exported files against torch's own `dcp_to_torch_save` of the same checkpoint.
 The other tests use small DCP checkpoints written here with `dcp.save`, in the layout Composer uses
-(`state.model.net.*`, `state.model.net_ema.*`), holding random weights.
+(`state.model.net.*`, `state.model.net_ema.*`), holding random weights and no network.json, as the
+checkpoints written before network.json existed.
 """
 
 from __future__ import annotations
@@ -35,13 +37,22 @@ from cosmos_composer.checkpoint.export import (
     verify_export,
 )
 from cosmos_composer.checkpoint.integrity import CHECKSUMS_FILE
-from cosmos_composer.checkpoint.load import load_network_weights, read_state_dict
+from cosmos_composer.checkpoint.load import (
+    CheckpointLoadError,
+    load_consolidated_into_network,
+    load_network_weights,
+    read_state_dict,
+)
+from cosmos_composer.checkpoint.network_config import NETWORK_FILE, read_network_config
+from cosmos_composer.checkpoint.network_weights import load_network
 from cosmos_composer.models import build_network
 from cosmos_composer.models.composer_model import CosmosTransferModel
 from cosmos_composer.models.released_keys import RELEASED_VARIANT_OF_PRESET
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "yamls" / "quickstart.yaml"
+# The trained run's one override: it changes what the network computes, and no tensor shape.
+TRAINED_OVERRIDES = {"rope_t_extrapolation_ratio": 2.0}
 SCRIPT = REPO / "scripts" / "export_checkpoint.py"
 RELEASED_KEYS = REPO / "cosmos_composer" / "spec" / "released_checkpoint_keys.json"
 
@@ -68,7 +79,11 @@ def _one_thread():
 
 def _run_script(*args, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(SCRIPT), *map(str, args)], cwd=cwd, env=_env(cwd), capture_output=True, text=True,
+        [sys.executable, str(SCRIPT), *map(str, args)],
+        cwd=cwd,
+        env=_env(cwd),
+        capture_output=True,
+        text=True,
         timeout=300,
     )
 
@@ -77,16 +92,32 @@ def _run_script(*args, cwd: Path) -> subprocess.CompletedProcess:
 def trained(tmp_path_factory) -> Path:
     """The run folder of a 2-batch quickstart run (tiny multiview, FSDP2, sharded checkpoint at batch 2)."""
     root = tmp_path_factory.mktemp("train")
+    overrides = [f"model.overrides.{key}={value}" for key, value in TRAINED_OVERRIDES.items()]
     result = subprocess.run(
-        [sys.executable, str(REPO / "train.py"), str(QUICKSTART), "max_duration=2ba", "save_interval=2ba",
-         "eval_loader=null", "parallelism_config.fsdp.state_dict_type=sharded"],
-        cwd=root, env=_env(root), capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            str(REPO / "train.py"),
+            str(QUICKSTART),
+            "max_duration=2ba",
+            "save_interval=2ba",
+            "eval_loader=null",
+            "parallelism_config.fsdp.state_dict_type=sharded",
+            *overrides,
+        ],
+        cwd=root,
+        env=_env(root),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     run = root / "out" / "cosmos_composer" / "quickstart" / "quickstart"
-    # One process with parallelism_config.fsdp writes a sharded DCP checkpoint, and its checksums.
+    # One process with parallelism_config.fsdp writes a sharded DCP checkpoint, its network config and checksums.
     assert sorted(p.name for p in (run / "checkpoints" / "ep0-ba2").iterdir()) == [
-        ".metadata", "__0_0.distcp", "checksums.json"
+        ".metadata",
+        "__0_0.distcp",
+        "checksums.json",
+        NETWORK_FILE,
     ]
     return run
 
@@ -128,7 +159,7 @@ def _write_dcp(folder: Path, preset: str = "tiny-singleview", with_ema: bool = T
 
 
 def _strip(state: dict, prefix: str) -> dict:
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 # ----------------------------------------------------------------------------- round trip
@@ -141,7 +172,9 @@ def test_round_trip_train_export_strict_load_bit_identical(trained, reference_mo
     out = tmp_path / "exported"
     result = export(trained / "checkpoints" / "latest-rank0.pt", out, progress=False)
     assert result.checkpoint == (trained / "checkpoints" / "ep0-ba2").resolve()
-    assert sorted(p.name for p in out.iterdir()) == sorted([MODEL_PT, MODEL_EMA_FP32, MODEL_EMA_BF16, CHECKSUMS_FILE])
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [MODEL_PT, MODEL_EMA_FP32, MODEL_EMA_BF16, NETWORK_FILE, CHECKSUMS_FILE]
+    )
     assert not torch.distributed.is_initialized()  # read without a process group
 
     model_pt = torch.load(out / MODEL_PT, weights_only=True)
@@ -168,9 +201,9 @@ def test_round_trip_train_export_strict_load_bit_identical(trained, reference_mo
     cases = [(model_pt, "net.", "net."), (model_pt, "net_ema.", "net_ema."), (ema_fp32, "net.", "net_ema.")]
     for file_state, file_prefix, reference_prefix in cases:
         expected = _strip(reference, reference_prefix)
-        net = build_network("tiny-multiview").eval()
+        net = build_network("tiny-multiview", **TRAINED_OVERRIDES).eval()
         load_network_weights(net, _strip(file_state, file_prefix), "exported", strict=True)
-        reference_net = build_network("tiny-multiview").eval()
+        reference_net = build_network("tiny-multiview", **TRAINED_OVERRIDES).eval()
         reference_net.load_state_dict(expected, strict=True)
         for key, value in net.state_dict().items():
             assert torch.equal(value, expected[key].to(value.dtype)), key
@@ -193,7 +226,10 @@ def test_script_help(capsys):
 def test_script_exports_and_verifies_the_newest_checkpoint(trained, tmp_path):
     result = _run_script(trained / "checkpoints", tmp_path / "out", "--verify", "--quiet", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "ep0-ba2" in result.stdout and "--preset tiny-multiview (inferred" in result.stdout
+    assert (
+        "ep0-ba2" in result.stdout
+        and "--preset tiny-multiview --set rope_t_extrapolation_ratio=2.0 (from " in result.stdout
+    )
     assert "verified" in result.stdout
     assert read_state_dict(tmp_path / "out" / MODEL_EMA_BF16)  # loads with weights_only=True
 
@@ -205,6 +241,54 @@ def test_multiview_to_diffusers_is_a_clear_error(trained, tmp_path):
     with pytest.raises(ExportError, match="multiview network.*diffusers has no multiview.*--format official"):
         export(trained / "checkpoints", tmp_path / "out", formats="diffusers", progress=False)
     assert not (tmp_path / "out").exists()  # nothing read or written
+
+
+# ----------------------------------------------------------------------------- network.json
+def test_a_shape_neutral_override_travels_with_the_checkpoint_to_export_generate_and_load_path(
+    trained, reference_model_state, tmp_path, caplog
+):
+    checkpoint = trained / "checkpoints" / "ep0-ba2"
+    recorded = read_network_config(checkpoint / NETWORK_FILE)
+    assert recorded.preset == "tiny-multiview" and recorded.overrides == TRAINED_OVERRIDES
+    assert NETWORK_FILE in json.loads((checkpoint / CHECKSUMS_FILE).read_text())["files"]  # saved before the sums
+
+    out = tmp_path / "exported"
+    with caplog.at_level("INFO", logger="cosmos_composer.checkpoint.export"):
+        result = export(trained / "checkpoints", out, progress=False)  # no --preset
+    assert result.network.overrides == TRAINED_OVERRIDES and not result.network.inferred
+    assert f"ep0-ba2/{NETWORK_FILE})" in caplog.text  # the log says where the config came from
+    assert read_network_config(out / NETWORK_FILE).config == recorded.config  # covered by the export's checksums
+    assert NETWORK_FILE in json.loads((out / CHECKSUMS_FILE).read_text())["files"]
+
+    # The network generation builds from the export (no --preset) computes what the trained network computes.
+    trained_net = build_network("tiny-multiview", **TRAINED_OVERRIDES).eval()
+    trained_net.load_state_dict(_strip(reference_model_state, "net_ema."))
+    inputs = example_inputs(trained_net.config, seed=4)
+    exported_net, _ = load_network(out / MODEL_EMA_FP32)
+    default_net = build_network("tiny-multiview").eval()
+    default_net.load_state_dict(_strip(reference_model_state, "net_ema."))
+    with torch.no_grad():
+        expected = trained_net(**inputs)
+        assert torch.equal(exported_net(**inputs), expected)
+        assert not torch.allclose(default_net(**inputs), expected)  # the override matters: guessing is wrong
+
+    # A differing --preset is refused, naming the field; load_path into another config too.
+    with pytest.raises(ExportError, match=r"rope_t_extrapolation_ratio: 0\.333\d* in --preset/--set, 2\.0 in"):
+        export(trained / "checkpoints", tmp_path / "other", preset="tiny-multiview", progress=False)
+    with pytest.raises(CheckpointLoadError, match=r"another network config[\s\S]*rope_t_extrapolation_ratio: 2\.0 in"):
+        load_consolidated_into_network(build_network("tiny-multiview"), out / MODEL_EMA_FP32, announce=False)
+    assert load_consolidated_into_network(
+        build_network("tiny-multiview", **TRAINED_OVERRIDES), out / MODEL_EMA_FP32, announce=False
+    ).loaded
+
+
+def test_a_checkpoint_without_network_json_gets_its_preset_inferred_and_says_so(tmp_path, caplog):
+    _write_dcp(tmp_path / "ckpt" / "ep0-ba1")  # as the checkpoints saved before network.json existed
+    with caplog.at_level("WARNING", logger="cosmos_composer.checkpoint.export"):
+        result = export(tmp_path / "ckpt", tmp_path / "out", verify=True, progress=False)
+    assert result.network.inferred and result.network.preset == "tiny-singleview"
+    assert f"inferred from the parameter names and shapes: the checkpoint has no {NETWORK_FILE}" in caplog.text
+    assert read_network_config(tmp_path / "out" / NETWORK_FILE).config == build_network("tiny-singleview").config
 
 
 # ----------------------------------------------------------------------------- official key set
@@ -232,7 +316,7 @@ def test_single_view_diffusers_export_loads_and_matches_our_velocity(tmp_path):
     out = tmp_path / "diffusers"
     result = export(tmp_path / "ckpt", out, formats="diffusers", verify=True, progress=False)
     assert result.network.preset == "tiny-singleview" and result.diffusers_relative_error < 1e-5
-    assert sorted(p.name for p in out.iterdir()) == [CHECKSUMS_FILE, "controlnet", "transformer"]
+    assert sorted(p.name for p in out.iterdir()) == [CHECKSUMS_FILE, "controlnet", NETWORK_FILE, "transformer"]
 
     transformer = CosmosTransformer3DModel.from_pretrained(out / "transformer").eval()
     controlnet = CosmosControlNetModel.from_pretrained(out / "controlnet").eval()
@@ -256,8 +340,14 @@ def test_single_view_diffusers_export_loads_and_matches_our_velocity(tmp_path):
 # ----------------------------------------------------------------------------- finding the checkpoint
 def test_find_checkpoint_accepts_folder_link_and_checkpoints_folder(trained, tmp_path):
     folder = (trained / "checkpoints" / "ep0-ba2").resolve()
-    for path in (folder, folder / ".metadata", trained / "checkpoints" / "latest-rank0.pt",
-                 trained / "checkpoints", trained, trained / "checkpoints" / "latest"):
+    for path in (
+        folder,
+        folder / ".metadata",
+        trained / "checkpoints" / "latest-rank0.pt",
+        trained / "checkpoints",
+        trained,
+        trained / "checkpoints" / "latest",
+    ):
         assert find_checkpoint(path) == folder, path
 
     # The newest complete checkpoint by batch number (not by name), skipping an unfinished save.
@@ -336,8 +426,14 @@ def test_verify_needs_the_preset_when_the_run_overrode_shapes(tmp_path):
         export(tmp_path / "ckpt", tmp_path / "out", verify=True, progress=False)
     with pytest.raises(ExportError, match=r"does not hold a tiny-singleview network[\s\S]*blocks\.3\."):
         export(tmp_path / "ckpt", tmp_path / "out", preset="tiny-singleview", verify=True, progress=False)
-    result = export(tmp_path / "ckpt", tmp_path / "out", preset="tiny-singleview", verify=True, progress=False,
-                    overrides={"num_blocks": 3, "vace_block_every_n": 3})
+    result = export(
+        tmp_path / "ckpt",
+        tmp_path / "out",
+        preset="tiny-singleview",
+        verify=True,
+        progress=False,
+        overrides={"num_blocks": 3, "vace_block_every_n": 3},
+    )
     assert result.verified and not result.network.inferred
 
 

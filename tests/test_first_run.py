@@ -40,9 +40,19 @@ def _quickstart(root: Path, name: str, *overrides: str) -> subprocess.CompletedP
     env.pop("COSMOS_OUTPUT_ROOT")
     env.pop("IMAGINAIRE_OUTPUT_ROOT", None)
     composer = Path(sys.executable).with_name("composer")
-    command = [str(composer), "-n", "2", "--stderr", str(root / f"{name}.rank{{rank}}.stderr"), str(REPO / "train.py"),
-               str(QUICKSTART), "save_interval=2ba", "eval_interval=2ba", "callbacks.sample_videos.every_n_batches=2",
-               *overrides]
+    command = [
+        str(composer),
+        "-n",
+        "2",
+        "--stderr",
+        str(root / f"{name}.rank{{rank}}.stderr"),
+        str(REPO / "train.py"),
+        str(QUICKSTART),
+        "save_interval=2ba",
+        "eval_interval=2ba",
+        "callbacks.sample_videos.every_n_batches=2",
+        *overrides,
+    ]
     result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     result.stderr += (root / f"{name}.rank1.stderr").read_text()
@@ -96,8 +106,9 @@ def test_metrics_jsonl_has_each_step_once_across_the_resume(runs):
 def test_the_summary_says_where_the_run_started_and_where_its_files_are(runs):
     _, first, resumed, _ = runs
     assert "started fresh, batches 0 -> 2" in first.stdout
-    assert re.search(r"resumed from ep\d+-ba2, batches 2 -> 4, in runs/cosmos_composer/quickstart/quickstart",
-                     resumed.stdout)
+    assert re.search(
+        r"resumed from ep\d+-ba2, batches 2 -> 4, in runs/cosmos_composer/quickstart/quickstart", resumed.stdout
+    )
     files = next(line for line in resumed.stdout.splitlines() if line.startswith("run files: "))
     assert re.search(r"last checkpoint checkpoints/ep\d+-ba4\b", files), files
     for part in ("samples samples/ba4", "metrics metrics.jsonl", "loss plot loss.png", "config config.yaml"):
@@ -137,8 +148,15 @@ def test_help_after_the_yaml_lists_the_keys_with_defaults_and_comments(capsys):
 
 
 def test_written_configs_never_hold_secrets(tmp_path):
-    data = {"loggers": {"wandb": {"api_key": "k-123", "project": "p"}}, "hf_token": "t-123", "password": "p-123",
-            "nested": [{"client_secret": "s-123"}], "control_key": "hdmap_bbox", "tokenizer": "tok.pth", "token": None}
+    data = {
+        "loggers": {"wandb": {"api_key": "k-123", "project": "p"}},
+        "hf_token": "t-123",
+        "password": "p-123",
+        "nested": [{"client_secret": "s-123"}],
+        "control_key": "hdmap_bbox",
+        "tokenizer": "tok.pth",
+        "token": None,
+    }
     for name in ("config.yaml", "network.json"):
         path = write_json_or_yaml(tmp_path / name, data)
         text = path.read_text()

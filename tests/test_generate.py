@@ -3,6 +3,8 @@ sample-video callback in a 2-process FSDP2 quickstart run. CPU only, tiny encode
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import importlib.util
 import os
 import subprocess
@@ -21,6 +23,9 @@ from cosmos_composer.callbacks.sample_videos import SampleVideos
 from cosmos_composer.data.cameras import DEFAULT_CAMERAS
 from cosmos_composer.data.video import write_mp4
 from cosmos_composer.diffusion import sampler
+from cosmos_composer.generation import GenerationError
+from cosmos_composer.generation.outputs import view_output_path
+from cosmos_composer.generation.prompts import load_text_embedding, negative_view_prompts, view_prompts
 from cosmos_composer.models import build_network
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,8 +84,10 @@ def files(tmp_path_factory):
     # model.pt format: net.* and a different net_ema.*
     net_state, ema_state = _perturbed_state("tiny-singleview", 1), _perturbed_state("tiny-singleview", 2)
     paths.model_pt = root / "model.pt"
-    torch.save({**{f"net.{k}": v for k, v in net_state.items()}, **{f"net_ema.{k}": v for k, v in ema_state.items()}},
-               paths.model_pt)
+    torch.save(
+        {**{f"net.{k}": v for k, v in net_state.items()}, **{f"net_ema.{k}": v for k, v in ema_state.items()}},
+        paths.model_pt,
+    )
     paths.ema_state = ema_state
 
     paths.control = root / "control.mp4"
@@ -143,8 +150,9 @@ class _StubNet(nn.Module):
     def __init__(self):
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(()))
-        self.config = SimpleNamespace(out_channels=16, use_crossattn_projection=True, crossattn_proj_in_channels=4,
-                                      crossattn_emb_channels=4)
+        self.config = SimpleNamespace(
+            out_channels=16, use_crossattn_projection=True, crossattn_proj_in_channels=4, crossattn_emb_channels=4
+        )
         self.calls = []
 
     def forward(self, x_B_C_T_H_W, timesteps_B_T, crossattn_emb, **kwargs):
@@ -164,7 +172,7 @@ def _stub_conditioning(cond_value=2.0, uncond_value=0.5, T=3, **kwargs):
 def test_sampler_applies_guidance_to_the_two_network_passes():
     net = _StubNet()
     out = sampler.sample(net, _stub_conditioning(), guidance=3.0, num_steps=1, seed=7, progress=False)
-    noise = torch.randn(1, 16, 3, 2, 2, generator=torch.Generator().manual_seed(7))
+    noise = torch.from_numpy(np.random.RandomState(7).standard_normal((1, 16, 3, 2, 2)).astype(np.float32))
     # One flow step from sigma_0 to 0 predicts x0 = x - sigma_0 * v with v = 2 + 3 * (2 - 0.5) = 6.5.
     sigma_0 = sampler.make_scheduler(1).sigmas[0]
     torch.testing.assert_close(out, noise - sigma_0 * 6.5)
@@ -193,15 +201,132 @@ def test_generate_script_help(capsys):
         SCRIPT.parse_args(["--help"])
     assert exit_info.value.code == 0
     help_text = capsys.readouterr().out
-    for flag in ("--checkpoint", "--preset", "--control", "--prompt", "--text-embedding", "--guidance", "--steps",
-                 "--seed", "--num-frames", "--height", "--width", "--fps", "--weights", "--vae", "--text-encoder"):
+    for flag in (
+        "--checkpoint",
+        "--preset",
+        "--control",
+        "--prompt",
+        "--text-embedding",
+        "--guidance",
+        "--steps",
+        "--seed",
+        "--num-frames",
+        "--height",
+        "--width",
+        "--fps",
+        "--weights",
+        "--vae",
+        "--text-encoder",
+    ):
         assert flag in help_text
 
 
+# The flags of scripts/generate.py: a fixed interface (README, the official inference's habits).
+FLAGS = (
+    "--checkpoint",
+    "--preset",
+    "--set",
+    "--weights",
+    "--allow-partial-load",
+    "--vae",
+    "--text-encoder",
+    "--control",
+    "--sample",
+    "--prompt",
+    "--text-embedding",
+    "--negative-prompt",
+    "--negative-text-embedding",
+    "--no-negative-prompt",
+    "--cameras",
+    "--caption-mode",
+    "--num-conditional-frames",
+    "--input",
+    "--control-weight",
+    "--seed",
+    "--guidance",
+    "--steps",
+    "--shift",
+    "--device",
+    "--dtype",
+    "--no-progress",
+    "--output",
+    "--num-frames",
+    "--height",
+    "--width",
+    "--fps",
+)
+
+
+def test_every_option_has_one_flag_with_the_default_of_the_library():
+    parser = SCRIPT.build_parser()
+    actions = [action for action in parser._actions if action.dest != "help"]
+    options = dataclasses.fields(gen.GenerateOptions)
+    # One flag per option, and no flag without an option.
+    assert sorted(action.dest for action in actions) == sorted(option.name for option in options)
+    assert all(len(action.option_strings) == 1 for action in actions)
+    assert sorted(flag for action in actions for flag in action.option_strings) == sorted(FLAGS)
+    # The command line with only what is required means the library's defaults.
+    required = dict(checkpoint="c.pt", control="c.mp4", prompt="p", output="o.mp4")
+    args = SCRIPT.parse_args([f"--{key}={value}" for key, value in required.items()])
+    assert SCRIPT.options_from_args(args) == gen.GenerateOptions(**required)
+    assert parser.get_default("guidance") == sampler.DEFAULT_GUIDANCE == 3.0  # the official inference's guidance
+    # The flags fill the fields they name.
+    args = SCRIPT.parse_args(
+        [
+            *(f"--{key}={value}" for key, value in required.items()),
+            "--cameras",
+            "rear, front_wide",
+            "--no-negative-prompt",
+            "--no-progress",
+            "--vae",
+            "none",
+            "--set",
+            "num_blocks=6",
+            "--steps",
+            "4",
+            "--fps",
+            "7.5",
+        ]
+    )
+    options = SCRIPT.options_from_args(args)
+    assert options.cameras == ["rear", "front_wide"] and not options.use_negative_prompt and not options.progress
+    assert options.vae is None and options.overrides == {"num_blocks": 6} and options.steps == 4 and options.fps == 7.5
+
+
+def test_the_library_refuses_what_the_command_line_refuses(tmp_path):
+    required = dict(checkpoint="c.pt", control="c.mp4", output=str(tmp_path / "o.mp4"))
+    with pytest.raises(GenerationError, match="exactly one of --prompt, --text-embedding"):
+        gen.generate(gen.GenerateOptions(**required))
+    with pytest.raises(GenerationError, match="given: --prompt, --text-embedding"):
+        gen.generate(gen.GenerateOptions(**required, prompt="p", text_embedding="e.pt"))
+    with pytest.raises(GenerationError, match="given: --negative-prompt, --no-negative-prompt"):
+        gen.generate(gen.GenerateOptions(**required, prompt="p", negative_prompt="n", use_negative_prompt=False))
+
+
 def test_singleview_frames_size_and_seed_determinism(files, tmp_path, capsys):
-    common = ["--checkpoint", files.tiny_singleview, "--preset", "tiny-singleview", "--control", files.control,
-              "--prompt", "a red car drives on the road", "--steps", "3", "--guidance", "3",
-              "--num-frames", "5", "--height", "16", "--width", "32", "--fps", "8", *TINY]
+    common = [
+        "--checkpoint",
+        files.tiny_singleview,
+        "--preset",
+        "tiny-singleview",
+        "--control",
+        files.control,
+        "--prompt",
+        "a red car drives on the road",
+        "--steps",
+        "3",
+        "--guidance",
+        "3",
+        "--num-frames",
+        "5",
+        "--height",
+        "16",
+        "--width",
+        "32",
+        "--fps",
+        "8",
+        *TINY,
+    ]
     code, out = _run([*common, "--seed", "1", "--output", tmp_path / "a.mp4"], capsys)
     assert code == 0, out
     frames_a, fps = _decode(tmp_path / "a.mp4")
@@ -216,11 +341,27 @@ def test_singleview_frames_size_and_seed_determinism(files, tmp_path, capsys):
 
 def test_multiview_writes_seven_views_and_the_overview(files, tmp_path, capsys):
     output = tmp_path / "mv.mp4"
-    code, out = _run(["--checkpoint", files.tiny_multiview, "--preset", "tiny-multiview", "--control", files.views,
-                      "--prompt", "a sunny day on a highway", "--steps", "2", "--output", output, *TINY], capsys)
+    code, out = _run(
+        [
+            "--checkpoint",
+            files.tiny_multiview,
+            "--preset",
+            "tiny-multiview",
+            "--control",
+            files.views,
+            "--prompt",
+            "a sunny day on a highway",
+            "--steps",
+            "2",
+            "--output",
+            output,
+            *TINY,
+        ],
+        capsys,
+    )
     assert code == 0, out
     for camera in DEFAULT_CAMERAS:
-        frames, fps = _decode(gen.view_output_path(output, camera))
+        frames, fps = _decode(view_output_path(output, camera))
         assert frames.shape == (5, 32, 48, 3) and fps == 10
     overview, _ = _decode(output)
     assert overview.shape == (5, 3 * 32, 3 * 48, 3)
@@ -229,8 +370,17 @@ def test_multiview_writes_seven_views_and_the_overview(files, tmp_path, capsys):
 
 
 def test_input_errors_name_the_file_and_the_fix(files, tmp_path, capsys):
-    multiview = ["--checkpoint", files.tiny_multiview, "--preset", "tiny-multiview", "--prompt", "x",
-                 "--output", tmp_path / "o.mp4", *TINY]
+    multiview = [
+        "--checkpoint",
+        files.tiny_multiview,
+        "--preset",
+        "tiny-multiview",
+        "--prompt",
+        "x",
+        "--output",
+        tmp_path / "o.mp4",
+        *TINY,
+    ]
     # A missing camera.
     partial = tmp_path / "partial"
     partial.mkdir()
@@ -247,8 +397,19 @@ def test_input_errors_name_the_file_and_the_fix(files, tmp_path, capsys):
     code, out = _run([*multiview, "--control", files.views, "--num-frames", "9"], capsys)
     assert code == 2 and "--num-frames 5" in out
     # Too few frames.
-    single = ["--checkpoint", files.tiny_singleview, "--preset", "tiny-singleview", "--control", files.control,
-              "--prompt", "x", "--output", tmp_path / "s.mp4", *TINY]
+    single = [
+        "--checkpoint",
+        files.tiny_singleview,
+        "--preset",
+        "tiny-singleview",
+        "--control",
+        files.control,
+        "--prompt",
+        "x",
+        "--output",
+        tmp_path / "s.mp4",
+        *TINY,
+    ]
     code, out = _run([*single, "--num-frames", "13"], capsys)
     assert code == 2 and str(files.control) in out and "9 frames" in out and "--num-frames 9" in out
     # A size the network cannot take.
@@ -263,18 +424,19 @@ def test_weights_choose_ema_or_net_of_model_pt(files):
     net, _ = gen.load_network(files.model_pt, "tiny-singleview", weights="ema")
     assert all(torch.equal(net.state_dict()[k], v) for k, v in files.ema_state.items())
     net, _ = gen.load_network(files.model_pt, "tiny-singleview", weights="net")
-    assert not torch.equal(net.state_dict()["blocks.0.self_attn.q_proj.weight"],
-                           files.ema_state["blocks.0.self_attn.q_proj.weight"])
+    assert not torch.equal(
+        net.state_dict()["blocks.0.self_attn.q_proj.weight"], files.ema_state["blocks.0.self_attn.q_proj.weight"]
+    )
 
 
 def test_view_prompts_as_training_and_as_official_inference():
     cameras = list(DEFAULT_CAMERAS)
-    prefixed = gen.view_prompts("a truck", cameras)
+    prefixed = view_prompts("a truck", cameras)
     assert prefixed[0].endswith("facing forward. a truck") and prefixed[1].endswith("to the right. ")
-    front_only = gen.view_prompts("a truck", cameras, "front-only")
+    front_only = view_prompts("a truck", cameras, "front-only")
     assert front_only[0] == "a truck" and set(front_only[1:]) == {" "}
-    assert gen.negative_view_prompts("bad", cameras) == ["bad"] * 7
-    assert gen.view_prompts("a truck", None) == ["a truck"]
+    assert negative_view_prompts("bad", cameras) == ["bad"] * 7
+    assert view_prompts("a truck", None) == ["a truck"]
 
 
 # ----------------------------------------------------------------------------- the training callback
@@ -292,8 +454,38 @@ def test_callback_takes_different_items_each_call_and_logs_to_wandb(tmp_path, mo
     video = tmp_path / "v.mp4"
     write_mp4(video, _moving_bar(5, 0), fps=10)
     callback._log_to_wandb(SimpleNamespace(destinations=[destination]), video, 40, 0, 3)
-    (metrics, step), = logged
+    ((metrics, step),) = logged
     assert step == 40 and type(metrics["samples/item0_seed3"]).__name__ == "Video"
+
+
+def test_the_callback_registry_imports_no_callback():
+    # The config checks callback names through the registry; the callbacks import code that reads the config.
+    code = "import sys; from cosmos_composer.callbacks.registry import CALLBACKS; print(' '.join(sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert "cosmos_composer.callbacks.sample_videos" not in loaded and "cosmos_composer.callbacks.registry" in loaded
+
+    from composer.core import Callback
+
+    from cosmos_composer.callbacks.registry import CALLBACKS, build_callback
+
+    assert isinstance(build_callback("sample_videos", every_n_batches=3), SampleVideos)
+    for name, where in CALLBACKS.items():
+        module, _, class_name = where.rpartition(".")
+        assert issubclass(getattr(importlib.import_module(module), class_name), Callback), name
+
+
+def test_a_training_run_writes_its_samples_into_the_run_folder(tmp_path, monkeypatch):
+    from cosmos_composer.builders import build_callbacks
+    from cosmos_composer.config import load_config, run_folder
+
+    monkeypatch.setenv("COSMOS_OUTPUT_ROOT", str(tmp_path))
+    for overrides in ([], ["save_folder=s3://bucket/run"]):  # the samples stay local when the checkpoints are not
+        cfg = load_config(QUICKSTART, overrides)
+        (callback,) = [c for c in build_callbacks(cfg) if isinstance(c, SampleVideos)]
+        assert callback.output_dir == str(run_folder(cfg) / "samples")
+    cfg = load_config(QUICKSTART, ["callbacks.sample_videos.output_dir=/elsewhere"])
+    (callback,) = [c for c in build_callbacks(cfg) if isinstance(c, SampleVideos)]
+    assert callback.output_dir == "/elsewhere"
 
 
 @pytest.fixture(scope="module")
@@ -309,9 +501,23 @@ def quickstart_run(tmp_path_factory):
     env.pop("WANDB_MODE", None)
     composer = Path(sys.executable).with_name("composer")
     result = subprocess.run(
-        [str(composer), "-n", "2", str(REPO / "train.py"), str(QUICKSTART), "max_duration=2ba", "eval_loader=null",
-         "save_interval=2ba", "callbacks.sample_videos.every_n_batches=2", "callbacks.sample_videos.steps=2"],
-        cwd=root, env=env, capture_output=True, text=True, timeout=600,
+        [
+            str(composer),
+            "-n",
+            "2",
+            str(REPO / "train.py"),
+            str(QUICKSTART),
+            "max_duration=2ba",
+            "eval_loader=null",
+            "save_interval=2ba",
+            "callbacks.sample_videos.every_n_batches=2",
+            "callbacks.sample_videos.steps=2",
+        ],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return SimpleNamespace(root=root, run=root / "out" / "cosmos_composer" / "quickstart" / "quickstart")
@@ -339,27 +545,44 @@ def test_generate_from_the_quickstart_composer_checkpoint(quickstart_run, tmp_pa
         (control / folder.name / source.name).write_bytes(source.read_bytes())
     output = tmp_path / "sample.mp4"
     # Three of the cameras (short names as in the official inference), from the run's newest checkpoint.
-    code, out = _run(["--checkpoint", quickstart_run.run / "checkpoints", "--preset", "tiny-multiview",
-                      "--control", control, "--cameras", "rear,front_wide,cross_left", "--prompt", "a car at night",
-                      "--steps", "2", "--output", output, *TINY], capsys)
+    code, out = _run(
+        [
+            "--checkpoint",
+            quickstart_run.run / "checkpoints",
+            "--preset",
+            "tiny-multiview",
+            "--control",
+            control,
+            "--cameras",
+            "rear,front_wide,cross_left",
+            "--prompt",
+            "a car at night",
+            "--steps",
+            "2",
+            "--output",
+            output,
+            *TINY,
+        ],
+        capsys,
+    )
     assert code == 0, out
     assert _decode(output)[0].shape == (5, 96, 144, 3)
     cameras = ["camera_front_wide_120fov", "camera_rear_tele_30fov", "camera_cross_left_120fov"]
     for camera in cameras:
-        assert _decode(gen.view_output_path(output, camera))[0].shape == (5, 32, 48, 3)
+        assert _decode(view_output_path(output, camera))[0].shape == (5, 32, 48, 3)
     assert len(list(tmp_path.glob("*.mp4"))) == 4
 
 
 def test_text_embedding_files(tmp_path):
     one = torch.randn(512, 8)
     torch.save(one, tmp_path / "one.pt")
-    assert torch.equal(gen.load_text_embedding(tmp_path / "one.pt", 1), one[None])
-    assert torch.equal(gen.load_text_embedding(tmp_path / "one.pt", 7), one[None].repeat(1, 7, 1))
+    assert torch.equal(load_text_embedding(tmp_path / "one.pt", 1), one[None])
+    assert torch.equal(load_text_embedding(tmp_path / "one.pt", 7), one[None].repeat(1, 7, 1))
     per_view = torch.randn(7, 512, 8)
     torch.save({"text_embedding": per_view}, tmp_path / "views.pt")
-    assert torch.equal(gen.load_text_embedding(tmp_path / "views.pt", 7), per_view.reshape(1, 7 * 512, 8))
+    assert torch.equal(load_text_embedding(tmp_path / "views.pt", 7), per_view.reshape(1, 7 * 512, 8))
     torch.save(per_view.reshape(7 * 512, 8).half(), tmp_path / "cached.pt")  # the shards' text_embedding column
-    assert gen.load_text_embedding(tmp_path / "cached.pt", 7).shape == (1, 7 * 512, 8)
+    assert load_text_embedding(tmp_path / "cached.pt", 7).shape == (1, 7 * 512, 8)
     torch.save(torch.randn(3, 512, 8), tmp_path / "bad.pt")
-    with pytest.raises(gen.GenerationError, match="bad.pt"):
-        gen.load_text_embedding(tmp_path / "bad.pt", 7)
+    with pytest.raises(GenerationError, match="bad.pt"):
+        load_text_embedding(tmp_path / "bad.pt", 7)

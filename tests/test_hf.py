@@ -77,8 +77,12 @@ def offline_cache(tmp_path, monkeypatch, no_network):
         REPO,
         commits={
             OLD: {FILE: b"old weights", "README.md": b"old"},
-            NEW: {FILE: b"new weights", "README.md": b"new", "ckpt/ep0-ba2/.metadata": b"m",
-                  "ckpt/ep0-ba2/__0_0.distcp": b"d"},
+            NEW: {
+                FILE: b"new weights",
+                "README.md": b"new",
+                "ckpt/ep0-ba2/.metadata": b"m",
+                "ckpt/ep0-ba2/__0_0.distcp": b"d",
+            },
         },
         refs={"main": NEW, "v1.0": OLD, "diffusers/general": OLD},
     )

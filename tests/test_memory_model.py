@@ -63,7 +63,7 @@ def _two_rank_load(rank: int, world: int, port: int, path: str) -> None:
                 assert ema[name] is param, f"net_ema holds its own copy of the frozen {name}"
         # The model state still has every key under net_ema. (the official checkpoint format).
         keys = set(model.state_dict())
-        assert {k[len("net_ema."):] for k in keys if k.startswith("net_ema.")} == set(dict(net.named_parameters()))
+        assert {k[len("net_ema.") :] for k in keys if k.startswith("net_ema.")} == set(dict(net.named_parameters()))
     finally:
         dist.destroy_process_group()
 
@@ -121,8 +121,17 @@ def test_a_run_ends_with_its_summary_line_and_summary_json(tmp_path, demo_mds):
 
     from helpers import run_train
 
-    result = run_train([f"train_loader.dataset.local={demo_mds}", "eval_loader=null", "max_duration=3ba",
-                        "parallelism_config=null", "save_interval=null", "callbacks.sample_videos=null"], tmp_path)
+    result = run_train(
+        [
+            f"train_loader.dataset.local={demo_mds}",
+            "eval_loader=null",
+            "max_duration=3ba",
+            "parallelism_config=null",
+            "save_interval=null",
+            "callbacks.sample_videos=null",
+        ],
+        tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "run summary: 3 batches on 1 ranks" in result.stdout
     assert not list((tmp_path / "out").rglob("ep*-ba*"))  # save_interval=null: no checkpoints

@@ -276,6 +276,36 @@ def test_multiview_rope_time_restarts_in_every_view():
     assert math.isclose(net.pos_embedder.theta_t, expected_theta_t)
 
 
+def test_multiview_views_are_a_set_reordering_them_reorders_the_velocity():
+    """Each view's RoPE time restarts at 0 and its camera id, not its position, says which camera it is.
+
+    So reordering the views (latents, control, text, camera ids together) reorders the velocity the same way.
+    Were time to run on across the views, a view's positions relative to the others would change with the order.
+    """
+    torch.manual_seed(0)
+    net = build_network("tiny-multiview").eval()
+    _randomize(net)
+    views, t, B = 3, net.config.state_t, 2
+    inputs = _multiview_inputs(net.config, views=views, B=B)
+    inputs["condition_video_input_mask_B_C_T_H_W"] = torch.zeros(B, 1, views * t, 4, 4)
+    inputs["condition_video_input_mask_B_C_T_H_W"][:, :, ::t] = 1.0  # the first frame of every view
+    camera_ids_B_V = torch.tensor([[4, 0, 6], [1, 2, 3]])
+    inputs["view_indices_B_T"] = camera_ids_B_V.repeat_interleave(t, dim=1)
+    order = [2, 0, 1]
+
+    def reorder(x: torch.Tensor, dim: int) -> torch.Tensor:  # views are equal chunks along `dim`
+        return torch.cat([x.chunk(views, dim=dim)[v] for v in order], dim=dim)
+
+    reordered = {key: reorder(value, 2) for key, value in inputs.items() if value.ndim == 5}
+    reordered["crossattn_emb"] = reorder(inputs["crossattn_emb"], 1)
+    reordered["view_indices_B_T"] = reorder(inputs["view_indices_B_T"], 1)
+    with torch.no_grad():
+        velocity = net(**inputs)
+        velocity_of_reordered = net(**{**inputs, **reordered})
+    torch.testing.assert_close(velocity_of_reordered, reorder(velocity, 2))
+    assert not torch.allclose(velocity_of_reordered, velocity)
+
+
 def test_multiview_input_hint_block_feeds_the_first_control_block():
     torch.manual_seed(0)
     net = build_network("tiny-multiview")
@@ -315,7 +345,9 @@ def test_fp32_islands_under_bf16_autocast():
     _randomize(net)
     dtypes = {}
     net.t_embedder.register_forward_hook(lambda m, a, out: dtypes.__setitem__("t_emb", out[1].dtype))
-    net.blocks[0].adaln_modulation_self_attn.register_forward_hook(lambda m, a, out: dtypes.__setitem__("adaln", out.dtype))
+    net.blocks[0].adaln_modulation_self_attn.register_forward_hook(
+        lambda m, a, out: dtypes.__setitem__("adaln", out.dtype)
+    )
     net.blocks[0].self_attn.q_proj.register_forward_hook(lambda m, a, out: dtypes.__setitem__("q_proj", out.dtype))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = net(**_inputs(net.config))

@@ -1,4 +1,4 @@
-"""The training objective against its definition (reference 4.1-4.3)."""
+"""The training objective against its definition (upstream predict2/schedulers/rectified_flow.py and `denoise`)."""
 
 import math
 
@@ -127,7 +127,9 @@ def test_text_dropout_rate_and_null_embeddings():
         context = seen[0]
         if projected:
             null = F.gelu(net.crossattn_proj[0].bias.detach())  # crossattn_proj(zeros) = GELU(bias)
-            torch.testing.assert_close(null, net.crossattn_proj(torch.zeros(1, net.config.crossattn_proj_in_channels))[0])
+            torch.testing.assert_close(
+                null, net.crossattn_proj(torch.zeros(1, net.config.crossattn_proj_in_channels))[0]
+            )
         else:
             null = torch.zeros(context.shape[-1])
         is_null = (context == null).all(dim=-1).all(dim=-1)
@@ -202,9 +204,7 @@ def test_eval_loss_is_deterministic_at_fixed_sigmas():
     for metric in metrics.values():
         model.update_metric(batch, first, metric)
     torch.testing.assert_close(metrics["loss_sigma_0.2"].compute(), first[0.2].mean())
-    torch.testing.assert_close(
-        metrics["loss_fixed_sigmas"].compute(), (first[0.2].mean() + first[0.8].mean()) / 2
-    )
+    torch.testing.assert_close(metrics["loss_fixed_sigmas"].compute(), (first[0.2].mean() + first[0.8].mean()) / 2)
     assert math.isfinite(metrics["loss_sigma_0.8"].compute().item())
 
 
@@ -213,8 +213,12 @@ def test_cached_projected_text_is_refused_for_another_projection():
     net = build_network("tiny-singleview")
     model = CosmosTransferModel(net)
     batch = _cached_batch(net, projected=True)
-    batch["crossattn_proj_fingerprint"] = [crossattn_proj_fingerprint(build_network("tiny-singleview").crossattn_proj)] * 4
-    with pytest.raises(ValueError, match="fingerprint .* but this network's is"):
+    batch["crossattn_proj_fingerprint"] = [
+        crossattn_proj_fingerprint(build_network("tiny-singleview").crossattn_proj)
+    ] * 4
+    with pytest.raises(
+        ValueError, match="the batch holds text embeddings projected by a crossattn_proj with fingerprint"
+    ):
         model(batch)
     batch["crossattn_proj_fingerprint"] = [crossattn_proj_fingerprint(net.crossattn_proj)] * 4
     model(batch)

@@ -1,4 +1,5 @@
-"""The training recipe of reference 4.6-4.7: power EMA, AdamW, LambdaLinear schedule, finite grad clipping.
+"""The training recipe (upstream's post-train experiment configs): its numbers, power EMA, AdamW, LambdaLinear
+schedule, finite grad clipping.
 
 Expected values are computed here independently of the code under test: the EMA exponent by
 bisection of the EDM2 relation, the schedule from upstream's formula written out by hand, the EMA and
@@ -19,10 +20,13 @@ from composer import Callback, Trainer
 from composer.core import Event, Time, Timestamp
 from composer.loggers import InMemoryLogger
 from composer.models import ComposerModel
+from helpers import QUICKSTART
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from cosmos_composer.callbacks import PowerEMA, power_ema_beta, power_ema_gamma, update_ema_
+from cosmos_composer.config import ModelConfig, OptimizerConfig, SchedulerConfig, load_config
+from cosmos_composer.diffusion.objective import ObjectiveConfig
 from cosmos_composer.models import build_network
 from cosmos_composer.optim import (
     FiniteGradClip,
@@ -31,6 +35,58 @@ from cosmos_composer.optim import (
     clip_finite_grad_norm_,
     lambda_linear_multiplier,
 )
+
+# ----------------------------------------------------------------------------- the recipe's numbers
+# As upstream's experiment configs set them: transfer2_auto_multiview_post_train_example (the defaults) and
+# transfer2_singleview_posttrain_edge_example (yamls/singleview_edge.yaml).
+MULTIVIEW_RECIPE = {
+    "model": {"sigma_shift": 5.0, "conditional_frames_probs": {0: 0.5, 1: 0.25, 2: 0.25}, "text_dropout_rate": 0.2},
+    "optimizer": {"lr": 8.63e-5, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 1e-3},
+    "scheduler": {"warm_up_steps": 1000, "f_start": 1e-6, "f_max": 0.5, "f_min": 0.2, "cycle_length": 100_000},
+}
+SINGLEVIEW_RECIPE = {
+    "model": {**MULTIVIEW_RECIPE["model"], "conditional_frames_probs": {0: 0.4, 1: 0.4, 2: 0.2}},
+    "optimizer": MULTIVIEW_RECIPE["optimizer"],
+    "scheduler": {**MULTIVIEW_RECIPE["scheduler"], "warm_up_steps": 100, "cycle_length": 5000},
+}
+
+
+def _recipe_of(model, optimizer, scheduler) -> dict:
+    return {
+        "model": {key: model[key] for key in MULTIVIEW_RECIPE["model"]},
+        "optimizer": {key: optimizer[key] for key in MULTIVIEW_RECIPE["optimizer"]},
+        "scheduler": {key: scheduler[key] for key in MULTIVIEW_RECIPE["scheduler"]},
+    }
+
+
+def test_the_config_defaults_and_the_recipe_yamls_hold_the_released_numbers():
+    from dataclasses import asdict
+
+    defaults = _recipe_of(asdict(ModelConfig()), asdict(OptimizerConfig()), asdict(SchedulerConfig()))
+    assert defaults == MULTIVIEW_RECIPE
+    for yaml, recipe in (("hdmap", MULTIVIEW_RECIPE), ("singleview_edge", SINGLEVIEW_RECIPE)):
+        cfg = load_config(QUICKSTART.with_name(f"{yaml}.yaml"))
+        assert _recipe_of(cfg.model, cfg.optimizer, cfg.scheduler) == recipe, yaml
+
+
+def test_conditional_frames_probs_from_a_yaml_or_an_override_replace_the_default_whole():
+    # A merge would keep the default's other frame counts: {1: 1.0} would become {0: .5, 1: 1.0, 2: .25}.
+    cfg = load_config(QUICKSTART, ["model.conditional_frames_probs={1: 1.0}"])
+    assert dict(cfg.model.conditional_frames_probs) == {1: 1.0}
+    edge = QUICKSTART.with_name("singleview_edge.yaml")
+    assert dict(load_config(edge).model.conditional_frames_probs) == {0: 0.4, 1: 0.4, 2: 0.2}
+    assert dict(load_config(edge, ["model.conditional_frames_probs={0: 1.0}"]).model.conditional_frames_probs) == {
+        0: 1.0
+    }
+
+
+def test_the_objective_and_the_schedule_default_to_the_config_dataclasses():
+    model = ModelConfig()
+    assert ObjectiveConfig() == ObjectiveConfig.from_model_config(model)
+    assert ObjectiveConfig().eval_sigmas == tuple(model.eval_sigmas) and ObjectiveConfig().eval_seed == model.eval_seed
+    assert LambdaLinearSchedule().settings == SchedulerConfig()
+    with pytest.raises(TypeError, match="warmup"):  # a misspelled setting is an error, not a default
+        LambdaLinearSchedule(warmup=10)
 
 
 # ----------------------------------------------------------------------------- independent references
@@ -113,9 +169,7 @@ class _Recorder(Callback):
         self.lr[int(state.timestamp.batch)] = state.optimizers[0].param_groups[0]["lr"]
 
     def batch_end(self, state, logger):
-        self.after_step[int(state.timestamp.batch) - 1] = {
-            k: v.clone() for k, v in state.model.state_dict().items()
-        }
+        self.after_step[int(state.timestamp.batch) - 1] = {k: v.clone() for k, v in state.model.state_dict().items()}
 
 
 def _trainer(model, recorder, tmp_path, **kwargs):
@@ -157,9 +211,7 @@ def test_power_ema_schedule_and_resume_in_trainer(tmp_path):
         for name in ("trunk.weight", "trunk.bias"):
             assert torch.equal(after[f"net_ema.{name}"], initial[f"net_ema.{name}"])
             assert torch.equal(after[f"net.{name}"], initial[f"net.{name}"])
-    assert not torch.equal(
-        recorder.after_step[4]["net.head.weight"], recorder.after_step[0]["net.head.weight"]
-    )
+    assert not torch.equal(recorder.after_step[4]["net.head.weight"], recorder.after_step[0]["net.head.weight"])
 
     # Batch i trains with lr * multiplier(i), as upstream's LambdaLR (warm-up 2, cycle 4).
     expected_multipliers = [0.1, 0.1 + (1.0 - 0.1) / 2, 1.0, 0.5 + 0.5 * (4 - 3) / (4 - 2), 0.5]
@@ -292,9 +344,7 @@ def test_finite_grad_clip_zeroes_non_finite_then_clips():
     params = _params_with_grads(grads)
     logged = {}
     logger = SimpleNamespace(log_metrics=logged.update)
-    FiniteGradClip(max_norm=0.1).apply(
-        Event.AFTER_TRAIN_BATCH, SimpleNamespace(model=nn.ParameterList(params)), logger
-    )
+    FiniteGradClip(max_norm=0.1).apply(Event.AFTER_TRAIN_BATCH, SimpleNamespace(model=nn.ParameterList(params)), logger)
 
     assert logged["grad/non_finite_count"] == 3
     assert logged["grad/norm"] == pytest.approx(norm, rel=1e-6)

@@ -27,6 +27,10 @@ from cosmos_composer.models import build_network
         ("model.conditional_frames_probs={0: 0.9}", "model.conditional_frames_probs", "sum to 1"),
         ("scheduler.warm_up_steps=2000", "scheduler.warm_up_steps", "< cycle_length"),
         ("max_nonfinite_steps=-1", "max_nonfinite_steps", ">= 0"),
+        ("model.control_key=blurr", "model.control_key", "choose one of hdmap_bbox, edge, vis"),
+        ("model.eval_seed=-3", "model.eval_seed", ">= 0"),
+        ("train_loader.dataset.augment_seed=-1", "train_loader.dataset.augment_seed", ">= 0"),
+        ("model.overrides={num_blockz: 2}", "model.overrides", "Unknown network config key(s) ['num_blockz']"),
     ],
 )
 def test_bad_values_are_refused_naming_the_key_the_value_and_the_range(override, key, valid):
@@ -34,6 +38,33 @@ def test_bad_values_are_refused_naming_the_key_the_value_and_the_range(override,
         load_config(QUICKSTART, [override])
     line = next(line for line in str(error.value).splitlines() if line.strip().startswith(f"{key}="))
     assert valid in line and override.split("=", 1)[1].split(":")[0].strip("{") in line
+
+
+@pytest.mark.parametrize(
+    "overrides, key, valid",
+    [
+        (
+            ["train_loader.dataset.use_cached_latents=false", "train_loader.dataset.decode_video=false"],
+            "train_loader.dataset.use_cached_latents",
+            "true with decode_video=false",
+        ),
+        (
+            ["eval_loader.dataset.use_cached_latents=false", "encoders.vae=null"],
+            "eval_loader.dataset.use_cached_latents",
+            "true when encoders.vae is null",
+        ),
+        (
+            ["train_loader.dataset.use_cached_text=false", "encoders.text=null"],
+            "train_loader.dataset.use_cached_text",
+            "true when encoders.text is null",
+        ),
+    ],
+)
+def test_turning_off_a_cache_that_nothing_else_replaces_is_refused(overrides, key, valid):
+    with pytest.raises(ConfigError) as error:
+        load_config(QUICKSTART, overrides)
+    lines = [line for line in str(error.value).splitlines() if line.strip().startswith(f"{key}=False: {valid}")]
+    assert len(lines) == 1, str(error.value)
 
 
 def test_the_recipe_yamls_are_valid():
@@ -49,9 +80,19 @@ def test_amp_precision_on_a_cpu_fails_before_the_model_is_built(tmp_path):
 
 def _diverging_run(tmp_path, demo_mds, *args):
     """6 batches at lr=1e8: the loss of batch 1 is finite, every later one is not."""
-    return run_train([f"train_loader.dataset.local={demo_mds}", "eval_loader=null", "max_duration=6ba",
-                      "parallelism_config=null", "optimizer.lr=1e8", "scheduler.warm_up_steps=0",
-                      "callbacks.sample_videos=null", *args], tmp_path)
+    return run_train(
+        [
+            f"train_loader.dataset.local={demo_mds}",
+            "eval_loader=null",
+            "max_duration=6ba",
+            "parallelism_config=null",
+            "optimizer.lr=1e8",
+            "scheduler.warm_up_steps=0",
+            "callbacks.sample_videos=null",
+            *args,
+        ],
+        tmp_path,
+    )
 
 
 def test_a_diverged_run_stops_non_zero_naming_the_batch_and_saves_nothing_after_it(tmp_path, demo_mds):
@@ -61,7 +102,8 @@ def test_a_diverged_run_stops_non_zero_naming_the_batch_and_saves_nothing_after_
     assert "max_nonfinite_steps" in result.stderr
     # Batch 1 was finite and checkpointed; nothing of batch 2 or later was saved.
     saved = sorted(p.name for p in (tmp_path / "out").rglob("ep*-ba*"))
-    assert saved == ["ep0-ba1-rank0.pt", "ep0-ba1-rank0.pt.checksums.json"]  # the checkpoint and its checksums
+    # The checkpoint and the files beside it (its checksums, its network config).
+    assert "ep0-ba1-rank0.pt" in saved and all(name.startswith("ep0-ba1-rank0.pt") for name in saved), saved
 
 
 def test_max_nonfinite_steps_steps_over_that_many_batches(tmp_path, demo_mds):

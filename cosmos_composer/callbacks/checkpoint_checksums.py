@@ -1,8 +1,13 @@
-"""Write `checksums.json` into every checkpoint right after Composer saves it (see checkpoint/integrity.py).
+"""Write `network.json` and `checksums.json` into every checkpoint right after Composer saves it.
+
+`network.json` is the network config (`checkpoint/network_config.py`); `checksums.json` lists the sha256 of every
+file of the checkpoint, `network.json` included (`checkpoint/integrity.py`). A single-file checkpoint gets both
+beside it: `<name>.network.json` and `<name>.checksums.json`.
 
 Composer's `CheckpointSaver` runs after every other callback, so this one is appended to the Trainer's callbacks
 after it (`attach`) and looks, at each checkpoint event, for a checkpoint it has not summed yet. In a sharded
-save each rank hashes the `.distcp` files it wrote (in parallel), and global rank 0 writes the list.
+save each rank hashes the `.distcp` files it wrote (in parallel), and global rank 0 writes network.json and the
+list.
 """
 
 from __future__ import annotations
@@ -15,21 +20,29 @@ from composer.core import Callback, State
 from composer.loggers import Logger
 from composer.utils import dist
 
-from ..checkpoint.integrity import checksums_path, digests_of, write_checksums
+from ..checkpoint.integrity import CHECKSUMS_FILE, checksums_path, digests_of, write_checksums
+from ..checkpoint.network_config import NETWORK_FILE, network_config_path, write_network_config
 from ..checkpoint.safe_pickle import METADATA_FILE
+from ..models import NetworkConfig
 
 
 class CheckpointChecksums(Callback):
-    def __init__(self, saver: CheckpointSaver):
+    """`preset` and `network`: the run's network config (`model.preset`, and `net.config` after the overrides)."""
+
+    def __init__(self, saver: CheckpointSaver, preset: str, network: NetworkConfig):
         self.saver = saver
+        self.preset = preset
+        self.network = network
         self.summed: Optional[str] = None  # the newest checkpoint already summed
 
     @classmethod
-    def attach(cls, trainer) -> None:
+    def attach(cls, trainer, preset: str) -> None:
         """Add the callback after the Trainer's checkpoint saver (when the run saves checkpoints)."""
         savers = [cb for cb in trainer.state.callbacks if isinstance(cb, CheckpointSaver)]
         if savers:
-            trainer.state.callbacks.append(cls(savers[0]))
+            model = trainer.state.model
+            network = getattr(model, "module", model).net.config  # `module`: under DDP
+            trainer.state.callbacks.append(cls(savers[0], preset, network))
 
     def _sum_new_checkpoint(self, state: State) -> None:
         if not self.saver.saved_checkpoints or self.saver.saved_checkpoints[-1] == self.summed:
@@ -39,22 +52,29 @@ class CheckpointChecksums(Callback):
             folder, rank = Path(saved).parent, dist.get_global_rank()
             mine = [path.name for path in folder.glob(f"__{rank}_*.distcp")]
             if rank == 0:
-                mine.append(METADATA_FILE)
-            files = {name: digest for part in dist.all_gather_object(digests_of(folder, mine)) for name, digest in part.items()}
+                network_file = write_network_config(network_config_path(folder), self.preset, self.network)
+                mine += [METADATA_FILE, network_file.name]
+            files = {
+                name: digest
+                for part in dist.all_gather_object(digests_of(folder, mine))
+                for name, digest in part.items()
+            }
             if rank == 0:
                 write_checksums(folder, files)
         else:  # one file, written by global rank 0 only
             path = Path(saved)
-            write_checksums(path, digests_of(path.parent, [path.name]))
+            network_file = write_network_config(network_config_path(path), self.preset, self.network)
+            write_checksums(path, digests_of(path.parent, [path.name, network_file.name]))
             self._remove_orphans(path.parent)
 
     @staticmethod
     def _remove_orphans(folder: Path) -> None:
-        """Checksum files of single-file checkpoints that Composer's rotation has deleted."""
-        for sidecar in folder.glob("*.checksums.json"):
-            checkpoint = sidecar.with_name(sidecar.name[: -len(".checksums.json")])
-            if not checkpoint.exists() and sidecar == checksums_path(checkpoint):
-                sidecar.unlink(missing_ok=True)
+        """Sidecars of single-file checkpoints that Composer's rotation has deleted."""
+        for name, sidecar_of in ((CHECKSUMS_FILE, checksums_path), (NETWORK_FILE, network_config_path)):
+            for sidecar in folder.glob(f"*.{name}"):
+                checkpoint = sidecar.with_name(sidecar.name[: -len(name) - 1])
+                if not checkpoint.exists() and sidecar == sidecar_of(checkpoint):
+                    sidecar.unlink(missing_ok=True)
 
     def batch_checkpoint(self, state: State, logger: Logger) -> None:
         self._sum_new_checkpoint(state)

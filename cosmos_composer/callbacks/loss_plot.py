@@ -49,7 +49,9 @@ class LossPlot(Callback):
             log.warning("loss_plot: no jsonl logger to read the losses from; %s not written", self.path)
             return
         metrics = read_metrics(metrics_file)
-        curves = {name: values for name, values in metrics.items() if name == TRAIN_LOSS or name.startswith(EVAL_PREFIX)}
+        curves = {
+            name: values for name, values in metrics.items() if name == TRAIN_LOSS or name.startswith(EVAL_PREFIX)
+        }
         if not curves:
             return
         # The object-oriented API with the Agg canvas: no pyplot, no global backend, no display needed.
@@ -63,8 +65,14 @@ class LossPlot(Callback):
             steps = sorted(values)
             train = name == TRAIN_LOSS
             label = "train" if train else "eval " + name.removeprefix(EVAL_PREFIX)
-            axes.plot(steps, [values[s] for s in steps], label=label,
-                      linewidth=1 if train else 1.5, alpha=0.6 if train else 1.0, marker=None if train else "o")
+            axes.plot(
+                steps,
+                [values[s] for s in steps],
+                label=label,
+                linewidth=1 if train else 1.5,
+                alpha=0.6 if train else 1.0,
+                marker=None if train else "o",
+            )
         axes.set_xlabel("batch")
         axes.set_ylabel("loss")
         axes.grid(alpha=0.3)

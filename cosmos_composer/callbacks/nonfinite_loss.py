@@ -51,8 +51,12 @@ class NonFiniteLossGuard(Callback):
         batch = int(state.timestamp.batch) + 1  # 1-based, as the console counts: this batch is not counted yet
         where = f"batch {batch}" + (f" (samples: {', '.join(map(str, samples))})" if samples else "")
         if self.in_a_row <= self.max_nonfinite_steps:
-            log.warning("non-finite training loss at %s: stepping over it (%d of max_nonfinite_steps=%d in a row)",
-                        where, self.in_a_row, self.max_nonfinite_steps)
+            log.warning(
+                "non-finite training loss at %s: stepping over it (%d of max_nonfinite_steps=%d in a row)",
+                where,
+                self.in_a_row,
+                self.max_nonfinite_steps,
+            )
             return
         raise TrainingDiverged(
             f"the training loss is not finite at {where}; the run stops here, without a checkpoint "

@@ -1,4 +1,4 @@
-"""Power EMA of the trained network, as in the released Cosmos recipe (reference 4.7).
+"""Power EMA of the trained network, as in the released Cosmos recipe (`EMAConfig(enabled=True, rate=0.10)`).
 
 Upstream (`text2world_model_rectified_flow.py`) keeps a second network `net_ema` and, after every
 optimizer step, updates it with
@@ -28,6 +28,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
+from ..checkpoint.keys import EMA_PREFIX
 from ..models.parallelize import local_tensor, trainable_pairs
 
 __all__ = ["PowerEMA", "power_ema_beta", "power_ema_gamma", "update_ema_"]
@@ -46,9 +47,7 @@ def power_ema_gamma(sigma_rel: float) -> float:
     roots = np.roots([1.0, 7.0, 16.0 - inv_sq, 12.0 - inv_sq])
     real_roots = roots[np.abs(roots.imag) < 1e-9].real
     if real_roots.size == 0 or real_roots.max() <= -1.0:
-        raise ValueError(
-            f"sigma_rel={sigma_rel} is too large for a power EMA (no exponent gamma > -1 exists)"
-        )
+        raise ValueError(f"sigma_rel={sigma_rel} is too large for a power EMA (no exponent gamma > -1 exists)")
     return float(real_roots.max())
 
 
@@ -63,7 +62,8 @@ def power_ema_beta(iteration: int, gamma: float) -> float:
 def update_ema_(net: nn.Module, net_ema: nn.Module, beta: float) -> None:
     """net_ema <- beta * net_ema + (1 - beta) * net, in fp32, over the parameters of `net` that train.
 
-    Parameters are matched by name (`trainable_pairs`). Frozen parameters (requires_grad=False in `net`)
+    Parameters are matched by name, without the parts wrappers insert (`trainable_pairs`,
+    `checkpoint.keys.strip_wrapper_names`). Frozen parameters (requires_grad=False in `net`)
     are skipped: the EMA of a constant is the constant, and `net_ema` shares `net`'s frozen weights (see
     `build_ema_network`), so skipping them gives exactly what upstream's update over all parameters gives,
     without touching the 2B frozen base every step.
@@ -80,11 +80,9 @@ def update_ema_(net: nn.Module, net_ema: nn.Module, beta: float) -> None:
             raise ValueError(f"{name!r} is sharded differently in net and net_ema; shard both the same way")
         target, source = local_tensor(ema_param), local_tensor(param.detach())
         if target.dtype != torch.float32:
-            raise TypeError(f"the EMA is kept in fp32, but net_ema.{name} is {target.dtype}")
+            raise TypeError(f"the EMA is kept in fp32, but {EMA_PREFIX}{name} is {target.dtype}")
         if target.shape != source.shape:
-            raise ValueError(
-                f"{name!r}: net_ema shard {tuple(target.shape)} != net shard {tuple(source.shape)}"
-            )
+            raise ValueError(f"{name!r}: net_ema shard {tuple(target.shape)} != net shard {tuple(source.shape)}")
         targets.append(target)
         sources.append(source.float())
     if targets:

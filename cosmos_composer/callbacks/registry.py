@@ -1,24 +1,30 @@
-"""Callbacks a YAML may name under `callbacks:`, each built with the keyword arguments given there."""
+"""Callbacks a YAML may name under `callbacks:`, each built with the keyword arguments given there.
+
+The table holds where each class lives, not the class: the config checks the names without importing the
+callbacks (which import the network, the sampler and the data code, some of which read the config).
+"""
 
 from __future__ import annotations
 
-from composer.callbacks import LRMonitor, MemoryMonitor, OptimizerMonitor, RuntimeEstimator, SpeedMonitor
+import importlib
+from typing import Any
 
-from .attention_kernel import AttentionKernel
-from .loss_plot import LossPlot
-from .power_ema import PowerEMA
-from .run_summary import RunSummary
-from .sample_videos import SampleVideos
-
-CALLBACKS = {
-    "speed_monitor": SpeedMonitor,
-    "memory_monitor": MemoryMonitor,
-    "lr_monitor": LRMonitor,
-    "optimizer_monitor": OptimizerMonitor,
-    "runtime_estimator": RuntimeEstimator,
-    "power_ema": PowerEMA,
-    "sample_videos": SampleVideos,
-    "run_summary": RunSummary,  # always on; name it to set its `path`
-    "loss_plot": LossPlot,  # always on (<run folder>/loss.png); `callbacks.loss_plot=null` turns it off
-    "attention_kernel": AttentionKernel,  # always on; name it to choose the backend
+CALLBACKS: dict[str, str] = {
+    "speed_monitor": "composer.callbacks.SpeedMonitor",
+    "memory_monitor": "composer.callbacks.MemoryMonitor",
+    "lr_monitor": "composer.callbacks.LRMonitor",
+    "optimizer_monitor": "composer.callbacks.OptimizerMonitor",
+    "runtime_estimator": "composer.callbacks.RuntimeEstimator",
+    "power_ema": "cosmos_composer.callbacks.power_ema.PowerEMA",
+    "sample_videos": "cosmos_composer.callbacks.sample_videos.SampleVideos",
+    "run_summary": "cosmos_composer.callbacks.run_summary.RunSummary",  # always on; name it to set its `path`
+    # always on (<run folder>/loss.png); `callbacks.loss_plot=null` turns it off
+    "loss_plot": "cosmos_composer.callbacks.loss_plot.LossPlot",
+    "attention_kernel": "cosmos_composer.callbacks.attention_kernel.AttentionKernel",  # always on; name it to choose the backend
 }
+
+
+def build_callback(name: str, **kwargs: Any):
+    """The callback `name` of `CALLBACKS`, built with `kwargs`."""
+    module, _, class_name = CALLBACKS[name].rpartition(".")
+    return getattr(importlib.import_module(module), class_name)(**kwargs)

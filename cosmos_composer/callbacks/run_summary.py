@@ -48,8 +48,14 @@ class RunSummary(Callback):
         context_parallel_size: ranks that share each sample (Composer counts each sample once per rank).
     """
 
-    def __init__(self, path: Optional[str] = None, folder: Optional[str] = None, model: str = "", start: str = "",
-                 context_parallel_size: int = 1):
+    def __init__(
+        self,
+        path: Optional[str] = None,
+        folder: Optional[str] = None,
+        model: str = "",
+        start: str = "",
+        context_parallel_size: int = 1,
+    ):
         self.context_parallel_size = context_parallel_size
         self.path = path
         self.folder = Path(folder) if folder else Path(path).parent if path else None
@@ -131,7 +137,9 @@ class RunSummary(Callback):
         summary = self.summary(state)
         if dist.get_global_rank() != 0:
             return
-        summary.update(model=self.model, start=self.start, start_batch=self.start_batch, files=self.run_files(state, logger))
+        summary.update(
+            model=self.model, start=self.start, start_batch=self.start_batch, files=self.run_files(state, logger)
+        )
         print(
             f"run summary: {summary['batches']} batches on {summary['ranks']} ranks, "
             f"{summary['samples_per_s']:.4g} samples/s ({summary['step_s']:.3g} s/step), "

@@ -1,12 +1,13 @@
-"""Sample videos during training, as the official recipe's sample callbacks do (reference 4.6).
+"""Sample videos during training, as the official recipe's sample callbacks do (upstream's experiment config
+``transfer2_auto_multiview_post_train_example`` samples every 200 iterations, 35 steps, guidance 7).
 
 Every ``every_n_batches`` batches the EMA network (``model.net_ema``; ``model.net`` when the EMA is off)
-generates videos for a few training items with fixed prompts and seeds, through the same code as
-``scripts/generate.py`` (:mod:`cosmos_composer.generate`). Each call takes different dataset items
+generates videos for a few training items with fixed prompts and seeds, with the prompts, sampler and video
+writer of ``scripts/generate.py`` (:mod:`cosmos_composer.generation`). Each call takes different dataset items
 (call k uses items ``k * num_samples ... k * num_samples + num_samples - 1``, modulo the dataset size),
 so over a run the samples cover the data while prompts and seeds stay fixed. The files go to
-``<run folder>/samples/ba<batch>/`` (the run folder is the checkpoint folder's parent), one mp4 per item
-and seed (multiview: one per view plus the tiled overview), and to W&B when a W&B logger is configured.
+``<output_dir>/ba<batch>/`` (a training run sets ``<run folder>/samples``), one mp4 per item and seed
+(multiview: one per view plus the tiled overview), and to W&B when a W&B logger is configured.
 
 Under FSDP2 every rank runs the same sampling (each network forward gathers the sharded parameters,
 a collective); only rank 0 decodes, writes and logs.
@@ -34,8 +35,9 @@ from composer.loggers import Logger, WandBLogger
 from composer.utils import dist
 from torch.nn.parallel import DistributedDataParallel
 
-from .. import generate as gen
 from ..diffusion import sampler
+from ..generation.outputs import write_sample
+from ..generation.prompts import negative_context, prompt_context
 from ..models.parallelize import ema_weights
 
 log = logging.getLogger(__name__)
@@ -63,7 +65,8 @@ class SampleVideos(Callback):
         control_weight: control strength (1.0 as in training).
         use_ema: sample with ``net_ema`` when the model has one.
         fps: frame rate of the written files (default: the item's fps).
-        output_dir: where ``ba<batch>/`` folders go (default: ``<run folder>/samples``).
+        output_dir: where ``ba<batch>/`` folders go; None: ``samples/`` beside a local checkpoint folder
+            (``train.py`` sets ``<run folder>/samples``).
         log_to_wandb: also log the videos to W&B when a W&B logger is configured.
         progress: show a progress bar over the sampling steps (rank 0).
     """
@@ -131,7 +134,9 @@ class SampleVideos(Callback):
             )
         dataset = getattr(state.train_dataloader, "dataset", None)
         if dataset is None or not hasattr(dataset, "__getitem__"):
-            raise ValueError("callbacks.sample_videos takes its control videos from the train dataset, which has no items")
+            raise ValueError(
+                "callbacks.sample_videos takes its control videos from the train dataset, which has no items"
+            )
 
     # ------------------------------------------------------------------ where files go
     def _output_dir(self, state: State) -> Path:
@@ -143,9 +148,10 @@ class SampleVideos(Callback):
         for callback in state.callbacks:
             if isinstance(callback, CheckpointSaver) and "://" not in str(callback.folder):
                 return Path(format_name_with_dist(str(callback.folder), state.run_name)).parent / "samples"
-        from ..config import output_root
-
-        return output_root() / state.run_name / "samples"
+        raise ValueError(
+            "callbacks.sample_videos has no folder to write to: set its output_dir, or save checkpoints to a local "
+            "folder (the samples then go beside it)"
+        )
 
     # ------------------------------------------------------------------ sampling
     def batch_end(self, state: State, logger: Logger) -> None:
@@ -186,12 +192,8 @@ class SampleVideos(Callback):
             cameras = list(item.get("camera_keys_selection") or []) or None
             context = inputs["context"]
             if self.prompts:
-                prompt = self.prompts[sample_number % len(self.prompts)]
-                context = gen.embed_view_prompts(text_embedder, gen.view_prompts(prompt, cameras))
-            if self.negative_prompt is not None:
-                uncond = gen.embed_view_prompts(text_embedder, gen.negative_view_prompts(self.negative_prompt, cameras))
-            else:
-                uncond = sampler.unconditional_context(net, context)
+                context = prompt_context(text_embedder, self.prompts[sample_number % len(self.prompts)], cameras)
+            uncond = negative_context(net, text_embedder, context, self.negative_prompt, cameras)
             conditioning = sampler.Conditioning(
                 control=inputs["control"],
                 context=context.to(inputs["control"].device),
@@ -207,23 +209,19 @@ class SampleVideos(Callback):
             name = str(item.get("sample_name", f"item{index}"))
             for seed in self.seeds:
                 with get_precision_context(state.precision):
-                    latents = gen.sample_video(
+                    latents = sampler.sample(
                         net,
-                        vae,
                         conditioning,
                         guidance=self.guidance,
                         num_steps=self.steps,
                         shift=self.shift,
                         seed=seed,
                         progress=self.progress and is_rank_zero,
-                        decode=False,
                     )
                 if not is_rank_zero:
                     continue
-                video = vae.decode_views(latents, num_views)[0]
                 output = folder / f"{index:05d}_{_safe(name)}_seed{seed}.mp4"
-                paths = gen.write_videos(video, output, fps, cameras)
-                written += paths
+                written += write_sample(vae, latents, num_views, output, fps, cameras)
                 self._log_to_wandb(logger, output, batch_index, sample_number, seed)
         if is_rank_zero:
             self.written += written

@@ -28,7 +28,7 @@ padding_mask [B, 1, H_px, W_px]       `padding_mask`; diffusers only handles a b
 control_context_scale                 controlnet `conditioning_scale` (float or one float per block)
 ====================================  ==================================================================
 
-Differences of diffusers 0.38.0 from the original network (and from reference section 3, written for 0.42.1):
+Differences of diffusers 0.38.0 from the original network (some of which diffusers 0.42.1 changed):
 
 - q/k RMSNorm eps is 1e-5 in `attn1` / `attn2` (`Attention(qk_norm="rms_norm")` default), 1e-6 upstream and
   in our network. It is not a config option; `set_qk_norm_eps(model, 1e-6)` patches loaded modules.
@@ -60,6 +60,8 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple, Optional, Union
 
 import torch
+
+from .keys import EMA_PREFIX, NET_PREFIX, has_ema, is_non_parameter, without_network_prefix
 
 __all__ = [
     "DiffusersCheckpoint",
@@ -142,8 +144,6 @@ _CONTROLNET_RENAMES = {
     "control_embedder.proj.1": "patch_embed.proj",
 }
 
-# Entries of released checkpoints that are not parameters (reference 2.1); every diffusers loader drops them.
-_NON_PARAMETER_MARKERS = ("_extra_state", "accum_", "pos_embedder.", "pos_embedder_options.")
 _MULTIVIEW_MARKERS = ("view_embeddings.", "input_hint_block.")
 
 
@@ -182,9 +182,7 @@ def _check_supported(cfg: Mapping[str, Any]) -> None:
             "per-view RoPE); only single-view networks can be converted to diffusers format"
         )
     if cfg.get("use_input_hint_block", False):
-        raise ValueError(
-            "diffusers' CosmosControlNetModel has no input_hint_block; set use_input_hint_block=False"
-        )
+        raise ValueError("diffusers' CosmosControlNetModel has no input_hint_block; set use_input_hint_block=False")
     unsupported = {
         # field: value diffusers requires (fields absent from the config are assumed to have it)
         "use_adaln_lora": True,
@@ -200,9 +198,7 @@ def _check_supported(cfg: Mapping[str, Any]) -> None:
     }
     for field, required in unsupported.items():
         if field in cfg and cfg[field] != required:
-            raise ValueError(
-                f"diffusers 0.38.0 supports only {field}={required!r}, the network has {cfg[field]!r}"
-            )
+            raise ValueError(f"diffusers 0.38.0 supports only {field}={required!r}, the network has {cfg[field]!r}")
     timestep_scale = cfg.get("timestep_scale", _DIFFUSERS_TIMESTEP_SCALE)
     if abs(timestep_scale - _DIFFUSERS_TIMESTEP_SCALE) > 1e-12:
         raise ValueError(
@@ -210,9 +206,7 @@ def _check_supported(cfg: Mapping[str, Any]) -> None:
             f"network only with timestep_scale={_DIFFUSERS_TIMESTEP_SCALE} (t = 1000 * sigma)"
         )
     if cfg["model_channels"] % cfg["num_heads"]:
-        raise ValueError(
-            f"model_channels={cfg['model_channels']} is not divisible by num_heads={cfg['num_heads']}"
-        )
+        raise ValueError(f"model_channels={cfg['model_channels']} is not divisible by num_heads={cfg['num_heads']}")
 
 
 def diffusers_configs(config: Any, *, img_context_num_tokens: int = 256) -> tuple[dict, dict]:
@@ -282,23 +276,21 @@ def diffusers_configs(config: Any, *, img_context_num_tokens: int = 256) -> tupl
 def _network_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Our parameter keys: strips a `net.` prefix and drops the released files' non-parameter entries."""
     keys = list(state_dict)
-    if any(k.startswith("net_ema.") for k in keys):
+    if has_ema(keys):
         raise ValueError(
-            "The state dict holds `net_ema.*` keys; pass the weights of one network (e.g. the EMA weights renamed "
-            "to `net.*`, as in model_ema_fp32.pt)"
+            f"The state dict holds `{EMA_PREFIX}*` keys; pass the weights of one network (e.g. the EMA weights "
+            f"renamed to `{NET_PREFIX}*`, as in model_ema_fp32.pt)"
         )
-    prefixed = [k.startswith("net.") for k in keys]
+    prefixed = [k.startswith(NET_PREFIX) for k in keys]
     if any(prefixed) and not all(prefixed):
-        raise ValueError("The state dict mixes `net.`-prefixed and unprefixed keys")
+        raise ValueError(f"The state dict mixes `{NET_PREFIX}`-prefixed and unprefixed keys")
     out = {}
     for key, value in state_dict.items():
-        key = key.removeprefix("net.")
-        if any(marker in key for marker in _NON_PARAMETER_MARKERS):
+        key = without_network_prefix(key)
+        if is_non_parameter(key):  # the released files' counters, RoPE buffers and `_extra_state`
             continue
         if key.startswith(_MULTIVIEW_MARKERS):
-            raise ValueError(
-                f"Key {key!r} belongs to the multiview network, which diffusers does not support"
-            )
+            raise ValueError(f"Key {key!r} belongs to the multiview network, which diffusers does not support")
         out[key] = value
     return out
 
@@ -319,9 +311,7 @@ def to_diffusers(
     copied: the controlnet's duplicated embedders share storage with the transformer's. Returns
     `(transformer_config, transformer_state_dict, controlnet_config, controlnet_state_dict)`.
     """
-    transformer_config, controlnet_config = diffusers_configs(
-        config, img_context_num_tokens=img_context_num_tokens
-    )
+    transformer_config, controlnet_config = diffusers_configs(config, img_context_num_tokens=img_context_num_tokens)
     params = _network_state_dict(state_dict)
 
     transformer_sd: dict[str, torch.Tensor] = {}
@@ -493,9 +483,7 @@ def save_diffusers(
             if dtype is not None:
                 value = value.to(dtype)
             tensors[key] = value.contiguous()
-        save_file(
-            tensors, os.path.join(folder, "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"}
-        )
+        save_file(tensors, os.path.join(folder, "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
         with open(os.path.join(folder, "config.json"), "w") as f:
             json.dump(_json_config(class_name, model_config), f, indent=2, sort_keys=True)
         paths[subfolder] = folder
@@ -532,9 +520,7 @@ def _control_scale(control_context_scale: Union[float, torch.Tensor, list]) -> U
             return float(control_context_scale)
         if control_context_scale.ndim == 1:
             return [float(s) for s in control_context_scale]
-        raise ValueError(
-            "diffusers only takes scalar (or one per control block) control scales, not spatial maps"
-        )
+        raise ValueError("diffusers only takes scalar (or one per control block) control scales, not spatial maps")
     if isinstance(control_context_scale, (list, tuple)):
         return [float(s) for s in control_context_scale]
     return float(control_context_scale)

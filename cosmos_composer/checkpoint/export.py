@@ -4,12 +4,13 @@ Training writes Distributed Checkpoint (DCP) folders: `<run>/checkpoints/ep{E}-b
 `__{rank}_0.distcp` per rank and a `.metadata` index, plus a `latest-rank0.pt` link to the newest one.
 The model state is stored under `state.model.`: `net.*` (the training weights) and `net_ema.*` (the power
 EMA). This module reads only those entries, on a CPU, without a process group, and writes what the
-official `scripts/convert_distcp_to_pt.py` writes (reference 6.2):
+official `scripts/convert_distcp_to_pt.py` writes:
 
 ==================== ============================================================================
 `model.pt`           the model state as saved: `net.*` and `net_ema.*`
 `model_ema_fp32.pt`  the EMA weights renamed `net_ema.` -> `net.`, in fp32
 `model_ema_bf16.pt`  the same in bf16 (non-float tensors unchanged): the file inference uses
+`network.json`       the network config (`checkpoint/network_config.py`), beside every export
 ==================== ============================================================================
 
 Dtypes. Upstream trains with bf16 parameters and an fp32 EMA, so its `model.pt` holds `net.*` in bf16: the
@@ -21,13 +22,12 @@ as their names say.
 `--format diffusers` (single view only; diffusers has no multiview model) writes `transformer/` and
 `controlnet/` folders that diffusers 0.38.0 loads with `from_pretrained`, from the EMA weights by default.
 
-Nothing but the weights goes into the files, so the network configuration needed to verify them (and to
-write the diffusers configs) comes from `preset` + `overrides` (`--preset`, `--set key=value`), or, when
-those are not given, is inferred: the checkpoint's parameter names and shapes (read from `.metadata`, no
-tensor loaded) must equal exactly those of one preset's network built on the meta device. For the 2B
-presets these are the released files' keys (`models/released_keys.py`), for the tiny presets their own.
-Settings that change no shape (RoPE extrapolation ratios, maximum sizes) cannot be inferred: a run that
-overrode them must pass `--preset` and `--set` as in its YAML (`model.preset`, `model.overrides`).
+The network config (needed to verify the files, to write the diffusers configs and written as the export's
+`network.json`) is the checkpoint's own `network.json`, which training saves into every checkpoint. A
+checkpoint without one (written before it existed) takes `preset` + `overrides` (`--preset`, `--set
+key=value`), or, when those are not given, the preset whose network has exactly the checkpoint's parameter
+names and shapes (read from `.metadata`, no tensor loaded); that inference cannot see the settings that
+change no shape (RoPE extrapolation ratios, `timestep_scale`, maximum sizes). The log says which was used.
 
 Verification reloads every written file (`weights_only=True`), checks that it holds exactly the expected
 tensors (names, dtypes, bits), loads it strictly into a fresh network and compares a forward pass with the
@@ -46,7 +46,6 @@ import shutil
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, NamedTuple, Optional, Union
 
@@ -56,10 +55,30 @@ from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from tqdm import tqdm
 
 from ..data.output import make_partial_dir, reporting_full_disk
-from ..models import PRESETS, NetworkConfig, build_network, get_config
-from ..models.released_keys import RELEASED_VARIANT_OF_PRESET, released_parameter_shapes
+from ..models import NetworkConfig
 from .integrity import CHECKSUMS_FILE, checksum_problem, checksums_path, digests_of, write_checksums
+from .keys import (
+    EMA_PREFIX,
+    EMA_WEIGHTS,
+    NET_PREFIX,
+    check_weights_choice,
+    has_ema,
+    is_non_parameter,
+    prefix_of_weights,
+    strip_wrapper_names,
+    under_prefix,
+)
 from .load import CheckpointLoadError, load_network_weights, read_state_dict
+from .network_config import (
+    NETWORK_FILE,
+    NetworkConfigError,
+    ResolvedNetwork,
+    config_differences,
+    find_network_config,
+    read_network_config,
+    resolve_network,
+    write_network_config,
+)
 from .safe_pickle import UnsafePickleError, read_dcp_metadata, safe_dcp_reader
 
 log = logging.getLogger(__name__)
@@ -84,7 +103,6 @@ __all__ = [
     "ema_state_dict",
     "official_state_dicts",
     "network_weights",
-    "parse_overrides",
     "resolve_network",
     "example_inputs",
     "export",
@@ -101,17 +119,12 @@ MODEL_EMA_BF16 = "model_ema_bf16.pt"
 OFFICIAL_FILES = (MODEL_PT, MODEL_EMA_FP32, MODEL_EMA_BF16)
 DIFFUSERS_FOLDERS = ("transformer", "controlnet")
 
-NET_PREFIX = "net."
-EMA_PREFIX = "net_ema."
-
 # Relative velocity error allowed between diffusers and our network (float rounding only; measured <= 7e-7 in
 # tests/test_network_diffusers_parity.py).
 DIFFUSERS_RELATIVE_TOLERANCE = 1e-5
 
 _MODEL_STATE_PREFIX = "state.model."
 _CHECKPOINT_FOLDER = re.compile(r"^ep(\d+)-ba(\d+)$")
-# Module wrappers whose names can appear in state-dict keys (activation checkpointing, torch.compile).
-_WRAPPER_SEGMENTS = ("_checkpoint_wrapped_module.", "_orig_mod.")
 # Tensors read per `dcp.load` call: bounds the overhead of each call and drives the progress bar.
 _READ_CHUNK_BYTES = 512 * 1024**2
 _WHERE_CHECKPOINTS_ARE = (
@@ -232,12 +245,10 @@ def _model_entries(checkpoint_dir: Path) -> dict[str, tuple[str, TensorStorageMe
     for dcp_key, entry in metadata.state_dict_metadata.items():
         if not dcp_key.startswith(_MODEL_STATE_PREFIX):
             continue  # optimizer, schedulers, timestamp, RNG, ...: never read
-        key = dcp_key[len(_MODEL_STATE_PREFIX) :]
-        for segment in _WRAPPER_SEGMENTS:
-            key = key.replace(segment, "")
+        key = strip_wrapper_names(dcp_key[len(_MODEL_STATE_PREFIX) :])
         if not isinstance(entry, TensorStorageMetadata):
-            if "_extra_state" in key:
-                continue  # TransformerEngine metadata, skipped by every loader (reference 2.1)
+            if is_non_parameter(key):
+                continue  # e.g. TransformerEngine's `_extra_state`, skipped by every loader
             raise ExportError(
                 f"{checkpoint_dir}: the model entry {key!r} is a pickled object, not a tensor; the official "
                 "formats hold tensors only"
@@ -286,9 +297,7 @@ def read_composer_model_state(
     total = sum(_nbytes(entry) for _, entry in entries.values())
     with tqdm(total=total, unit="B", unit_scale=True, desc=f"read {checkpoint_dir.name}", disable=not progress) as bar:
         for chunk in _chunks(list(entries.items()), _READ_CHUNK_BYTES):
-            buffers = {
-                dcp_key: torch.empty(entry.size, dtype=entry.properties.dtype) for _, (dcp_key, entry) in chunk
-            }
+            buffers = {dcp_key: torch.empty(entry.size, dtype=entry.properties.dtype) for _, (dcp_key, entry) in chunk}
             with warnings.catch_warnings():
                 # dcp.load announces single-process loading even when no_dist=True is asked for explicitly.
                 warnings.filterwarnings("ignore", message="torch.distributed is disabled")
@@ -338,16 +347,12 @@ def _cast(tensor: torch.Tensor, dtype: Optional[torch.dtype]) -> torch.Tensor:
 def ema_state_dict(model_state: Mapping[str, torch.Tensor], dtype: Optional[torch.dtype]) -> dict[str, torch.Tensor]:
     """The EMA weights under `net.` (renamed from `net_ema.`), floats cast to `dtype`: model_ema_*.pt."""
     _require_ema(model_state)
-    return {
-        NET_PREFIX + key[len(EMA_PREFIX) :]: _cast(value, dtype)
-        for key, value in model_state.items()
-        if key.startswith(EMA_PREFIX)
-    }
+    return {NET_PREFIX + key: _cast(value, dtype) for key, value in under_prefix(model_state, EMA_PREFIX).items()}
 
 
 def _require_ema(keys: Iterable[str]) -> None:
     keys = list(keys)
-    if not any(key.startswith(EMA_PREFIX) for key in keys):
+    if not has_ema(keys):
         raise ExportError(
             f"The model state has no EMA weights ({EMA_PREFIX}* keys; it has {_prefix_summary(keys)}), and the "
             "official inference files are EMA weights. Train with model.use_ema=true (the default) and the "
@@ -369,12 +374,10 @@ def official_state_dicts(model_state: Mapping[str, torch.Tensor]) -> dict[str, d
     }
 
 
-def network_weights(model_state: Mapping[str, torch.Tensor], weights: str = "ema") -> dict[str, torch.Tensor]:
+def network_weights(model_state: Mapping[str, torch.Tensor], weights: str = EMA_WEIGHTS) -> dict[str, torch.Tensor]:
     """One network's weights without prefix: the EMA (`weights="ema"`) or the training weights ("net")."""
-    if weights not in ("ema", "net"):
-        raise ValueError(f"weights must be 'ema' or 'net', not {weights!r}")
-    prefix = EMA_PREFIX if weights == "ema" else NET_PREFIX
-    out = {key[len(prefix) :]: value for key, value in model_state.items() if key.startswith(prefix)}
+    prefix = prefix_of_weights(model_state, weights)
+    out = under_prefix(model_state, prefix)
     if not out:
         raise ExportError(
             f"The model state has no '{prefix}*' keys (it has {_prefix_summary(model_state)}); "
@@ -384,128 +387,36 @@ def network_weights(model_state: Mapping[str, torch.Tensor], weights: str = "ema
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Which network the weights belong to
+# Which network the weights belong to (checkpoint/network_config.py)
 # ---------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ResolvedNetwork:
-    preset: str
-    overrides: dict[str, Any]
-    config: NetworkConfig
-    inferred: bool  # True: found from the checkpoint's shapes, not given
-
-    def describe(self) -> str:
-        sets = "".join(f" --set {key}={value}" for key, value in self.overrides.items())
-        how = "inferred from the parameter names and shapes" if self.inferred else "as given"
-        return f"--preset {self.preset}{sets} ({how})"
-
-    def build_empty(self) -> torch.nn.Module:
-        """A fresh network whose every value will come from a strict load (built on meta, then allocated)."""
-        with torch.device("meta"):
-            net = build_network(self.preset, **self.overrides)
-        if any(True for _ in net.buffers()):  # buffers must be initialised, not just allocated
-            net = build_network(self.preset, **self.overrides)
-        else:
-            net = net.to_empty(device="cpu")
-        return net.eval()
-
-
-def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """`["num_blocks=6", "rope_h_extrapolation_ratio=2.0", "extra_image_context_dim=null"]` -> typed dict."""
-    overrides = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise ExportError(f"Override {item!r} is not key=value (e.g. --set num_blocks=6)")
-        overrides[key.strip()] = _literal(text.strip())
-    return overrides
-
-
-def _literal(text: str) -> Any:
-    lowered = text.lower()
-    if lowered in ("null", "none", "~"):
-        return None
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
-@lru_cache(maxsize=16)
-def _preset_shapes(preset: str, overrides: tuple[tuple[str, Any], ...] = ()) -> dict[str, tuple[int, ...]]:
-    """`{key: shape}` of the preset's network: the released file's for a 2B preset, else built on meta."""
-    if not overrides and preset in RELEASED_VARIANT_OF_PRESET:
-        return released_parameter_shapes(preset)  # equal to our network's (tests/test_network.py)
-    with torch.device("meta"):
-        net = build_network(preset, **dict(overrides))
-    return {key: tuple(value.shape) for key, value in net.state_dict().items()}
-
-
-def _shape_differences(found: Mapping[str, tuple], expected: Mapping[str, tuple], limit: int = 6) -> str:
-    missing = sorted(set(expected) - set(found))
-    unexpected = sorted(set(found) - set(expected))
-    mismatched = [k for k in expected if k in found and tuple(found[k]) != tuple(expected[k])]
-    lines = []
-    if missing:
-        lines.append(f"{len(missing)} parameters missing from the checkpoint: {', '.join(missing[:limit])}")
-    if unexpected:
-        lines.append(f"{len(unexpected)} checkpoint keys not in the network: {', '.join(unexpected[:limit])}")
-    for key in mismatched[:limit]:
-        lines.append(f"{key}: checkpoint {list(found[key])} vs network {list(expected[key])}")
-    return "\n  ".join(lines)
-
-
-def resolve_network(
-    shapes: Mapping[str, Sequence[int]],
-    preset: Optional[str] = None,
-    overrides: Optional[Mapping[str, Any]] = None,
-) -> ResolvedNetwork:
-    """The network config that `shapes` (`{key without net.: shape}`) belongs to.
-
-    With `preset` (and `overrides`, official config names): that config, checked against the shapes. Without:
-    the preset whose network has exactly these keys and shapes; an ExportError asks for `--preset` when none
-    or several match.
-    """
-    shapes = {key: tuple(shape) for key, shape in shapes.items()}
-    overrides = dict(overrides or {})
-    if preset is None:
-        if overrides:
-            raise ExportError("Network overrides (--set) need the preset they apply to: add --preset")
-        matches = [name for name in PRESETS if _preset_shapes(name) == shapes]
-        if len(matches) != 1:
-            found = "no preset" if not matches else f"several presets ({', '.join(matches)})"
-            raise ExportError(
-                f"The checkpoint's parameter names and shapes match {found}. Pass the run's network config: "
-                f"--preset <model.preset> and --set key=value for each of model.overrides (presets: {sorted(PRESETS)})"
-            )
-        return ResolvedNetwork(matches[0], {}, get_config(matches[0]), inferred=True)
-
-    try:
-        config = get_config(preset, **overrides)
-        expected = _preset_shapes(preset, tuple(sorted(overrides.items())))
-    except (ValueError, TypeError) as error:
-        raise ExportError(f"Invalid network config: {error}") from None
-    if expected != shapes:
-        raise ExportError(
-            f"The checkpoint does not hold a {preset} network{' with ' + str(overrides) if overrides else ''}:\n  "
-            f"{_shape_differences(shapes, expected)}\nPass the run's model.preset and model.overrides as --preset "
-            "and --set, or leave both out to infer the preset."
-        )
-    return ResolvedNetwork(preset, overrides, config, inferred=False)
 
 
 def _network_shapes(metadata: Mapping[str, TensorInfo]) -> dict[str, tuple[int, ...]]:
     """`{key: shape}` of one network in the model state (`net.*`, or `net_ema.*` when there is no `net.*`)."""
     for prefix in (NET_PREFIX, EMA_PREFIX):
-        shapes = {key[len(prefix) :]: info.shape for key, info in metadata.items() if key.startswith(prefix)}
+        shapes = {key: info.shape for key, info in under_prefix(metadata, prefix).items() if not is_non_parameter(key)}
         if shapes:
             return shapes
     raise ExportError(f"The model state holds no network ({_prefix_summary(metadata)})")
+
+
+def checkpoint_network(
+    checkpoint_dir: Path,
+    metadata: Mapping[str, TensorInfo],
+    preset: Optional[str] = None,
+    overrides: Optional[Mapping[str, Any]] = None,
+) -> ResolvedNetwork:
+    """The network of a checkpoint: its network.json, else `preset` + `overrides`, else inferred from the shapes
+    (the log says which)."""
+    try:
+        network = resolve_network(_network_shapes(metadata), preset, overrides, find_network_config(checkpoint_dir))
+    except NetworkConfigError as error:
+        raise ExportError(f"{checkpoint_dir}: {error}") from None
+    if network.inferred:
+        log.warning("network: %s", network.describe())
+    else:
+        log.info("network: %s", network.describe())
+    return network
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -609,7 +520,8 @@ def _compare_tensors(
             break
     if problems:
         raise VerificationError(
-            f"{source} does not hold the checkpoint's weights:\n  " + "\n  ".join(problems)
+            f"{source} does not hold the checkpoint's weights:\n  "
+            + "\n  ".join(problems)
             + "\nRe-run the export (the file may have been modified or truncated)."
         )
 
@@ -638,23 +550,35 @@ class _ForwardCheck:
             self._reference_outputs[tag] = self.output(weights, f"checkpoint weights ({tag})")
         return self._reference_outputs[tag]
 
-    def check(self, tag: str, expected: Mapping[str, torch.Tensor], file_weights: Mapping[str, torch.Tensor],
-              source: str) -> None:
+    def check(
+        self, tag: str, expected: Mapping[str, torch.Tensor], file_weights: Mapping[str, torch.Tensor], source: str
+    ) -> None:
         reference = self.reference(tag, expected)
         output = self.output(file_weights, source)
         loaded = self.net.state_dict()
         _compare_tensors(loaded, {k: v.to(loaded[k].dtype) for k, v in expected.items()}, f"{source} (loaded)")
         if not torch.equal(output, reference):
             max_diff = (output - reference).abs().max().item()
-            raise VerificationError(f"{source}: the forward pass differs from the checkpoint's (max |diff| {max_diff:.3g})")
+            raise VerificationError(
+                f"{source}: the forward pass differs from the checkpoint's (max |diff| {max_diff:.3g})"
+            )
 
 
-def _strip(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
+def _verify_network_file(out_dir: Path, network: ResolvedNetwork) -> None:
+    """The export's network.json records the checkpoint's network."""
+    try:
+        recorded = read_network_config(out_dir / NETWORK_FILE)
+    except NetworkConfigError as error:
+        raise VerificationError(f"{error}. Re-run the export") from None
+    differences = config_differences(recorded.config, network.config, str(recorded.path), "the checkpoint")
+    if differences:
+        raise VerificationError(f"{recorded.path} records another network: " + "; ".join(differences))
 
 
 def _verify_official(
-    out_dir: Path, expected_files: Mapping[str, Mapping[str, torch.Tensor]], network: ResolvedNetwork,
+    out_dir: Path,
+    expected_files: Mapping[str, Mapping[str, torch.Tensor]],
+    network: ResolvedNetwork,
     progress: bool,
 ) -> None:
     forward = _ForwardCheck(network)
@@ -668,10 +592,10 @@ def _verify_official(
         _compare_tensors(found, expected, str(path))
         # The weights a loader takes from each file: model.pt carries two networks.
         halves = [(NET_PREFIX, "net" if name == MODEL_PT else f"ema-{name}")]
-        if name == MODEL_PT and any(key.startswith(EMA_PREFIX) for key in found):
+        if name == MODEL_PT and has_ema(found):
             halves.append((EMA_PREFIX, f"ema-{MODEL_EMA_FP32}"))
         for prefix, tag in halves:
-            forward.check(tag, _strip(expected, prefix), _strip(found, prefix), f"{path} ({prefix}*)")
+            forward.check(tag, under_prefix(expected, prefix), under_prefix(found, prefix), f"{path} ({prefix}*)")
     log.info("verified %s", ", ".join(expected_files))
 
 
@@ -729,7 +653,7 @@ class ExportResult:
     checkpoint: Path
     out_dir: Path
     written: list[Path]
-    network: Optional[ResolvedNetwork]
+    network: ResolvedNetwork
     verified: bool = False
     diffusers_relative_error: Optional[float] = None
 
@@ -755,29 +679,28 @@ def _plan(
     preset: Optional[str],
     overrides: Optional[Mapping[str, Any]],
     weights: str,
-    needs_network: bool,
-) -> tuple[Path, tuple[str, ...], Optional[ResolvedNetwork], tuple[str, ...]]:
+) -> tuple[Path, tuple[str, ...], ResolvedNetwork, tuple[str, ...]]:
     """Everything that can fail before a tensor is read: checkpoint, formats, network config, EMA presence."""
     formats = _formats(formats)
-    if weights not in ("ema", "net"):
-        raise ExportError(f"weights must be 'ema' or 'net', not {weights!r}")
+    try:
+        check_weights_choice(weights)
+    except ValueError as error:
+        raise ExportError(str(error)) from None
     checkpoint_dir = find_checkpoint(checkpoint, verify=True)
     metadata = model_state_metadata(checkpoint_dir)
 
-    network = None
-    if needs_network or DIFFUSERS in formats or preset is not None or overrides:
-        network = resolve_network(_network_shapes(metadata), preset, overrides)
-        if DIFFUSERS in formats and network.config.is_multiview:
-            raise ExportError(
-                f"{checkpoint_dir} holds a multiview network ({network.preset}), and diffusers has no multiview "
-                "Cosmos-Transfer2.5 model. Export the official formats (--format official) and run them with "
-                "the official inference or scripts/generate.py."
-            )
+    network = checkpoint_network(checkpoint_dir, metadata, preset, overrides)
+    if DIFFUSERS in formats and network.config.is_multiview:
+        raise ExportError(
+            f"{checkpoint_dir} holds a multiview network ({network.preset}), and diffusers has no multiview "
+            "Cosmos-Transfer2.5 model. Export the official formats (--format official) and run them with "
+            "the official inference or scripts/generate.py."
+        )
 
-    if OFFICIAL in formats or weights == "ema":
+    if OFFICIAL in formats or weights == EMA_WEIGHTS:
         _require_ema(metadata)
     # Read what the formats need: both networks for model.pt, one for diffusers alone.
-    prefixes = (NET_PREFIX, EMA_PREFIX) if OFFICIAL in formats else (EMA_PREFIX if weights == "ema" else NET_PREFIX,)
+    prefixes = (NET_PREFIX, EMA_PREFIX) if OFFICIAL in formats else (prefix_of_weights(metadata, weights),)
     return checkpoint_dir, formats, network, prefixes
 
 
@@ -788,7 +711,7 @@ def export(
     *,
     preset: Optional[str] = None,
     overrides: Optional[Mapping[str, Any]] = None,
-    weights: str = "ema",
+    weights: str = EMA_WEIGHTS,
     diffusers_dtype: Optional[torch.dtype] = None,
     verify: bool = False,
     progress: bool = True,
@@ -798,12 +721,10 @@ def export(
     formats: "official" (model.pt, model_ema_fp32.pt, model_ema_bf16.pt), "diffusers" (transformer/ and
     controlnet/, single view), or "all". weights: the network the diffusers folders get, "ema" or "net".
     diffusers_dtype: cast the diffusers weights (default: as saved, fp32). preset / overrides: the network
-    config, needed by `verify` and the diffusers format; inferred from the checkpoint's shapes when omitted.
-    Files are written to a temporary name and renamed, and existing ones are replaced.
+    config of a checkpoint without network.json (inferred from its shapes when omitted); with one, they must
+    describe the same network. The files, with network.json, are published as one set (`_export_set`).
     """
-    checkpoint_dir, formats, network, prefixes = _plan(checkpoint, formats, preset, overrides, weights, verify)
-    if network is not None:
-        log.info("network: %s", network.describe())
+    checkpoint_dir, formats, network, prefixes = _plan(checkpoint, formats, preset, overrides, weights)
     model_state = read_composer_model_state(checkpoint_dir, prefixes, progress=progress)
     out_dir = Path(out_dir)
     result = ExportResult(checkpoint_dir, out_dir, [], network)
@@ -811,6 +732,8 @@ def export(
     official_files = official_state_dicts(model_state) if OFFICIAL in formats else {}
     steps = [*official_files, *(["diffusers"] if DIFFUSERS in formats else [])]
     with _export_set(out_dir, checkpoint_dir) as staging, reporting_full_disk(out_dir, "choose another OUT_DIR"):
+        write_network_config(staging / NETWORK_FILE, network.preset, network.config)
+        result.written.append(out_dir / NETWORK_FILE)
         with tqdm(steps, desc="write", unit="file", disable=not progress) as bar:
             for step in bar:
                 bar.set_postfix_str(step)
@@ -820,10 +743,13 @@ def export(
                 else:
                     from .diffusers_format import save_diffusers
 
-                    save_diffusers(staging, network_weights(model_state, weights), network.config, dtype=diffusers_dtype)
+                    save_diffusers(
+                        staging, network_weights(model_state, weights), network.config, dtype=diffusers_dtype
+                    )
                     result.written += [out_dir / name for name in DIFFUSERS_FOLDERS]
 
     if verify:
+        _verify_network_file(out_dir, network)
         if official_files:
             _verify_official(out_dir, official_files, network, progress)
         if DIFFUSERS in formats:
@@ -841,7 +767,7 @@ def verify_export(
     *,
     preset: Optional[str] = None,
     overrides: Optional[Mapping[str, Any]] = None,
-    weights: str = "ema",
+    weights: str = EMA_WEIGHTS,
     diffusers_dtype: Optional[torch.dtype] = None,
     progress: bool = True,
 ) -> ExportResult:
@@ -849,10 +775,11 @@ def verify_export(
 
     Raises VerificationError naming the file and the first differing keys; see the module docstring.
     """
-    checkpoint_dir, formats, network, prefixes = _plan(checkpoint, formats, preset, overrides, weights, True)
+    checkpoint_dir, formats, network, prefixes = _plan(checkpoint, formats, preset, overrides, weights)
     model_state = read_composer_model_state(checkpoint_dir, prefixes, progress=progress)
     out_dir = Path(out_dir)
     result = ExportResult(checkpoint_dir, out_dir, [], network, verified=True)
+    _verify_network_file(out_dir, network)
     if OFFICIAL in formats:
         _verify_official(out_dir, official_state_dicts(model_state), network, progress)
     if DIFFUSERS in formats:

@@ -32,7 +32,11 @@ class ChecksumMismatch(RuntimeError):
 def checksums_path(checkpoint: Union[str, os.PathLike]) -> Path:
     """Where the checksums of `checkpoint` (a folder or a single file) are kept."""
     checkpoint = Path(checkpoint)
-    return checkpoint / CHECKSUMS_FILE if checkpoint.is_dir() else checkpoint.with_name(checkpoint.name + ".checksums.json")
+    return (
+        checkpoint / CHECKSUMS_FILE
+        if checkpoint.is_dir()
+        else checkpoint.with_name(checkpoint.name + ".checksums.json")
+    )
 
 
 def file_digest(path: Union[str, os.PathLike]) -> dict:
@@ -74,8 +78,9 @@ def verify_checksums(checkpoint: Union[str, os.PathLike], only: Optional[Iterabl
     if not names:
         return False
     total = sum(listed[name]["bytes"] for name in names)
-    with tqdm(total=total, unit="B", unit_scale=True, desc=f"verify {checkpoint.name}",
-              disable=total < _PROGRESS_FROM_BYTES) as bar:
+    with tqdm(
+        total=total, unit="B", unit_scale=True, desc=f"verify {checkpoint.name}", disable=total < _PROGRESS_FROM_BYTES
+    ) as bar:
         for name in names:
             expected, path = listed[name], folder / name
             if not path.is_file():

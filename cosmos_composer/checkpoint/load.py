@@ -1,15 +1,15 @@
 """Load consolidated `.pt` checkpoints in the official formats into our network, strictly.
 
-Formats (reference 2.1, 6.2):
+Formats (the official `scripts/convert_distcp_to_pt.py` writes them):
 - EMA-only files (`*_ema_bf16.pt` of the release, `model_ema_fp32.pt`, `model_ema_bf16.pt`): every key
   under `net.` (the EMA weights renamed), in bf16 or fp32.
 - `model.pt`: `net.*` (training weights) and `net_ema.*`. Training starts from `net.*`, as upstream
-  (reference 6.3): `net_ema.*` is ignored (and reported), because the EMA restarts from the loaded net.
+  (`create_model_from_consolidated_checkpoint_with_fsdp` in `_src/predict2/utils/model_loader.py`): `net_ema.*`
+  is ignored (and reported), because the EMA restarts from the loaded net.
 
 Rules:
 - Strict by default. The known non-parameter entries of the released files are skipped unless the
-  network has them: keys containing `_extra_state`, `accum_*` counters, the RoPE buffers under
-  `pos_embedder.` / `pos_embedder_options.n_cameras_N.` (see `spec/released_checkpoint_keys.json`).
+  network has them (`keys.is_non_parameter`: `_extra_state`, `accum_*`, the RoPE buffers).
   Every other key must be a tensor of the network with the same shape; a key missing from the file, a
   key the network lacks (`unexpected`), or a shape mismatch raises `CheckpointLoadError` with the full
   report (each shape mismatch names the key, the file's shape and the network's shape).
@@ -20,6 +20,9 @@ Rules:
 - A tensor with NaN or Inf values is refused, by key (each FSDP2 rank checks its own rows; the ranks agree).
 - Nothing is copied unless the whole check passes, so a refused file leaves the network untouched.
 - Values are cast to the network's dtype (a bf16 file into fp32 parameters is exact).
+- A file with a `network.json` (an export's, `checkpoint/network_config.py`) must have been saved from the
+  network it is loaded into: a differing field (say `rope_t_extrapolation_ratio`, which no shape shows) is an
+  error naming it, a warning with `strict=False`.
 
 Reading: `torch.load(weights_only=True, mmap=True)`. `weights_only` never runs pickled code: a file
 holding any pickled object other than tensors and plain containers is refused, naming the file and
@@ -50,14 +53,11 @@ from torch.distributed.tensor import DTensor
 from ..models.parallelize import copy_full_into_, local_slice
 from .hf import resolve
 from .integrity import ChecksumMismatch, verify_checksums
+from .keys import NET_PREFIX, NETWORK_PREFIXES, is_non_parameter, under_prefix
+from .network_config import NetworkConfigError, check_matches_recorded
 from .safe_pickle import METADATA_FILE, UnsafePickleError, load_weights_only
 
 log = logging.getLogger(__name__)
-
-# Entries the released files may hold that are not parameters of the network (released_checkpoint_keys.json).
-NON_PARAMETER_MARKERS = ("_extra_state",)
-NON_PARAMETER_PREFIXES = ("accum_", "pos_embedder.", "pos_embedder_options.")
-NETWORK_PREFIXES = ("net.", "net_ema.")
 
 
 class CheckpointLoadError(RuntimeError):
@@ -102,11 +102,14 @@ class LoadReport:
                 "'net.*' and the EMA restarts from it"
             )
         if self.missing:
-            lines.append(f"  {len(self.missing)} network keys missing from the file (left at their initial values): "
-                         + _listing(self.missing, limit))
+            lines.append(
+                f"  {len(self.missing)} network keys missing from the file (left at their initial values): "
+                + _listing(self.missing, limit)
+            )
         if self.unexpected:
-            lines.append(f"  {len(self.unexpected)} file keys not in the network (dropped): "
-                         + _listing(self.unexpected, limit))
+            lines.append(
+                f"  {len(self.unexpected)} file keys not in the network (dropped): " + _listing(self.unexpected, limit)
+            )
         mismatches = list(self.shape_mismatches.items())
         shown = mismatches if limit is None else mismatches[:limit]
         for key, (in_file, in_net) in shown:
@@ -120,19 +123,6 @@ def _listing(keys: list[str], limit: Optional[int]) -> str:
     if limit is None or len(keys) <= limit:
         return ", ".join(keys)
     return ", ".join(keys[:limit]) + f", ... (+{len(keys) - limit} more)"
-
-
-def is_non_parameter(key: str) -> bool:
-    """A known non-parameter entry of the released files; `key` without the `net.` prefix."""
-    return any(m in key for m in NON_PARAMETER_MARKERS) or key.startswith(NON_PARAMETER_PREFIXES)
-
-
-def _is_non_parameter_entry(full_key: str) -> bool:
-    """`is_non_parameter` for a key of the file (with its `net.` / `net_ema.` prefix)."""
-    for prefix in NETWORK_PREFIXES:
-        if full_key.startswith(prefix):
-            return is_non_parameter(full_key[len(prefix) :])
-    return is_non_parameter(full_key)
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -173,7 +163,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             f"{path} holds a {type(state).__name__}, not a dict of tensors (an official consolidated .pt file)"
         )
     for key, value in state.items():
-        if isinstance(key, str) and _is_non_parameter_entry(key) and not isinstance(value, (dict, list, tuple)):
+        if isinstance(key, str) and is_non_parameter(key) and not isinstance(value, (dict, list, tuple)):
             continue  # e.g. an `_extra_state` saved as None or bytes: skipped at load anyway
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
             raise CheckpointLoadError(
@@ -206,28 +196,23 @@ def is_composer_checkpoint(path: str | os.PathLike) -> bool:
     except UnsafePickleError as error:
         raise CheckpointLoadError(str(error)) from None
     except Exception as error:  # noqa: BLE001 - torch raises many types on garbage
-        raise CheckpointLoadError(f"{path} is not a readable torch checkpoint ({type(error).__name__}: {error})") from None
+        raise CheckpointLoadError(
+            f"{path} is not a readable torch checkpoint ({type(error).__name__}: {error})"
+        ) from None
     return isinstance(top, dict) and set(top) >= {"state", "rng"}
 
 
 def split_consolidated(
-    state: dict[str, torch.Tensor], source: str, prefix: str = "net."
+    state: dict[str, torch.Tensor], source: str, prefix: str = NET_PREFIX
 ) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
     """(the `prefix` entries with the prefix removed, the other network's keys, keys of neither network).
 
     `prefix="net."` (training) takes `net.*` and ignores the `net_ema.*` of a model.pt; `prefix="net_ema."`
     takes the EMA of a model.pt (for generation).
     """
-    weights: dict[str, torch.Tensor] = {}
-    ignored: list[str] = []
-    foreign: list[str] = []
-    for key, value in state.items():
-        if key.startswith(prefix):
-            weights[key[len(prefix) :]] = value
-        elif key.startswith(NETWORK_PREFIXES):
-            ignored.append(key)
-        else:
-            foreign.append(key)
+    weights = under_prefix(state, prefix)
+    ignored = [key for key in state if key.startswith(NETWORK_PREFIXES) and not key.startswith(prefix)]
+    foreign = [key for key in state if not key.startswith(NETWORK_PREFIXES)]
     if not weights:
         has = sorted({k.split(".", 1)[0] + "." for k in state if "." in k})
         raise CheckpointLoadError(
@@ -338,21 +323,32 @@ def load_consolidated_into_network(
     path_or_uri: str | os.PathLike,
     strict: bool = True,
     allow_shape_mismatch: bool = False,
-    prefix: str = "net.",
+    prefix: str = NET_PREFIX,
     announce: bool = True,
     source: Optional[str] = None,
 ) -> LoadReport:
     """Load an official consolidated checkpoint (a path or hf:// URI) into a bare or FSDP2-sharded network.
 
     `source` names the file in the report (default: `path_or_uri`), e.g. the URI a resolved path came from.
+    A `network.json` beside the file must describe `net` (see the module docstring).
     """
     source = source or str(path_or_uri)
     path = resolve(path_or_uri)
+    if hasattr(net, "config"):  # our network (tests also load into plain modules)
+        try:
+            check_matches_recorded(net.config, path, strict=strict)
+        except NetworkConfigError as error:
+            raise CheckpointLoadError(str(error)) from None
     state = read_state_dict(path)
     weights, ignored, foreign = split_consolidated(state, source, prefix)
     report = load_network_weights(
-        net, weights, source, strict=strict, allow_shape_mismatch=allow_shape_mismatch,
-        unexpected=foreign, ignored=ignored,
+        net,
+        weights,
+        source,
+        strict=strict,
+        allow_shape_mismatch=allow_shape_mismatch,
+        unexpected=foreign,
+        ignored=ignored,
     )
     del state, weights  # unmaps the file
     if announce:
@@ -365,7 +361,7 @@ def load_consolidated_into_model(
 ) -> LoadReport:
     """Load an official consolidated checkpoint (or hf:// URI) into `model.net`; restart the EMA from it.
 
-    As upstream (reference 6.3), `model.net_ema` becomes an exact copy of the loaded `model.net`,
+    As upstream (`model_loader.py`, see the module docstring), `model.net_ema` becomes an exact copy of the loaded `model.net`,
     whatever the file's `net_ema.*` holds.
     """
     report = load_consolidated_into_network(

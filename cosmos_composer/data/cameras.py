@@ -48,7 +48,4 @@ def view_captions(caption: str, cameras: tuple[str, ...] | list[str] = DEFAULT_C
     ``CAPTION_CAMERA`` and the empty string for every other camera, so the other views read
     ``"<prefix> "`` (with the trailing space, exactly as upstream).
     """
-    return [
-        f"{DEFAULT_CAPTION_PREFIXES[camera]} {caption if camera == CAPTION_CAMERA else ''}"
-        for camera in cameras
-    ]
+    return [f"{DEFAULT_CAPTION_PREFIXES[camera]} {caption if camera == CAPTION_CAMERA else ''}" for camera in cameras]

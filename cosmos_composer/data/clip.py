@@ -68,9 +68,7 @@ def load_clip(
     """
     views, controls, sizes = [], [], []
     for camera in row_cameras(row):
-        view_3_F_H_W, original_hw = decode_view(
-            row[mds.video_column(camera)], start, num_frames, height, width
-        )
+        view_3_F_H_W, original_hw = decode_view(row[mds.video_column(camera)], start, num_frames, height, width)
         views.append(view_3_F_H_W)
         sizes.append(original_hw)
         if control_key is not None and control_key not in ON_THE_FLY_CONTROLS:

@@ -1,38 +1,37 @@
-"""Edge and blur controls computed from the video while loading, as the official augmentors do.
+"""Edge and blur controls computed from the video while loading, with upstream's OpenCV calls.
 
-Upstream (``cosmos_transfer2/_src/transfer2/datasets/augmentors/control_input.py`` and ``blur.py``)
-uses OpenCV. OpenCV is not a dependency here, so the same operations are written with torch:
+Upstream: ``cosmos_transfer2/_src/transfer2/datasets/augmentors/control_input.py`` (``AddControlInputEdge``,
+``AddControlInputBlur``) and ``blur.py`` (``Blur``, ``BilateralFilter``, ``GaussianBlur``). Both take the
+resized uint8 RGB video ``[3, T, H, W]`` (in multiview the views one after another in T) and work frame by
+frame on ``H x W x 3`` arrays:
 
-* **edge** (``AddControlInputEdge``): ``cv2.Canny`` on each RGB frame of the resized video, with random
-  thresholds in training (``t_lower`` in [20, 100), ``t_upper = t_lower + [50, 150)``) and the
-  "medium" preset (100, 200) otherwise. :func:`canny` follows OpenCV's algorithm: 3x3 Sobel with
-  replicated borders, per pixel the colour channel with the largest L1 gradient, non-maximum
-  suppression with OpenCV's fixed-point 22.5 / 67.5 degree sectors and its tie rules, and hysteresis
-  over 8-connected pixels. The output is 0 / 255, copied to 3 channels.
-* **vis** (blur, ``AddControlInputBlur``): downsize by a random factor in {1, 2, 3, 4} (area), blur with a
-  bilateral filter (p = 0.3), a Gaussian blur (p = 0.5) or both (p = 0.2) with upstream's random
-  parameter ranges, resize back (bilinear), then a bicubic antialiased down-and-up resize by a random
-  factor in [4, 17]. Without randomness: factor 2, bilateral (d 30, sigma colour 150, sigma space 100),
-  factor 10.
+* **edge**: ``cv2.Canny(frame, t_lower, t_upper)`` on the RGB frame itself (no grey conversion; OpenCV
+  takes the colour channel with the largest gradient), default aperture 3 and L1 gradient. Training draws
+  ``t_lower`` in [20, 100) and ``t_upper = t_lower + [50, 150)``; otherwise a named preset. The 0 / 255
+  map is copied to 3 channels.
+* **vis** (blur): ``cv2.resize`` down by a factor (``INTER_AREA``), a bilateral filter, a Gaussian blur or
+  both, ``cv2.resize`` back (``INTER_LINEAR``), then torchvision's bicubic antialiased resize down by a
+  second factor and up again. Without randomness upstream's "medium" preset: factor 2, bilateral
+  (d 30, sigma colour 150, sigma space 100), factor 10.
 
-Deviations from upstream, all small: the Gaussian and bilateral filters compute in float32 and round
-once (OpenCV uses fixed-point arithmetic for uint8), the area resize is ``adaptive_avg_pool2d`` (equal
-to ``INTER_AREA`` for whole-number factors), and the bilateral filter visits at most 9 x 9 offsets of
-its disc (a strided subset when the radius is larger than 4) instead of every offset, which keeps it
-usable on the CPU; its result is blurred again by the down-and-up resize anyway.
-Random draws come from the ``numpy.random.Generator`` passed in, so a sample's control is reproducible.
+Upstream draws from the global ``numpy.random`` and ``random``; here every draw comes from the
+``numpy.random.Generator`` passed in, over the same ranges, so a sample's control is reproducible.
 """
 
 from __future__ import annotations
 
-import math
+import os
+from typing import Callable
 
+import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torchvision.transforms.v2 import InterpolationMode
-from torchvision.transforms.v2 import functional as TF
+import torchvision.transforms.functional as transforms_F
+from torch.utils.data import get_worker_info
 
+# Every *_RANGE below is [low, high), as numpy's integers and uniform draw it.
+
+# control_input.py AddControlInputEdge: preset_strength -> (t_lower, t_upper); "none" is very_low there.
 EDGE_PRESETS = {
     "very_low": (20, 50),
     "low": (50, 100),
@@ -40,182 +39,138 @@ EDGE_PRESETS = {
     "high": (200, 300),
     "very_high": (300, 400),
 }
+# control_input.py AddControlInputEdge with use_random: np.random.randint(20, 100) and randint(50, 150).
+EDGE_T_LOWER_RANGE = (20, 100)
+EDGE_T_DIFF_RANGE = (50, 150)
 
-# OpenCV canny.cpp: tan(22.5 deg) in 15-bit fixed point.
-_CANNY_SHIFT = 15
-_TG22 = int(0.4142135623730950488016887242097 * (1 << _CANNY_SHIFT) + 0.5)
+# control_input.py AddControlInputBlur: blur_downsize_factor = range(1, 5); its "medium" preset uses 2.
+BLUR_DOWNSIZE_FACTORS = (1, 2, 3, 4)
+BLUR_PRESET_DOWNSIZE = 2
+# blur.py random_blur_config (training): the filters applied, in order, and the chance of each choice.
+BLUR_COMBINATIONS = (("bilateral",), ("gaussian",), ("bilateral", "gaussian"))
+BLUR_COMBINATION_PROBABILITIES = (0.3, 0.5, 0.2)
+# blur.py BilateralFilterConfig: the fixed (d, sigma_color, sigma_space) and the randint ranges of each.
+# Its iteration count is randint(1, 2), always 1.
+BILATERAL_PRESET = (30, 150, 100)
+BILATERAL_D_RANGE = (15, 50)
+BILATERAL_SIGMA_COLOR_RANGE = (100, 300)
+BILATERAL_SIGMA_SPACE_RANGE = (50, 150)
+# blur.py GaussianBlurConfig: ksize = randint(21, 29 + 1), made odd; sigmaX = uniform(10.5, 14.5).
+GAUSSIAN_KSIZE_RANGE = (21, 30)
+GAUSSIAN_SIGMA_RANGE = (10.5, 14.5)
+# control_input.py AddControlInputBlur: the down-and-up factor is random.randint(4, 16 + 1), which includes
+# both ends: 4..17; the "medium" preset is (4 + 16) // 2.
+DOWNUP_FACTOR_RANGE = (4, 18)
+DOWNUP_PRESET_FACTOR = 10
 
-_SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
 
-# Bilateral filter: offsets visited per side of the disc at most (see the module docstring).
-_BILATERAL_MAX_SIDE = 9
+# OpenCV runs on one thread inside DataLoader workers. Each worker is a process of its own and torch
+# sets itself to one thread there (torch/utils/data/_utils/worker.py); OpenCV's pool would otherwise
+# start one thread per core in every worker. The main process (num_workers=0) keeps OpenCV's default.
+#
+# OpenCV's pool does not survive a fork: a forked child that changes the thread count after its parent
+# ran OpenCV in parallel can hang for ever in pthread_cond_destroy (seen with 5.0.0.93). So the parent
+# drops to one thread around every fork and restores its count after; a forked worker starts with one
+# thread and no pool. A spawned worker (a fresh interpreter) sets one thread itself, which is safe there.
+_threads_before_fork: list[int] = []
 
 
-def canny(frames_T_C_H_W: torch.Tensor, t_lower: float, t_upper: float) -> torch.Tensor:
-    """OpenCV-style Canny (L1 gradient, aperture 3) of uint8 frames; returns uint8 ``[T, H, W]`` in {0, 255}."""
-    if t_lower > t_upper:
-        t_lower, t_upper = t_upper, t_lower
-    T, C, H, W = frames_T_C_H_W.shape
-    x_TC_1_H_W = F.pad(frames_T_C_H_W.float().reshape(T * C, 1, H, W), (1, 1, 1, 1), mode="replicate")
-    kernels_2_1_3_3 = torch.stack([_SOBEL_X, _SOBEL_X.T])[:, None]
-    grad_TC_2_H_W = F.conv2d(x_TC_1_H_W, kernels_2_1_3_3)
-    grad_T_C_2_H_W = grad_TC_2_H_W.reshape(T, C, 2, H, W).round().to(torch.int64)
-    dx_T_C_H_W, dy_T_C_H_W = grad_T_C_2_H_W[:, :, 0], grad_T_C_2_H_W[:, :, 1]
-    mag_T_C_H_W = dx_T_C_H_W.abs() + dy_T_C_H_W.abs()
-    # Per pixel, the channel with the largest magnitude (the first one on ties, as OpenCV).
-    best_T_1_H_W = mag_T_C_H_W.argmax(dim=1, keepdim=True)
-    mag = mag_T_C_H_W.gather(1, best_T_1_H_W)[:, 0]
-    dx = dx_T_C_H_W.gather(1, best_T_1_H_W)[:, 0]
-    dy = dy_T_C_H_W.gather(1, best_T_1_H_W)[:, 0]
+def _one_opencv_thread_for_the_fork() -> None:
+    _threads_before_fork.append(cv2.getNumThreads())
+    cv2.setNumThreads(1)
 
-    # Non-maximum suppression; magnitudes outside the image count as 0.
-    padded = F.pad(mag, (1, 1, 1, 1))
-    left, right = padded[:, 1:-1, :-2], padded[:, 1:-1, 2:]
-    up, down = padded[:, :-2, 1:-1], padded[:, 2:, 1:-1]
-    up_left, up_right = padded[:, :-2, :-2], padded[:, :-2, 2:]
-    down_left, down_right = padded[:, 2:, :-2], padded[:, 2:, 2:]
-    ax = dx.abs()
-    ay_shifted = dy.abs() << _CANNY_SHIFT
-    tg22x = ax * _TG22
-    tg67x = tg22x + (ax << (_CANNY_SHIFT + 1))
-    horizontal = ay_shifted < tg22x
-    vertical = ay_shifted > tg67x
-    diagonal = ~horizontal & ~vertical
-    same_sign = (dx < 0) == (dy < 0)
-    local_max = (
-        (horizontal & (mag > left) & (mag >= right))
-        | (vertical & (mag > up) & (mag >= down))
-        | (diagonal & same_sign & (mag > up_left) & (mag > down_right))
-        | (diagonal & ~same_sign & (mag > up_right) & (mag > down_left))
-    )
-    candidate = local_max & (mag > math.floor(t_lower))
-    strong = candidate & (mag > math.floor(t_upper))
 
-    # Hysteresis: grow the strong pixels through 8-connected candidates until nothing changes.
-    candidate_f = candidate.float()[:, None]
-    edges_T_1_H_W = strong.float()[:, None]
-    while True:
-        grown = F.max_pool2d(edges_T_1_H_W, kernel_size=3, stride=1, padding=1) * candidate_f
-        if torch.equal(grown, edges_T_1_H_W):
-            break
-        edges_T_1_H_W = grown
-    return (edges_T_1_H_W[:, 0] * 255).to(torch.uint8)
+def _restore_opencv_threads_after_the_fork() -> None:
+    cv2.setNumThreads(_threads_before_fork.pop())
+
+
+os.register_at_fork(
+    before=_one_opencv_thread_for_the_fork,
+    after_in_parent=_restore_opencv_threads_after_the_fork,
+    after_in_child=_threads_before_fork.clear,
+)
+
+
+def _single_threaded_in_dataloader_workers() -> None:
+    """One OpenCV thread in a DataLoader worker; a no-op in a forked one, which starts with one."""
+    if get_worker_info() is not None and cv2.getNumThreads() != 1:
+        cv2.setNumThreads(1)
+
+
+def _per_frame(function: Callable[[np.ndarray], np.ndarray], frames_3_T_H_W: np.ndarray) -> np.ndarray:
+    """``function`` on each ``H x W x 3`` frame, stacked back to ``[3, T, h, w]``, as upstream loops."""
+    return np.stack([function(frame) for frame in frames_3_T_H_W.transpose((1, 2, 3, 0))]).transpose((3, 0, 1, 2))
 
 
 def edge_control(
     video_3_T_H_W: torch.Tensor, rng: np.random.Generator | None = None, preset: str = "medium"
 ) -> torch.Tensor:
-    """``control_input_edge``: Canny edges of every frame as uint8 ``[3, T, H, W]``.
+    """``control_input_edge``: Canny edges of every frame as uint8 ``[3, T, H, W]`` in {0, 255}.
 
     With ``rng`` the thresholds are random as in upstream training; without, ``preset`` picks them.
     """
+    _single_threaded_in_dataloader_workers()
     if rng is not None:
-        t_lower = int(rng.integers(20, 100))
-        t_upper = t_lower + int(rng.integers(50, 150))
+        t_lower = int(rng.integers(*EDGE_T_LOWER_RANGE))
+        t_upper = t_lower + int(rng.integers(*EDGE_T_DIFF_RANGE))
     else:
+        if preset not in EDGE_PRESETS:
+            raise ValueError(f"edge preset {preset!r} is not one of {', '.join(EDGE_PRESETS)}")
         t_lower, t_upper = EDGE_PRESETS[preset]
-    edges_T_H_W = canny(video_3_T_H_W.permute(1, 0, 2, 3), t_lower, t_upper)
-    return edges_T_H_W[None].expand(3, -1, -1, -1).contiguous()
+    frames_3_T_H_W = video_3_T_H_W.numpy()
+    edges_T_H_W = np.stack([cv2.Canny(frame, t_lower, t_upper) for frame in frames_3_T_H_W.transpose((1, 2, 3, 0))])
+    return torch.from_numpy(edges_T_H_W)[None].expand(3, -1, -1, -1).contiguous()
 
 
-def _reflect101_index(size: int, pad: int) -> torch.Tensor:
-    """Indices that pad a dimension of ``size`` by ``pad`` on both sides, OpenCV BORDER_REFLECT_101."""
-    index = torch.arange(-pad, size + pad)
-    if size == 1:
-        return torch.zeros_like(index)
-    period = 2 * (size - 1)
-    index = index.remainder(period)
-    return torch.where(index >= size, period - index, index)
+def _bilateral(frames_3_T_h_w: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
+    if rng is not None:
+        d = int(rng.integers(*BILATERAL_D_RANGE))
+        sigma_color = int(rng.integers(*BILATERAL_SIGMA_COLOR_RANGE))
+        sigma_space = int(rng.integers(*BILATERAL_SIGMA_SPACE_RANGE))
+    else:
+        d, sigma_color, sigma_space = BILATERAL_PRESET
+    return _per_frame(lambda frame: cv2.bilateralFilter(frame, d, sigma_color, sigma_space), frames_3_T_h_w)
 
 
-def _pad_reflect101(x_N_C_H_W: torch.Tensor, pad: int) -> torch.Tensor:
-    H, W = x_N_C_H_W.shape[-2:]
-    return x_N_C_H_W[..., _reflect101_index(H, pad), :][..., _reflect101_index(W, pad)]
-
-
-def gaussian_blur(x_N_C_H_W: torch.Tensor, ksize: int, sigma: float) -> torch.Tensor:
-    """``cv2.GaussianBlur(img, (ksize, ksize), sigma)`` on float images (separable, reflect-101 border)."""
+def _gaussian(frames_3_T_h_w: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    ksize = int(rng.integers(*GAUSSIAN_KSIZE_RANGE))
+    sigma = float(rng.uniform(*GAUSSIAN_SIGMA_RANGE))
     if ksize % 2 == 0:
-        ksize += 1
-    offsets = torch.arange(ksize, dtype=torch.float32) - (ksize - 1) / 2
-    kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
-    kernel = kernel / kernel.sum()
-    N, C, H, W = x_N_C_H_W.shape
-    x = _pad_reflect101(x_N_C_H_W, ksize // 2).reshape(N * C, 1, H + ksize - 1, W + ksize - 1)
-    x = F.conv2d(x, kernel.view(1, 1, 1, ksize))
-    x = F.conv2d(x, kernel.view(1, 1, ksize, 1))
-    return x.reshape(N, C, H, W)
-
-
-def bilateral_filter(x_N_C_H_W: torch.Tensor, d: int, sigma_color: float, sigma_space: float) -> torch.Tensor:
-    """``cv2.bilateralFilter`` on float images in [0, 255] (colour distance = sum of absolute differences).
-
-    Visits a strided subset of the disc's offsets when the radius is larger than 4 (module docstring).
-    """
-    radius = d // 2
-    stride = max(1, math.ceil((2 * radius + 1) / _BILATERAL_MAX_SIDE))
-    space_coeff = -0.5 / max(sigma_space, 1e-6) ** 2
-    color_coeff = -0.5 / max(sigma_color, 1e-6) ** 2
-    H, W = x_N_C_H_W.shape[-2:]
-    padded = _pad_reflect101(x_N_C_H_W, radius)
-    numerator = torch.zeros_like(x_N_C_H_W)
-    denominator = torch.zeros_like(x_N_C_H_W[:, :1])
-    steps = [offset for offset in range(-radius, radius + 1) if offset % stride == 0]
-    for dy in steps:
-        for dx in steps:
-            if dx * dx + dy * dy > radius * radius:
-                continue
-            neighbour = padded[..., radius + dy : radius + dy + H, radius + dx : radius + dx + W]
-            color_distance = (neighbour - x_N_C_H_W).abs().sum(dim=1, keepdim=True)
-            weight = torch.exp(color_distance**2 * color_coeff + (dx * dx + dy * dy) * space_coeff)
-            numerator += weight * neighbour
-            denominator += weight
-    return numerator / denominator
+        ksize += 1  # OpenCV needs an odd kernel; blur.py apply_gaussian_blur rounds up the same way
+    return _per_frame(lambda frame: cv2.GaussianBlur(frame, (ksize, ksize), sigmaX=sigma), frames_3_T_h_w)
 
 
 def blur_control(video_3_T_H_W: torch.Tensor, rng: np.random.Generator | None = None) -> torch.Tensor:
     """``control_input_vis``: the blurred video as uint8 ``[3, T, H, W]`` (see the module docstring).
 
     With ``rng`` the parameters are random as in upstream training; without, upstream's "medium" preset.
-    Cost grows with the bilateral filter's window: at 720p expect seconds per clip on a CPU (OpenCV's
-    filter upstream is not cheap either); cache the control latents (``--precompute latents``) to avoid it.
     """
+    _single_threaded_in_dataloader_workers()
     _, _, H, W = video_3_T_H_W.shape
-    frames_T_3_H_W = video_3_T_H_W.permute(1, 0, 2, 3).float()
-    downscale = int(rng.choice([1, 2, 3, 4])) if rng is not None else 2
-    small_H, small_W = max(1, H // downscale), max(1, W // downscale)
-    frames_T_3_h_w = F.adaptive_avg_pool2d(frames_T_3_H_W, (small_H, small_W))
+    frames_3_T_H_W = video_3_T_H_W.numpy()
+    downsize = int(rng.choice(BLUR_DOWNSIZE_FACTORS)) if rng is not None else BLUR_PRESET_DOWNSIZE
+    frames_3_T_h_w = _per_frame(
+        lambda frame: cv2.resize(frame, (W // downsize, H // downsize), interpolation=cv2.INTER_AREA),
+        frames_3_T_H_W,
+    )
     if rng is not None:
-        combination = rng.choice(3, p=[0.3, 0.5, 0.2])
-        blurs = [["bilateral"], ["gaussian"], ["bilateral", "gaussian"]][combination]
+        blurs = BLUR_COMBINATIONS[rng.choice(len(BLUR_COMBINATIONS), p=BLUR_COMBINATION_PROBABILITIES)]
     else:
-        blurs = ["bilateral"]
+        blurs = ("bilateral",)
     for blur in blurs:
         if blur == "bilateral":
-            if rng is not None:
-                d, sigma_color, sigma_space = (
-                    int(rng.integers(15, 50)),
-                    int(rng.integers(100, 300)),
-                    int(rng.integers(50, 150)),
-                )
-            else:
-                d, sigma_color, sigma_space = 30, 150, 100
-            frames_T_3_h_w = bilateral_filter(frames_T_3_h_w, d, sigma_color, sigma_space)
+            frames_3_T_h_w = _bilateral(frames_3_T_h_w, rng)
         else:
-            ksize, sigma = int(rng.integers(21, 30)), float(rng.uniform(10.5, 14.5))
-            frames_T_3_h_w = gaussian_blur(frames_T_3_h_w, ksize, sigma)
-        frames_T_3_h_w = frames_T_3_h_w.round().clamp(0, 255)
-    frames_T_3_H_W = F.interpolate(frames_T_3_h_w, size=(H, W), mode="bilinear", align_corners=False)
-    frames_T_3_H_W = frames_T_3_H_W.round().clamp(0, 255).to(torch.uint8)
-    scale = int(rng.integers(4, 18)) if rng is not None else 10
-    low_size = [max(1, int(H / scale)), max(1, int(W / scale))]
-    frames_T_3_H_W = TF.resize(
-        frames_T_3_H_W, low_size, interpolation=InterpolationMode.BICUBIC, antialias=True
-    )
-    frames_T_3_H_W = TF.resize(
-        frames_T_3_H_W, [H, W], interpolation=InterpolationMode.BICUBIC, antialias=True
-    )
-    return frames_T_3_H_W.permute(1, 0, 2, 3).contiguous()
+            frames_3_T_h_w = _gaussian(frames_3_T_h_w, rng)
+    frames_3_T_H_W = _per_frame(lambda frame: cv2.resize(frame, (W, H), interpolation=cv2.INTER_LINEAR), frames_3_T_h_w)
+    # Upstream resizes the [3, T, H, W] tensor itself with torchvision (T as the channels).
+    downup = int(rng.integers(*DOWNUP_FACTOR_RANGE)) if rng is not None else DOWNUP_PRESET_FACTOR
+    blurred_3_T_H_W = torch.from_numpy(frames_3_T_H_W)
+    for size in ((int(H / downup), int(W / downup)), (H, W)):
+        blurred_3_T_H_W = transforms_F.resize(
+            blurred_3_T_H_W, size=size, interpolation=transforms_F.InterpolationMode.BICUBIC, antialias=True
+        )
+    return blurred_3_T_H_W.contiguous()
 
 
 ON_THE_FLY = {"edge": edge_control, "vis": blur_control}
@@ -226,7 +181,5 @@ def compute_control(
 ) -> torch.Tensor:
     """The on-the-fly control ``control_key`` (``edge`` or ``vis``) of a uint8 video ``[3, T, H, W]``."""
     if control_key not in ON_THE_FLY:
-        raise ValueError(
-            f"control {control_key!r} is read from the dataset, not computed; on-the-fly: edge, vis"
-        )
+        raise ValueError(f"control {control_key!r} is read from the dataset, not computed; on-the-fly: edge, vis")
     return ON_THE_FLY[control_key](video_3_T_H_W, rng)

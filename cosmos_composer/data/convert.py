@@ -73,9 +73,7 @@ class ConversionReport:
 
 
 def _first_ten(items: list[str]) -> list[str]:
-    return [f"  - {item}" for item in items[:10]] + (
-        [f"  ... and {len(items) - 10} more"] if len(items) > 10 else []
-    )
+    return [f"  - {item}" for item in items[:10]] + ([f"  ... and {len(items) - 10} more"] if len(items) > 10 else [])
 
 
 def sample_row(sample: ValidatedSample, layout: str, control_key: str) -> dict:
@@ -140,9 +138,7 @@ def convert_to_mds(
         )
     samples = find_samples(input_dir, layout, control_key)
     if not samples:
-        raise LayoutError(
-            f"found no samples in {input_dir} for layout {layout}. Fix: check --input and --layout"
-        )
+        raise LayoutError(f"found no samples in {input_dir} for layout {layout}. Fix: check --input and --layout")
     report = ConversionReport(output=Path(output_dir))
     ignored = ignored_files(input_dir, layout, control_key)
     if ignored:
@@ -193,9 +189,7 @@ def convert_to_mds(
                         files.caption,
                     )
                 for path, (height, width) in sample.to_resize.items():
-                    report.resized.append(
-                        f"{path}: {height}x{width} -> {sample.resolution[0]}x{sample.resolution[1]}"
-                    )
+                    report.resized.append(f"{path}: {height}x{width} -> {sample.resolution[0]}x{sample.resolution[1]}")
                     log.info("sample '%s': resizing %s (--resize)", files.name, report.resized[-1])
                 row = sample_row(sample, layout, control_key)
                 if precomputer is not None:

@@ -1,4 +1,5 @@
-"""The training dataset: MDS shards -> the sample dict of the official loaders (reference section 5).
+"""The training dataset: MDS shards -> the sample dict of the official loaders (upstream
+``_src/predict2_multiview/datasets/multiview.py`` and ``transfer2_multiview/configs/vid2vid_transfer/defaults/dataloader_local.py``).
 
 :class:`TransferStreamingDataset` is a ``streaming.StreamingDataset``, so shards can live in a local
 folder or behind any ``remote`` Streaming supports (``s3://``, ``gs://``, ``oci://``, another folder,
@@ -99,6 +100,7 @@ class TransferStreamingDataset(StreamingDataset):
             False uses upstream's fixed "medium" preset.
         augment_seed: seeds the per-sample random choices (start frame, control parameters), which
             depend only on (augment_seed, epoch, sample index), so a resumed run sees the same ones.
+            Training sets each of these from the keys of the same names under ``<loader>.dataset`` (``DatasetConfig``).
         **streaming_kwargs: passed to ``StreamingDataset`` (``shuffle``, ``shuffle_seed``,
             ``batch_size``, ``predownload``, ``cache_limit``, ``split``, ...).
 
@@ -147,9 +149,7 @@ class TransferStreamingDataset(StreamingDataset):
         stored_controls = sorted(
             c for c in columns if c.startswith("control_") and c not in (mds.CONTROL_KEY, mds.CONTROL_LATENT)
         )
-        self.control_key = normalize_control_key(
-            control_key or self._stored_control_key(stored_controls), self.layout
-        )
+        self.control_key = normalize_control_key(control_key or self._stored_control_key(stored_controls), self.layout)
         self.random_start = random_start
         self.decode_video = decode_video
         self.use_cached_latents = use_cached_latents and mds.VIDEO_LATENT in columns
@@ -182,9 +182,7 @@ class TransferStreamingDataset(StreamingDataset):
         ``validate_hash`` only on files it downloads or decompresses, never on files already local.
         """
         files = [
-            (shard_id, path, info)
-            for shard_id, shard in enumerate(self.shards)
-            for path, info in _shard_files(shard)
+            (shard_id, path, info) for shard_id, shard in enumerate(self.shards) for path, info in _shard_files(shard)
         ]
         local = set()
         for shard_id, path, info in files:
@@ -197,9 +195,7 @@ class TransferStreamingDataset(StreamingDataset):
                     f"or overwritten). Fix: {SHARD_FIX}"
                 )
             local.add(shard_id)
-        self.shard_hash = next(
-            (a for a in mds.SHARD_HASHES if all(a in info.hashes for *_, info in files)), None
-        )
+        self.shard_hash = next((a for a in mds.SHARD_HASHES if all(a in info.hashes for *_, info in files)), None)
         if self.shard_hash is None:
             log.info(
                 "the shards of %s record no hash (converted before hashes were written), so they are not verified; "
@@ -232,9 +228,7 @@ class TransferStreamingDataset(StreamingDataset):
         return "edge"  # no stored control video: the shards were converted for edge or vis
 
     def _control_columns(self) -> list[str]:
-        cameras = [c[len("video_") :] for c in sorted(self.columns) if c.startswith("video_camera_")] or [
-            None
-        ]
+        cameras = [c[len("video_") :] for c in sorted(self.columns) if c.startswith("video_camera_")] or [None]
         return [mds.control_column(self.control_key, camera) for camera in cameras]
 
     def _rng(self, index: int) -> np.random.Generator:

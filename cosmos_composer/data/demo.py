@@ -135,13 +135,9 @@ def render(scene: Scene, t: int) -> dict[str, np.ndarray]:
     shade_H_1 = 1.0 - 0.25 * np.exp(-np.abs(ys_H_1 - scene.horizon) / (0.2 * H))
     rgb = np.where(sky_H_1[..., None], sky_color, ground_color) * shade_H_1[..., None]
     rgb = np.broadcast_to(rgb, (H, W, 3)).copy()
-    depth = np.broadcast_to(
-        np.where(sky_H_1, 0.0, 255.0 * (ys_H_1 - scene.horizon) / (H - scene.horizon)), (H, W)
-    )
+    depth = np.broadcast_to(np.where(sky_H_1, 0.0, 255.0 * (ys_H_1 - scene.horizon) / (H - scene.horizon)), (H, W))
     depth = depth.copy()
-    seg = np.broadcast_to(
-        np.where(sky_H_1[..., None], SEG_BACKGROUND[0], SEG_BACKGROUND[1]), (H, W, 3)
-    ).copy()
+    seg = np.broadcast_to(np.where(sky_H_1[..., None], SEG_BACKGROUND[0], SEG_BACKGROUND[1]), (H, W, 3)).copy()
     owner_H_W = np.full((H, W), -1)  # index of the visible shape at each pixel, -1 for the background
     outlines = []
     for index, shape in enumerate(scene.shapes):
@@ -210,15 +206,11 @@ def make_demo_dataset(
     if samples < 1 or frames < 1:
         raise ValueError("--samples and --frames must be at least 1")
     if height % 2 or width % 2 or height < 16 or width < 16:
-        raise ValueError(
-            f"--height and --width must be even and at least 16 (H.264 yuv420p), got {height}x{width}"
-        )
+        raise ValueError(f"--height and --width must be even and at least 16 (H.264 yuv420p), got {height}x{width}")
     names = [sample_name(index) for index in range(samples)]
     cameras = DEFAULT_CAMERAS if layout == MULTIVIEW_HDMAP else (None,)
     with atomic_output_dir(output, overwrite) as root:
-        for sample_index, name in enumerate(
-            tqdm(names, desc=f"demo {layout}", unit="sample", disable=not progress)
-        ):
+        for sample_index, name in enumerate(tqdm(names, desc=f"demo {layout}", unit="sample", disable=not progress)):
             caption = None
             for camera_index, camera in enumerate(cameras):
                 scene = make_scene(np.random.default_rng([seed, sample_index, camera_index]), height, width)
@@ -241,7 +233,5 @@ def make_demo_dataset(
             if layout == MULTIVIEW_HDMAP:
                 caption_dir = caption_dir / camera_folder(CAPTION_CAMERA)
             caption_dir.mkdir(parents=True, exist_ok=True)
-            (caption_dir / f"{name}.json").write_text(
-                json.dumps({"caption": caption}) + "\n", encoding="utf-8"
-            )
+            (caption_dir / f"{name}.json").write_text(json.dumps({"caption": caption}) + "\n", encoding="utf-8")
     return names

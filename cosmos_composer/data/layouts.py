@@ -1,6 +1,6 @@
 """The official Cosmos-Transfer2.5 post-training folder layouts: find the samples and validate them.
 
-Multiview HDMap (``--layout multiview-hdmap``, reference section 5)::
+Multiview HDMap (``--layout multiview-hdmap``, upstream ``transfer2_multiview/configs/vid2vid_transfer/defaults/dataloader_local.py``)::
 
     DIR/videos/ftheta_<camera>/<name>.mp4                   for each of the 7 DEFAULT_CAMERAS
     DIR/control_input_hdmap_bbox/ftheta_<camera>/<name>.mp4 for each of the 7 DEFAULT_CAMERAS
@@ -133,14 +133,9 @@ def find_samples(root: str | Path, layout: str, control_key: str) -> list[Sample
                 SampleFiles(
                     name=name,
                     cameras=DEFAULT_CAMERAS,
-                    videos={
-                        cam: root / "videos" / camera_folder(cam) / f"{name}.mp4" for cam in DEFAULT_CAMERAS
-                    },
+                    videos={cam: root / "videos" / camera_folder(cam) / f"{name}.mp4" for cam in DEFAULT_CAMERAS},
                     controls=(
-                        {
-                            cam: root / control_folder / camera_folder(cam) / f"{name}.mp4"
-                            for cam in DEFAULT_CAMERAS
-                        }
+                        {cam: root / control_folder / camera_folder(cam) / f"{name}.mp4" for cam in DEFAULT_CAMERAS}
                         if control_folder
                         else {}
                     ),
@@ -226,9 +221,7 @@ def _read_caption(sample: str, path: Path, layout: str) -> str:
 
 
 def _unreadable(sample: str, path: Path, what: str, error: VideoError) -> InvalidSampleError:
-    return InvalidSampleError(
-        sample, path, f"{what} is unreadable: {error}", "re-export or re-download this mp4"
-    )
+    return InvalidSampleError(sample, path, f"{what} is unreadable: {error}", "re-export or re-download this mp4")
 
 
 def _check_resolutions(
@@ -246,17 +239,14 @@ def _check_resolutions(
         raise InvalidSampleError(
             name,
             path,
-            f"{what} is {height}x{width} (height x width), but the sample's videos are "
-            f"{resolution[0]}x{resolution[1]}",
+            f"{what} is {height}x{width} (height x width), but the sample's videos are {resolution[0]}x{resolution[1]}",
             f"re-export it at {resolution[0]}x{resolution[1]}, or pass --resize to resize it to the sample's "
             f"video resolution while converting",
         )
     return resolution, others
 
 
-def validate_sample(
-    files: SampleFiles, layout: str, min_frames: int, resize: bool = False
-) -> ValidatedSample:
+def validate_sample(files: SampleFiles, layout: str, min_frames: int, resize: bool = False) -> ValidatedSample:
     """Check one sample completely; raise :class:`InvalidSampleError` on the first problem found.
 
     Checks: every video and control file exists; all have one resolution (read from the headers,

@@ -33,7 +33,7 @@ from cosmos_composer.data import mds
 from cosmos_composer.data.cameras import view_captions
 from cosmos_composer.data.clip import load_clip, row_cameras
 from cosmos_composer.data.layouts import ON_THE_FLY_CONTROLS
-from cosmos_composer.encoders import fingerprint_tensors
+from cosmos_composer.fingerprint import fingerprint_tensors
 
 PRECOMPUTE_CHOICES = ("latents", "text")
 TEXT_TOKENS_PER_VIEW = 512
@@ -42,7 +42,7 @@ TEXT_TOKENS_PER_VIEW = 512
 def crossattn_proj_fingerprint(crossattn_proj: nn.Module) -> str:
     """Fingerprint of a ``crossattn_proj`` module, stored beside projected text embeddings.
 
-    :func:`cosmos_composer.encoders.fingerprint_tensors` (sha256 over names, shapes, dtypes and bytes)
+    :func:`cosmos_composer.fingerprint.fingerprint_tensors` (sha256 over names, shapes, dtypes and bytes)
     of the module's parameters cast to float32, with names relative to the module (``0.weight``,
     ``0.bias``). Casting first makes the fingerprint independent of the dtype the weights are held in
     (bf16 -> fp32 is exact), because the released checkpoint is bf16 while a training run may hold the
@@ -55,18 +55,20 @@ def crossattn_proj_fingerprint(crossattn_proj: nn.Module) -> str:
     )
 
 
-def check_crossattn_proj_fingerprint(
-    stored: str, crossattn_proj: nn.Module, source: str = "the dataset"
-) -> None:
-    """Raise ``ValueError`` when cached projected text embeddings were made with other projection weights."""
-    actual = crossattn_proj_fingerprint(crossattn_proj)
-    if stored != actual:
+def check_crossattn_proj_fingerprint(stored: str | None, network_fingerprint: str, source: str = "the dataset") -> None:
+    """Raise ``ValueError`` when cached projected text embeddings were made with other projection weights.
+
+    ``stored``: the fingerprint beside the embeddings; ``network_fingerprint``: :func:`crossattn_proj_fingerprint`
+    of the network's ``crossattn_proj`` (computed once by the caller: under FSDP2 it is a collective).
+    """
+    if stored != network_fingerprint:
+        shown = f"fingerprint {stored[:16]}..." if stored else "no fingerprint"
         raise ValueError(
-            f"{source} holds text embeddings projected by a crossattn_proj with fingerprint {stored[:16]}..., but "
-            f"the network's crossattn_proj has fingerprint {actual[:16]}... The cached 1024-d embeddings only "
+            f"{source} holds text embeddings projected by a crossattn_proj with {shown}, but the network's "
+            f"crossattn_proj has fingerprint {network_fingerprint[:16]}... The cached 1024-d embeddings only "
             f"fit the checkpoint they were made with. Fix: convert again with --precompute text and "
             f"--crossattn-proj pointing at the checkpoint you train, or store raw embeddings (no "
-            f"--crossattn-proj), or turn off the cached text (use_cached_text=False)"
+            f"--crossattn-proj), or turn off the cached text (dataset.use_cached_text=false)"
         )
 
 
@@ -93,9 +95,7 @@ class Precomputer:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        self.fingerprint = (
-            crossattn_proj_fingerprint(self.crossattn_proj) if self.crossattn_proj is not None else ""
-        )
+        self.fingerprint = crossattn_proj_fingerprint(self.crossattn_proj) if self.crossattn_proj is not None else ""
 
     @property
     def latents(self) -> bool:
@@ -125,9 +125,7 @@ class Precomputer:
             embedding_V_L_D = self.crossattn_proj(embedding_V_L_D.to(parameter.device, parameter.dtype))
         V, L, D = embedding_V_L_D.shape
         if L != TEXT_TOKENS_PER_VIEW:
-            raise ValueError(
-                f"text embedder returned {L} tokens per caption; Cosmos uses {TEXT_TOKENS_PER_VIEW}"
-            )
+            raise ValueError(f"text embedder returned {L} tokens per caption; Cosmos uses {TEXT_TOKENS_PER_VIEW}")
         return embedding_V_L_D.reshape(V * L, D).float().cpu().numpy().astype(np.float16)
 
     def __call__(self, row: dict) -> dict:

@@ -38,9 +38,7 @@ def _registered_prefixes() -> list[int]:
     if os.path.isdir("/dev/shm"):
         suffix = "_" + LOCALS
         return sorted(
-            int(n[: -len(suffix)])
-            for n in os.listdir("/dev/shm")
-            if n.endswith(suffix) and n[: -len(suffix)].isdigit()
+            int(n[: -len(suffix)]) for n in os.listdir("/dev/shm") if n.endswith(suffix) and n[: -len(suffix)].isdigit()
         )
     prefixes = []
     for prefix_int in _each_prefix_int():

@@ -134,14 +134,10 @@ def decode_frames(source: VideoSource, start: int, count: int | None) -> tuple[n
                 if count is not None and len(frames) == count:
                     break
     except (av.FFmpegError, OSError, ValueError) as error:
-        raise VideoError(
-            f"{_describe(source)} cannot be decoded ({type(error).__name__}: {error})"
-        ) from error
+        raise VideoError(f"{_describe(source)} cannot be decoded ({type(error).__name__}: {error})") from error
     if len(frames) < (1 if count is None else count):
         requested = f"{start}..(end)" if count is None else f"{start}..{start + count - 1}"
-        raise VideoError(
-            f"{_describe(source)} has {start + len(frames)} frames; frames {requested} were requested"
-        )
+        raise VideoError(f"{_describe(source)} has {start + len(frames)} frames; frames {requested} were requested")
     return np.stack(frames), fps
 
 
@@ -179,9 +175,7 @@ def write_mp4(
     """
     num_frames, height, width, channels = frames_T_H_W_3.shape
     if channels != 3 or frames_T_H_W_3.dtype != np.uint8:
-        raise ValueError(
-            f"expected uint8 frames [T, H, W, 3], got {frames_T_H_W_3.dtype} {frames_T_H_W_3.shape}"
-        )
+        raise ValueError(f"expected uint8 frames [T, H, W, 3], got {frames_T_H_W_3.dtype} {frames_T_H_W_3.shape}")
     if height % 2 or width % 2:
         raise ValueError(f"H.264 yuv420p needs an even height and width, got {height}x{width}")
     if isinstance(path, (str, os.PathLike)):
@@ -227,9 +221,7 @@ def resize_mp4(
 ) -> bytes:
     """Every frame of ``source`` resized to ``(height, width)``, as mp4 bytes at the same frame rate."""
     frames_T_H_W_3, fps = decode_frames(source, 0, None)
-    frames_T_3_H_W = resize_video(
-        torch.from_numpy(frames_T_H_W_3).permute(0, 3, 1, 2), height, width, interpolation
-    )
+    frames_T_3_H_W = resize_video(torch.from_numpy(frames_T_H_W_3).permute(0, 3, 1, 2), height, width, interpolation)
     buffer = io.BytesIO()
     write_mp4(buffer, frames_T_3_H_W.permute(0, 2, 3, 1).contiguous().numpy(), fps)
     return buffer.getvalue()

@@ -1,4 +1,7 @@
-"""One rectified-flow training step on encoded inputs (reference 4.1-4.3), independent of Composer.
+"""One rectified-flow training step on encoded inputs, independent of Composer.
+
+As upstream's `training_step` (predict2/models/text2world_model_rectified_flow.py and, for multiview,
+predict2_multiview/models/multiview_vid2vid_model_rectified_flow.py).
 
 `CosmosTransferModel.forward` and `scripts/benchmark.py` both call `training_velocities`.
 """
@@ -6,27 +9,42 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from ..config import ModelConfig
 from ..models.parallelize import full_tensor
 from . import rectified_flow as rf
 
-MULTIVIEW_CONDITIONAL_FRAMES_PROBS = {0: 0.5, 1: 0.25, 2: 0.25}
-SINGLEVIEW_CONDITIONAL_FRAMES_PROBS = {0: 0.4, 1: 0.4, 2: 0.2}
+
+def _model_config_default(name: str, convert=lambda value: value) -> Any:
+    """A field defaulting to `ModelConfig`'s `name`: the recipe's values are written there only."""
+    return field(default_factory=lambda: convert(getattr(ModelConfig(), name)))
 
 
 @dataclass
 class ObjectiveConfig:
-    """The released recipe's objective."""
+    """The released recipe's objective: the `model:` keys of the training config of the same names."""
 
-    sigma_shift: float = 5.0
-    conditional_frames_probs: dict[int, float] = field(default_factory=lambda: dict(MULTIVIEW_CONDITIONAL_FRAMES_PROBS))
-    text_dropout_rate: float = 0.2
+    sigma_shift: float = _model_config_default("sigma_shift")
+    conditional_frames_probs: dict[int, float] = _model_config_default("conditional_frames_probs")
+    text_dropout_rate: float = _model_config_default("text_dropout_rate")
     # Evaluation: the loss at fixed sigmas with fixed noise, comparable between runs.
-    eval_sigmas: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 0.9)
-    eval_seed: int = 1234
+    eval_sigmas: tuple[float, ...] = _model_config_default("eval_sigmas", tuple)
+    eval_seed: int = _model_config_default("eval_seed")
+
+    @classmethod
+    def from_model_config(cls, model: Any) -> ObjectiveConfig:
+        """The objective of a training config's `model:` section (a `ModelConfig` or its DictConfig)."""
+        return cls(
+            sigma_shift=float(model.sigma_shift),
+            conditional_frames_probs={int(k): float(v) for k, v in model.conditional_frames_probs.items()},
+            text_dropout_rate=float(model.text_dropout_rate),
+            eval_sigmas=tuple(float(sigma) for sigma in model.eval_sigmas),
+            eval_seed=int(model.eval_seed),
+        )
 
 
 def unconditional_context(net, like: torch.Tensor) -> torch.Tensor:
@@ -44,24 +62,24 @@ def unconditional_context(net, like: torch.Tensor) -> torch.Tensor:
 
 
 def predict_velocity(net, inputs: dict, x_t, sigma_B, cond_mask, eps, context) -> torch.Tensor:
-    """The network's velocity, with the conditioning frames entering clean and predicted exactly.
+    """The network's velocity (fp32), with the conditioning frames entering clean and predicted exactly
+    (`rf.velocity_with_conditioning_frames`).
 
     `inputs` holds `x0`, `control`, `padding_mask` and `view_indices_B_T` (see `encode_batch`).
     """
-    x0 = inputs["x0"]
-    x_in = rf.replace_conditioning_frames(x_t, x0, cond_mask)
-    v_pred = net(
-        x_B_C_T_H_W=x_in,
-        timesteps_B_T=(sigma_B * rf.NUM_TRAIN_TIMESTEPS)[:, None],
-        crossattn_emb=context,
-        latent_control_input=inputs["control"],
-        condition_video_input_mask_B_C_T_H_W=cond_mask,
-        padding_mask=inputs["padding_mask"],
-        view_indices_B_T=inputs["view_indices_B_T"],
-    ).float()
-    # The conditioning frames' prediction is replaced by their true velocity: zero loss there,
-    # but they still count in the mean (denoise_replace_gt_frames upstream).
-    return torch.where(cond_mask.bool(), eps - x0, v_pred)
+
+    def network_velocity(x_in: torch.Tensor) -> torch.Tensor:
+        return net(
+            x_B_C_T_H_W=x_in,
+            timesteps_B_T=(sigma_B * rf.NUM_TRAIN_TIMESTEPS)[:, None],
+            crossattn_emb=context,
+            latent_control_input=inputs["control"],
+            condition_video_input_mask_B_C_T_H_W=cond_mask,
+            padding_mask=inputs["padding_mask"],
+            view_indices_B_T=inputs["view_indices_B_T"],
+        )
+
+    return rf.velocity_with_conditioning_frames(network_velocity, x_t, inputs["x0"], eps, cond_mask)
 
 
 def training_velocities(

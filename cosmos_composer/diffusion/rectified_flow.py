@@ -1,4 +1,4 @@
-"""The rectified-flow training objective of Cosmos-Transfer2.5 (reference sections 4.1-4.3).
+"""The rectified-flow training objective of Cosmos-Transfer2.5 (upstream predict2/schedulers/rectified_flow.py).
 
 Notation as upstream: x0 is the clean latent, eps the noise, sigma in [0, 1] the noise level,
 x_t = sigma * eps + (1 - sigma) * x0, and the network predicts the velocity v = eps - x0.
@@ -7,7 +7,7 @@ The network receives `timesteps = 1000 * sigma` and scales it back by 0.001 insi
 
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from typing import Callable, Mapping, Optional
 
 import torch
 
@@ -62,13 +62,28 @@ def condition_mask(
     return mask_B_VT[:, None, :, None, None].expand(B, 1, num_views * frames_per_view, height, width).contiguous()
 
 
-def replace_conditioning_frames(
-    x_t: torch.Tensor, x0: torch.Tensor, mask_B_1_T_H_W: torch.Tensor
+def velocity_with_conditioning_frames(
+    network_velocity: Callable[[torch.Tensor], torch.Tensor],
+    x_t: torch.Tensor,
+    x0: torch.Tensor,
+    eps: torch.Tensor,
+    mask_B_1_T_H_W: torch.Tensor,
 ) -> torch.Tensor:
-    """Conditioning frames enter the network clean (x0); the others noisy (x_t)."""
-    return torch.where(mask_B_1_T_H_W.bool(), x0, x_t)
+    """The velocity of `x_t` with the conditioning frames (mask 1, see `condition_mask`) held at `x0`.
+
+    As upstream's `denoise` (predict2/models/video2world_model_rectified_flow.py): the conditioning frames
+    enter the network clean (x0, the others noisy x_t), and their predicted velocity is replaced by the true
+    one, eps - x0 (`denoise_replace_gt_frames`). Training therefore has zero loss on them, still counted in
+    the mean; sampling (eps = the initial noise) keeps them on the straight line from eps to x0.
+    `network_velocity` maps the network input to its velocity, returned in fp32.
+    """
+    is_conditioning = mask_B_1_T_H_W.bool()
+    v_pred = network_velocity(torch.where(is_conditioning, x0, x_t)).float()
+    return torch.where(is_conditioning, (eps - x0).float(), v_pred)
 
 
-def text_dropout_mask(batch_size: int, rate: float, device, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def text_dropout_mask(
+    batch_size: int, rate: float, device, generator: Optional[torch.Generator] = None
+) -> torch.Tensor:
     """True where a sample's text is dropped (replaced by zeros before the projection)."""
     return torch.rand(batch_size, generator=generator, device=device) < rate

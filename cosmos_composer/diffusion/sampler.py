@@ -24,6 +24,11 @@ What the official inference does (cosmos-transfer2.5, checked against its code):
 * **Conditioning frames.** The first n latent frames of every view enter the network clean (from the
   condition latents) with the condition mask set, and their predicted velocity is replaced by the true
   one, ``initial_noise - x0`` (``denoise_replace_gt_frames``). Transfer inference uses n = 0 by default.
+* **Initial noise.** ``misc.arch_invariant_rand`` (imaginaire/utils/misc.py): numpy's
+  ``RandomState(seed).standard_normal`` of the whole batch's shape ``[B, 16, V*t, h, w]`` in float64, cast
+  to float32 (``generate_samples_from_batch`` of transfer2/models/vid2vid_model_control_vace_rectified_flow.py),
+  so a seed gives the same noise on any device. The multiview inference hands it the user's seed; the
+  single-view one a seed drawn from it (see :func:`official_inference_seed`).
 
 The network's ``timesteps_B_T`` is on the 0..1000 scale (``1000 * sigma``), see
 ``CosmosTransferNet.forward``.
@@ -31,6 +36,7 @@ The network's ``timesteps_B_T`` is on the 0..1000 scale (``1000 * sigma``), see
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Optional, Union
 
@@ -42,7 +48,7 @@ from tqdm.auto import tqdm
 from . import rectified_flow as rf
 from .objective import unconditional_context  # noqa: F401  (the unconditional branch's text, re-exported)
 
-# The official sampler's defaults (reference 4.3; CT `generate_samples_from_batch`).
+# The official sampler's defaults (`generate_samples_from_batch`, transfer2/models/vid2vid_model_control_vace_rectified_flow.py).
 DEFAULT_SHIFT = 5.0
 DEFAULT_NUM_STEPS = 35
 DEFAULT_GUIDANCE = 3.0  # official inference; the training sample callbacks use 7
@@ -56,6 +62,31 @@ def unshifted_sigmas(num_steps: int) -> np.ndarray:
     if num_steps < 1:
         raise ValueError(f"num_steps must be at least 1, got {num_steps}")
     return np.linspace(SIGMA_MAX, 0.0, num_steps + 1)[:-1].copy()
+
+
+# numpy's RandomState takes seeds in 0 .. 2**32 - 1.
+MAX_SEED = 2**32 - 1
+
+
+def initial_noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """The official sampler's initial noise for ``seed`` (fp32, CPU): upstream's ``arch_invariant_rand``."""
+    if not 0 <= int(seed) <= MAX_SEED:
+        raise ValueError(
+            f"seed {seed} is out of range: the initial noise comes from numpy's RandomState, as in the official "
+            f"inference, which takes seeds 0..{MAX_SEED}"
+        )
+    return torch.from_numpy(np.random.RandomState(int(seed)).standard_normal(shape).astype(np.float32))
+
+
+def official_inference_seed(seed: int, multiview: bool) -> int:
+    """The seed the official inference draws its initial noise with, for the ``seed`` a user gives it.
+
+    Multiview (transfer2_multiview/inference/inference.py, ``generate_from_batch``) uses it as is. Single view
+    (transfer2/inference/inference_pipeline.py, ``generate_img2world``) first runs ``random.seed(seed);
+    seed = random.randint(0, 1000000)``, once per chunk; this is the first chunk's seed, the only chunk
+    when the video is one chunk long.
+    """
+    return int(seed) if multiview else random.Random(int(seed)).randint(0, 1_000_000)
 
 
 def make_scheduler(num_steps: int = DEFAULT_NUM_STEPS, shift: float = DEFAULT_SHIFT):
@@ -137,7 +168,9 @@ class Conditioning:
                 "(latent frames per view)"
             )
         if self.num_conditional_frames and self.condition_latents is None:
-            raise ValueError("num_conditional_frames > 0 needs condition_latents (the clean latents of the input video)")
+            raise ValueError(
+                "num_conditional_frames > 0 needs condition_latents (the clean latents of the input video)"
+            )
 
 
 def _network_dtype(net: nn.Module) -> torch.dtype:
@@ -158,9 +191,10 @@ def sample(
 ) -> torch.Tensor:
     """Sample clean latents ``[B, 16, V*t, h, w]`` (fp32) for ``conditioning``.
 
-    The initial noise comes from ``torch.Generator().manual_seed(seed)`` on the CPU, so a seed gives the
-    same sample on any device and with any batch placement. With ``guidance == 0`` the unconditional pass
-    is skipped (the formula then equals the conditional velocity exactly).
+    The initial noise is the official sampler's for ``seed`` (:func:`initial_noise`), the same on any device.
+    To start from the noise of the official inference run with ``seed``, pass
+    ``official_inference_seed(seed, multiview)``. With ``guidance == 0`` the unconditional pass is skipped
+    (the formula then equals the conditional velocity exactly).
 
     Under FSDP2 call this on every rank with the same arguments: each network forward gathers the
     sharded parameters, which is a collective.
@@ -173,20 +207,14 @@ def sample(
     dtype = _network_dtype(net)
     state_shape = (B, net.config.out_channels, T, H, W)
 
-    generator = torch.Generator(device="cpu").manual_seed(int(seed))
-    noise = torch.randn(state_shape, generator=generator, dtype=torch.float32).to(device)
+    noise = initial_noise(state_shape, seed).to(device)
 
     n_cond = conditioning.num_conditional_frames
-    cond_mask = rf.condition_mask(
-        torch.full((B,), n_cond, device=device), num_views, T // num_views, H, W
-    ).to(device)
+    cond_mask = rf.condition_mask(torch.full((B,), n_cond, device=device), num_views, T // num_views, H, W).to(device)
     x0_cond = conditioning.condition_latents
     if x0_cond is None:
         x0_cond = torch.zeros(state_shape, device=device)
     x0_cond = x0_cond.to(device=device, dtype=torch.float32)
-    # The conditioning frames' velocity is the true one for the initial noise (upstream: noise - gt_frames).
-    true_velocity = noise - x0_cond
-    is_conditioning = cond_mask.bool()
 
     padding_mask = conditioning.padding_mask
     if padding_mask is None:
@@ -202,9 +230,11 @@ def sample(
     uncond_context = conditioning.uncond_context.to(device=device, dtype=dtype)
 
     def velocity(x_t: torch.Tensor, timesteps_B_T: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        x_in = torch.where(is_conditioning, x0_cond, x_t)
-        v = net(x_B_C_T_H_W=x_in.to(dtype), timesteps_B_T=timesteps_B_T, crossattn_emb=text, **common).float()
-        return torch.where(is_conditioning, true_velocity, v)
+        def network_velocity(x_in: torch.Tensor) -> torch.Tensor:
+            return net(x_B_C_T_H_W=x_in.to(dtype), timesteps_B_T=timesteps_B_T, crossattn_emb=text, **common)
+
+        # The conditioning frames' true velocity is the initial noise's (upstream: noise - gt_frames).
+        return rf.velocity_with_conditioning_frames(network_velocity, x_t, x0_cond, noise, cond_mask)
 
     scheduler = make_scheduler(num_steps, shift)
     latents = noise

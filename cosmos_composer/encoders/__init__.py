@@ -4,65 +4,57 @@
   official latent normalisation and loads the official ``tokenizer.pth`` or diffusers weights.
 * :class:`~cosmos_composer.encoders.text.Reason1TextEmbedder` wraps transformers' Qwen2.5-VL and
   returns the FULL_CONCAT embedding ``[B, 512, 100352]``.
-* :func:`fingerprint_module` / :func:`fingerprint_tensors` identify frozen weights, so that cached
-  outputs computed with them (e.g. text embeddings already passed through the network's
-  ``crossattn_proj``) can be checked against the weights a training run actually uses.
+* :func:`build_encoders` builds both from their sources, for training and for generation alike.
 
 The heavy submodules import diffusers / transformers lazily (on attribute access).
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
 
 import torch
-from torch import nn
 
 if TYPE_CHECKING:
     from cosmos_composer.encoders.text import Reason1TextEmbedder
     from cosmos_composer.encoders.vae import WanVAE
 
-__all__ = ["Reason1TextEmbedder", "WanVAE", "fingerprint_module", "fingerprint_tensors"]
+__all__ = ["Reason1TextEmbedder", "WanVAE", "build_encoders"]
 
 
-def fingerprint_tensors(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
-    """SHA-256 hex digest of named tensors: sorted by name, hashing each name, shape, dtype and raw bytes.
+def build_encoders(
+    vae: Optional[str],
+    text: Optional[str],
+    device: torch.device,
+    dtype: Optional[torch.dtype] = None,
+) -> tuple[Optional[WanVAE], Optional[Reason1TextEmbedder]]:
+    """(vae, text_embedder), frozen in eval mode on ``device``, each from its source: ``tiny`` (random weights of
+    CPU size, for tests and the quickstart), a local path or an ``hf://`` URI, or None for no encoder.
 
-    Any change of value, shape, dtype or name changes the digest; the order of the input does not.
-    bf16 and fp32 copies of the same weights therefore have different fingerprints (compare like with
-    like: fingerprint the weights in the dtype they are used in). Sharded ``DTensor`` values are
-    gathered with ``full_tensor()``, which is a collective: call this on every rank.
+    A VAE folder is read as diffusers weights, a file as the official ``tokenizer.pth``. ``dtype`` defaults to
+    bf16 on a GPU, as the official inference and training run the frozen encoders, and fp32 elsewhere.
     """
-    digest = hashlib.sha256()
-    items = sorted(named_tensors, key=lambda item: item[0])
-    names = [name for name, _ in items]
-    if len(names) != len(set(names)):
-        raise ValueError(
-            "cosmos_composer/encoders/__init__.py: fingerprint_tensors got duplicate tensor names."
-        )
-    for name, tensor in items:
-        if hasattr(tensor, "full_tensor"):  # torch.distributed.tensor.DTensor (FSDP2 shards)
-            tensor = tensor.full_tensor()
-        tensor = tensor.detach().to("cpu").contiguous()
-        header = f"{name}|{tuple(tensor.shape)}|{str(tensor.dtype)}|".encode()
-        digest.update(len(header).to_bytes(8, "little"))
-        digest.update(header)
-        raw = tensor.reshape(-1).view(torch.uint8) if tensor.numel() else torch.empty(0, dtype=torch.uint8)
-        digest.update(raw.numpy().tobytes())
-    return digest.hexdigest()
+    from cosmos_composer.checkpoint.hf import resolve
+    from cosmos_composer.encoders.text import Reason1TextEmbedder
+    from cosmos_composer.encoders.vae import WanVAE
 
-
-def fingerprint_module(module: nn.Module) -> str:
-    """:func:`fingerprint_tensors` over ``module.named_parameters()`` (buffers are not included).
-
-    Used for the cached projected-text-embedding check: the fingerprint of the network's
-    ``crossattn_proj`` parameters is stored next to the cached 1024-d embeddings, and training refuses
-    to start when the network's ``crossattn_proj`` has a different fingerprint. Parameter names are
-    relative to ``module`` (``"0.weight"`` for ``crossattn_proj[0]``).
-    """
-    return fingerprint_tensors(module.named_parameters())
+    if dtype is None:
+        dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    vae_model = text_model = None
+    if vae == "tiny":
+        vae_model = WanVAE.tiny(seed=0)
+    elif vae:
+        path = resolve(vae)
+        vae_model = WanVAE.from_diffusers(path) if Path(path).is_dir() else WanVAE.from_official_pth(path)
+    if text == "tiny":
+        text_model = Reason1TextEmbedder.tiny(seed=0)
+    elif text:
+        text_model = Reason1TextEmbedder.from_pretrained(resolve(text))
+    return (
+        None if vae_model is None else vae_model.to(device=device, dtype=dtype).eval(),
+        None if text_model is None else text_model.to(device=device, dtype=dtype).eval(),
+    )
 
 
 def __getattr__(name: str):

@@ -1,8 +1,7 @@
 """Cosmos-Reason1 text embedder (the text encoder of Cosmos-Predict2.5 / Transfer2.5).
 
 Semantics follow upstream ``cosmos_transfer2/_src/predict2/text_encoders/text_encoder.py``
-(``TextEncoder.compute_text_embeddings_online`` with ``embedding_concat_strategy="full_concat"``),
-reference section 4.4:
+(``TextEncoder.compute_text_embeddings_online`` with ``embedding_concat_strategy="full_concat"``):
 
 1. Each prompt becomes a chat: a system turn with :data:`SYSTEM_PROMPT` and a user turn with the
    prompt, rendered by the tokenizer's chat template without a generation prompt, then tokenized.
@@ -49,8 +48,8 @@ NUM_TEXT_TOKENS = 512
 SYSTEM_PROMPT = "You are a helpful assistant who will provide prompts to an image generator."
 EMPTY_PROMPT = " "
 
-# Hugging Face source of the text encoder and its Qwen tokenizer (reference section 2.5;
-# upstream packages/cosmos-oss/cosmos_oss/checkpoints.py, "nvidia/Cosmos-Reason1.1-7B").
+# Hugging Face source of the text encoder and its Qwen tokenizer, pinned to the revision that upstream's
+# packages/cosmos-oss/cosmos_oss/checkpoints.py downloads ("nvidia/Cosmos-Reason1.1-7B", served from this repo).
 REASON1_REPO = "nvidia/Cosmos-Reason1-7B"
 REASON1_REVISION = "3210bec0495fdc7a8d3dbb8d58da5711eab4b423"
 REASON1_NUM_LAYERS = 28
@@ -60,9 +59,7 @@ REASON1_EMBED_DIM = REASON1_NUM_LAYERS * REASON1_HIDDEN_SIZE  # 100352
 
 def mean_normalize(hidden_B_L_D: torch.Tensor) -> torch.Tensor:
     """Upstream ``TextEncoder.mean_normalize``: per token, over the last dim, unbiased std."""
-    return (hidden_B_L_D - hidden_B_L_D.mean(dim=-1, keepdim=True)) / (
-        hidden_B_L_D.std(dim=-1, keepdim=True) + 1e-8
-    )
+    return (hidden_B_L_D - hidden_B_L_D.mean(dim=-1, keepdim=True)) / (hidden_B_L_D.std(dim=-1, keepdim=True) + 1e-8)
 
 
 def _dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
@@ -145,9 +142,7 @@ class Reason1TextEmbedder(nn.Module):
             if tokenizer.chat_template is None:
                 # Some Qwen2.5-VL folders keep the template only in chat_template.json (processor side).
                 tokenizer.chat_template = AutoProcessor.from_pretrained(source, **kwargs).chat_template
-            model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-                source, **_dtype_kwarg(dtype), **kwargs
-            )
+            model = Qwen2_5_VLForConditionalGeneration.from_pretrained(source, **_dtype_kwarg(dtype), **kwargs)
         except OSError as error:
             raise OSError(
                 f"cosmos_composer/encoders/text.py: could not load Cosmos-Reason1 from {source!r}"
@@ -232,9 +227,7 @@ class Reason1TextEmbedder(nn.Module):
     # -- embedding ---------------------------------------------------------------------------
 
     @torch.no_grad()
-    def embed_tokens_ids(
-        self, input_ids_B_L: torch.Tensor, output_dtype: torch.dtype = torch.float32
-    ) -> torch.Tensor:
+    def embed_tokens_ids(self, input_ids_B_L: torch.Tensor, output_dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Token ids ``[B, L]`` -> ``[B, L, num_layers * hidden]`` (FULL_CONCAT of normalised layers)."""
         outputs = self.language_model(
             input_ids=input_ids_B_L.to(self.device),

@@ -1,7 +1,7 @@
 """Wan2.1 video VAE with the Cosmos-Predict2.5 / Transfer2.5 latent normalisation.
 
 The network itself is diffusers' ``AutoencoderKLWan``; this module adds what Cosmos does around it
-(reference section 4.5, upstream ``cosmos_transfer2/_src/predict2/tokenizers/wan2pt1.py``):
+(upstream ``cosmos_transfer2/_src/predict2/tokenizers/wan2pt1.py``, ``Wan2pt1VAEInterface``):
 
 * input video uint8 ``[0, 255]`` -> ``x / 127.5 - 1`` (done in the VAE dtype, as upstream);
 * the encoder returns the posterior mean ``mu`` (no sampling);
@@ -57,7 +57,7 @@ SPATIAL_COMPRESSION = 8
 TEMPORAL_COMPRESSION = 4
 
 # Per-channel statistics of the Wan2.1 posterior mean. Identical in the official wan2pt1.py
-# (``WanVAE.__init__``), in reference section 4.5 and in diffusers' ``AutoencoderKLWan`` defaults
+# (``WanVAE.__init__``) and in diffusers' ``AutoencoderKLWan`` defaults
 # (``latents_mean`` / ``latents_std``); tests/test_encoders.py checks the last equality.
 LATENTS_MEAN = (
     -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
@@ -259,7 +259,8 @@ def _load_tensor_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(
             f"cosmos_composer/encoders/vae.py: VAE weights file {str(path)!r} does not exist. Download "
-            "tokenizer.pth from the Hugging Face repo nvidia/Cosmos-Predict2.5-2B (reference section 2.5)."
+            "tokenizer.pth from the Hugging Face repo nvidia/Cosmos-Predict2.5-2B (the file upstream's "
+            "packages/cosmos-oss/cosmos_oss/checkpoints.py names for the Wan2.1 VAE)."
         )
     try:
         try:
@@ -276,9 +277,7 @@ def _load_tensor_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             "unpickled). tokenizer.pth must be a plain state dict {name: tensor}; re-save it as "
             f"torch.save({{k: v for k, v in sd.items()}}) from a trusted source. Detail: {error}"
         ) from error
-    if not isinstance(state_dict, Mapping) or not all(
-        isinstance(v, torch.Tensor) for v in state_dict.values()
-    ):
+    if not isinstance(state_dict, Mapping) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         kind = type(state_dict).__name__
         keys = list(state_dict)[:5] if isinstance(state_dict, Mapping) else []
         raise ValueError(
@@ -314,9 +313,7 @@ def _load_into(
         if missing:
             lines.append(f"missing keys ({len(missing)}): {_format_keys([names.get(k, k) for k in missing])}")
         if unexpected:
-            lines.append(
-                f"unexpected keys ({len(unexpected)}): {_format_keys([names.get(k, k) for k in unexpected])}"
-            )
+            lines.append(f"unexpected keys ({len(unexpected)}): {_format_keys([names.get(k, k) for k in unexpected])}")
         lines.append(
             "Expected a raw state dict of the Wan WanVAE_ module (keys 'encoder.*', 'decoder.*', 'conv1.*', "
             "'conv2.*'); if it was written for another Wan2.1 width pass WanVAE.from_official_pth(path, config=...)."
@@ -373,9 +370,7 @@ class WanVAE(nn.Module):
         self.vae = vae.eval().requires_grad_(False)
         self.micro_batch_size = micro_batch_size
         # Non-persistent: they are constants, not weights, and must not appear in checkpoints.
-        self.register_buffer(
-            "latents_mean", torch.tensor(LATENTS_MEAN).view(1, -1, 1, 1, 1), persistent=False
-        )
+        self.register_buffer("latents_mean", torch.tensor(LATENTS_MEAN).view(1, -1, 1, 1, 1), persistent=False)
         self.register_buffer("latents_std", torch.tensor(LATENTS_STD).view(1, -1, 1, 1, 1), persistent=False)
         self.to(dtype)
 

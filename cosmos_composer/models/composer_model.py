@@ -14,7 +14,8 @@ import torch
 from composer.models import ComposerModel
 from torchmetrics import Metric
 
-from ..data.precompute import crossattn_proj_fingerprint
+from ..data.layouts import CONTROL_KEYS
+from ..data.precompute import check_crossattn_proj_fingerprint, crossattn_proj_fingerprint
 from ..diffusion import rectified_flow as rf
 from ..diffusion.objective import (
     ObjectiveConfig,
@@ -22,7 +23,7 @@ from ..diffusion.objective import (
     training_velocities,
     unconditional_context,
 )
-from .network import CosmosTransferNet
+from .network import CosmosTransferNet, latent_view_indices
 from .parallelize import build_ema_network, set_trainable_
 
 
@@ -46,6 +47,11 @@ class CosmosTransferModel(ComposerModel):
         text_embedder=None,
     ):
         super().__init__()
+        if control_key not in CONTROL_KEYS:  # the batch's `control_input_<key>` uses the canonical names only
+            raise ValueError(
+                f"control_key={control_key!r} is not one of {list(CONTROL_KEYS)}; aliases (blur) are resolved by "
+                "load_config, or by cosmos_composer.data.layouts.normalize_control_key"
+            )
         self.net = net
         self.objective = objective or ObjectiveConfig()
         self.control_key = control_key
@@ -97,10 +103,10 @@ class CosmosTransferModel(ComposerModel):
 
         view_indices_B_T = None
         if self.net.config.is_multiview:
-            # One camera id per latent frame: the first pixel frame's id of each view, repeated.
+            # Each view's camera id is its first pixel frame's id.
             B, _, T, _, _ = x0.shape
             view_ids_B_V = batch["view_indices"].reshape(B, num_views, -1)[:, :, 0]
-            view_indices_B_T = view_ids_B_V.repeat_interleave(T // num_views, dim=1).to(x0.device)
+            view_indices_B_T = latent_view_indices(view_ids_B_V, T // num_views).to(x0.device)
         padding_mask = batch.get("padding_mask")
         if padding_mask is None:
             padding_mask = x0.new_zeros(x0.shape[0], 1, x0.shape[-2] * 8, x0.shape[-1] * 8)
@@ -124,12 +130,7 @@ class CosmosTransferModel(ComposerModel):
         stored = stored[0] if isinstance(stored, (list, tuple)) else stored
         if self._checked_fingerprint is None:
             self._checked_fingerprint = crossattn_proj_fingerprint(self.net.crossattn_proj)  # a collective under FSDP2
-        if stored != self._checked_fingerprint:
-            raise ValueError(
-                f"The cached text embeddings were projected by a crossattn_proj with fingerprint {stored!r}, "
-                f"but this network's is {self._checked_fingerprint!r}. Re-run the precompute with this checkpoint "
-                "(convert_to_mds.py --precompute text) or cache raw embeddings instead."
-            )
+        check_crossattn_proj_fingerprint(stored, self._checked_fingerprint, source="the batch")
 
     # ------------------------------------------------------------------ the objective
     def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,8 +1,9 @@
 """The Cosmos-Transfer2.5 diffusion transformer: base DiT, VACE control branch and the multiview variant.
 
 Parameter names are those of the released checkpoints (minus the leading `net.`), so the files load
-without renaming. The math follows the official `MiniTrainDIT`, `MinimalV4LVGControlVaceDiT` and
-`MultiViewControlDiT` (reference sections 1.3-1.5):
+without renaming. The math follows the official `MiniTrainDIT` (predict2/networks/minimal_v4_dit.py),
+`MinimalV4LVGControlVaceDiT` (transfer2/networks/minimal_v4_lvg_dit_control_vace.py) and
+`MultiViewControlDiT` (transfer2_multiview/networks/multiview_dit_control.py):
 
     tokens = PatchEmbed(cat[x_t, cond_mask, padding_mask, (view_emb)])
     control = PatchEmbed(cat[pad(control_latent), cond_mask, padding_mask, (view_emb)]) (-> input_hint_block)
@@ -30,8 +31,17 @@ from torch.utils.checkpoint import checkpoint
 from .context_parallel import ContextParallel
 from .presets import NetworkConfig, get_config
 
-# Prefixes of the parameters that post-training updates when the base is frozen (reference 1.4).
+# Prefixes of the parameters that post-training updates when the base is frozen (upstream's `vace` training).
 CONTROL_BRANCH_PREFIXES = ("control_blocks.", "control_embedder.", "input_hint_block.")
+
+
+def latent_view_indices(view_ids_B_V: torch.Tensor, frames_per_view: int) -> torch.Tensor:
+    """Camera id of every latent frame, ``[B, V * frames_per_view]``, from each view's camera id ``[B, V]``.
+
+    A multiview latent holds its views one after another along time (``B C (V T) H W``, as upstream's
+    `predict2_multiview/networks/multiview_dit.py`), so view v's frames all carry ``view_ids_B_V[:, v]``.
+    """
+    return view_ids_B_V.repeat_interleave(frames_per_view, dim=1)
 
 
 def _trunc_normal_(weight: torch.Tensor, std: float) -> None:
@@ -71,7 +81,9 @@ class RMSNorm(nn.Module):
 
 def _adaln_modulation(dim: int, lora_dim: int, n_chunks: int) -> nn.Sequential:
     # Keys `.1.weight` / `.2.weight`, as in the checkpoints.
-    return nn.Sequential(nn.SiLU(), Fp32Linear(dim, lora_dim, bias=False), Fp32Linear(lora_dim, n_chunks * dim, bias=False))
+    return nn.Sequential(
+        nn.SiLU(), Fp32Linear(dim, lora_dim, bias=False), Fp32Linear(lora_dim, n_chunks * dim, bias=False)
+    )
 
 
 class Patchify(nn.Module):
@@ -301,7 +313,11 @@ class Block(nn.Module):
         self.adaln_modulation_self_attn = _adaln_modulation(dim, config.adaln_lora_dim, 3)
         self.adaln_modulation_cross_attn = _adaln_modulation(dim, config.adaln_lora_dim, 3)
         self.adaln_modulation_mlp = _adaln_modulation(dim, config.adaln_lora_dim, 3)
-        for modulation in (self.adaln_modulation_self_attn, self.adaln_modulation_cross_attn, self.adaln_modulation_mlp):
+        for modulation in (
+            self.adaln_modulation_self_attn,
+            self.adaln_modulation_cross_attn,
+            self.adaln_modulation_mlp,
+        ):
             _trunc_normal_(modulation[1].weight, 1.0 / math.sqrt(dim))
             nn.init.zeros_(modulation[2].weight)
 
@@ -320,10 +336,18 @@ class Block(nn.Module):
         if M % num_views:
             raise ValueError(f"Text context length {M} is not a multiple of the number of views {num_views}")
         if frame_views is not None:  # context parallel: these frames may start or end inside a view
-            return self._cross_attention_by_frame(x_B_L_D, context_B_M_C.view(B, num_views, M // num_views, -1), frame_views)
+            return self._cross_attention_by_frame(
+                x_B_L_D, context_B_M_C.view(B, num_views, M // num_views, -1), frame_views
+            )
         # B (V L) D -> (V B) L D: each view attends to its own text tokens only.
-        x_VB_l_D = x_B_L_D.view(B, num_views, L // num_views, D).transpose(0, 1).reshape(num_views * B, L // num_views, D)
-        ctx = context_B_M_C.view(B, num_views, M // num_views, -1).transpose(0, 1).reshape(num_views * B, M // num_views, -1)
+        x_VB_l_D = (
+            x_B_L_D.view(B, num_views, L // num_views, D).transpose(0, 1).reshape(num_views * B, L // num_views, D)
+        )
+        ctx = (
+            context_B_M_C.view(B, num_views, M // num_views, -1)
+            .transpose(0, 1)
+            .reshape(num_views * B, M // num_views, -1)
+        )
         out_VB_l_D = self.cross_attn(x_VB_l_D, ctx)
         return out_VB_l_D.view(num_views, B, L // num_views, D).transpose(0, 1).reshape(B, L, D)
 
@@ -352,9 +376,15 @@ class Block(nn.Module):
         """With `context_parallel`, `x_B_T_H_W_D` holds this rank's frames; `frame_views` gives each one's view."""
         B, T, H, W, D = x_B_T_H_W_D.shape
         dtype = x_B_T_H_W_D.dtype
-        shift_sa, scale_sa, gate_sa = self._modulation(self.adaln_modulation_self_attn, emb_B_T_D, adaln_lora_B_T_3D, dtype)
-        shift_ca, scale_ca, gate_ca = self._modulation(self.adaln_modulation_cross_attn, emb_B_T_D, adaln_lora_B_T_3D, dtype)
-        shift_mlp, scale_mlp, gate_mlp = self._modulation(self.adaln_modulation_mlp, emb_B_T_D, adaln_lora_B_T_3D, dtype)
+        shift_sa, scale_sa, gate_sa = self._modulation(
+            self.adaln_modulation_self_attn, emb_B_T_D, adaln_lora_B_T_3D, dtype
+        )
+        shift_ca, scale_ca, gate_ca = self._modulation(
+            self.adaln_modulation_cross_attn, emb_B_T_D, adaln_lora_B_T_3D, dtype
+        )
+        shift_mlp, scale_mlp, gate_mlp = self._modulation(
+            self.adaln_modulation_mlp, emb_B_T_D, adaln_lora_B_T_3D, dtype
+        )
 
         h_B_L_D = _modulate(self.layer_norm_self_attn, x_B_T_H_W_D, shift_sa, scale_sa).reshape(B, T * H * W, D)
         attn_B_L_D = self.self_attn(h_B_L_D, rope_cos_sin=rope_cos_sin, context_parallel=context_parallel)
@@ -381,7 +411,9 @@ class ControlBlock(Block):
         self.after_proj = nn.Linear(dim, dim)
         self.zero_init_projections()
 
-    def forward(self, c_B_T_H_W_D: torch.Tensor, x_B_T_H_W_D: torch.Tensor, **block_kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, c_B_T_H_W_D: torch.Tensor, x_B_T_H_W_D: torch.Tensor, **block_kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(the control stream for the next control block, the hint for the base).
 
         The projections run inside this forward so that they see unsharded weights when the block is
@@ -416,7 +448,9 @@ class FinalLayer(nn.Module):
         nn.init.zeros_(self.adaln_modulation[2].weight)
 
     def forward(self, x_B_T_H_W_D, emb_B_T_D, adaln_lora_B_T_3D) -> torch.Tensor:
-        shift_B_T_D, scale_B_T_D = (self.adaln_modulation(emb_B_T_D) + adaln_lora_B_T_3D[..., : 2 * self.dim]).chunk(2, -1)
+        shift_B_T_D, scale_B_T_D = (self.adaln_modulation(emb_B_T_D) + adaln_lora_B_T_3D[..., : 2 * self.dim]).chunk(
+            2, -1
+        )
         with _no_autocast(x_B_T_H_W_D.device.type):
             x = self.layer_norm(x_B_T_H_W_D.float())
             x = x * (1 + scale_B_T_D[:, :, None, None, :]) + shift_B_T_D[:, :, None, None, :]
@@ -518,7 +552,8 @@ class CosmosTransferNet(nn.Module):
 
     def _view_embedding(self, view_indices_B_T, B, T, H, W, num_views, device) -> torch.Tensor:
         if view_indices_B_T is None:
-            view_indices_B_T = torch.arange(num_views, device=device).repeat_interleave(T // num_views)[None].expand(B, T)
+            # Upstream's default: view v gets camera id v.
+            view_indices_B_T = latent_view_indices(torch.arange(num_views, device=device).expand(B, -1), T // num_views)
         if view_indices_B_T.shape != (B, T):
             raise ValueError(f"view_indices_B_T has shape {tuple(view_indices_B_T.shape)}, expected {(B, T)}")
         view_indices_B_T = view_indices_B_T.to(device).long().clamp(max=self.config.n_cameras_emb - 1)

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
 
+from ..checkpoint.keys import strip_wrapper_names
 from .network import Block, CosmosTransferNet
 
 # The dtype the released checkpoints store every weight in, and the dtype we store frozen weights in.
@@ -143,25 +144,15 @@ def build_ema_network(net: CosmosTransferNet) -> CosmosTransferNet:
     return net_ema
 
 
-# Name components that wrappers insert into parameter names (activation checkpointing, torch.compile);
-# they are stripped so that `net` and `net_ema` match by name whichever of them is wrapped.
-_WRAPPER_NAME_PARTS = ("_checkpoint_wrapped_module.", "_orig_mod.")
-
-
-def canonical_name(name: str) -> str:
-    for part in _WRAPPER_NAME_PARTS:
-        name = name.replace(part, "")
-    return name
-
-
 def trainable_pairs(net: nn.Module, net_ema: nn.Module) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
-    """(name, net parameter, net_ema parameter) for every trainable parameter of `net`, matched by name."""
-    ema_params = {canonical_name(name): p for name, p in net_ema.named_parameters(remove_duplicate=False)}
+    """(name, net parameter, net_ema parameter) for every trainable parameter of `net`, matched by name
+    without the parts that wrappers insert (activation checkpointing, torch.compile), whichever is wrapped."""
+    ema_params = {strip_wrapper_names(name): p for name, p in net_ema.named_parameters(remove_duplicate=False)}
     pairs = []
     for name, param in net.named_parameters():
         if not param.requires_grad:
             continue
-        name = canonical_name(name)
+        name = strip_wrapper_names(name)
         if name not in ema_params:
             raise KeyError(f"net_ema has no parameter {name!r}; net and net_ema must be the same network")
         pairs.append((name, param, ema_params[name]))

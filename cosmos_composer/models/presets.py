@@ -2,7 +2,9 @@
 
 Field names follow the official network config (`MinimalV4LVGControlVaceDiT` / `MultiViewControlDiT`
 in cosmos-transfer2.5), so `build_network("tiny-singleview", num_blocks=6, vace_block_every_n=3)`
-means what it says. Values of the 2B presets: reference section 1.2.
+means what it says. Values of the 2B presets: the net configs with the overrides of the released experiments
+(transfer2/configs/vid2vid_transfer/experiment/exp_large_scale.py for single view,
+transfer2_multiview/configs/vid2vid_transfer/experiment/buttercup_reason1_rfupdates_v2_layer4.py for multiview).
 """
 
 from __future__ import annotations
@@ -93,9 +95,13 @@ class NetworkConfig:
         if self.head_dim % 2 or (self.head_dim // 6 * 2) < 4:
             raise ValueError(f"head_dim={self.head_dim} is too small or odd for the 3D RoPE split")
         if self.vace_block_every_n < 1 or self.vace_block_every_n > self.num_blocks:
-            raise ValueError(f"vace_block_every_n={self.vace_block_every_n} must be in [1, num_blocks={self.num_blocks}]")
+            raise ValueError(
+                f"vace_block_every_n={self.vace_block_every_n} must be in [1, num_blocks={self.num_blocks}]"
+            )
         if self.is_multiview and self.extra_image_context_dim is not None:
-            raise ValueError("The multiview network has no image-context modules (extra_image_context_dim must be None)")
+            raise ValueError(
+                "The multiview network has no image-context modules (extra_image_context_dim must be None)"
+            )
 
 
 _SINGLEVIEW_2B = NetworkConfig()
