@@ -195,9 +195,14 @@ def test_a_second_run_into_the_same_folder_stops_naming_the_first_and_a_dead_one
         first.send_signal(signal.SIGKILL)
         first.wait()
     time.sleep(1)
-    third = _run(tmp_path, demo_mds, "max_duration=100000ba", "max_duration=4ba")
+    # The first run trains on while the second starts (longer on a loaded machine): go two batches past its
+    # newest checkpoint, so that the third run has something to resume and something left to train.
+    written = [path for path in tmp_path.joinpath(*RUN).glob("ep*-ba*") if (path / "checksums.json").exists()]
+    newest = max(written, key=lambda path: int(path.name.split("-ba")[1])).name  # checksums.json comes last
+    until = f"max_duration={int(newest.split('-ba')[1]) + 2}ba"
+    third = _run(tmp_path, demo_mds, until)
     assert third.returncode == 0, third.stderr[-3000:]
     assert "took over the lock" in third.stdout and f"pid {first.pid}" in third.stdout
-    assert "autoresume: resuming from" in third.stdout
-    fourth = _run(tmp_path, demo_mds, "max_duration=4ba")  # after a clean exit there is nothing to take over
+    assert f"autoresume: resuming from {newest} " in third.stdout
+    fourth = _run(tmp_path, demo_mds, until)  # after a clean exit there is nothing to take over
     assert fourth.returncode == 0 and "took over" not in fourth.stdout and "already complete" in fourth.stdout
