@@ -37,7 +37,7 @@ def main(argv: list[str]) -> None:
     except ConfigError as error:
         sys.exit(f"config error: {error}")
     except (CheckpointLoadError, HfResolveError) as error:
-        sys.exit(f"load_path error: {error}")
+        sys.exit(f"checkpoint error: {error}")  # the message names the key: load_path or base_load_path
     except CheckpointException as error:  # Composer's checkpoint load: a refused pickle is said plainly
         refusal = unsafe_pickle_in(error)
         if refusal is None:

@@ -28,17 +28,20 @@ from .checkpoint.integrity import ChecksumMismatch, verify_checksums
 from .checkpoint.load import (
     CheckpointLoadError,
     is_composer_checkpoint,
+    load_base_into_network,
     load_consolidated_into_network,
     load_network_weights,
 )
 from .checkpoint.safe_pickle import UnsafePickleError, composer_loads_safely
-from .config import ConfigError, check_precision, run_folder
+from .config import ConfigError, check_precision, network_overrides, run_folder
 from .config_file import write_json_or_yaml
 from .encoders import build_encoders
 from .loggers import JSONLinesLogger, WandBLogger
 from .models import CosmosTransferNet, build_network, get_config
 from .models.composer_model import CosmosTransferModel, ObjectiveConfig
 from .models.context_parallel import context_parallel_groups
+from .models.lora import BaseWeights, apply_lora, init_adapters_, lora_of
+from .models.lora import describe_counts as describe_lora_counts
 from .models.parallelize import (
     FROZEN_DTYPE,
     apply_compile,
@@ -62,6 +65,7 @@ class RunInputs:
 
     weights: Optional[str] = None  # a consolidated .pt to start from (`load_path`)
     composer_checkpoint: Optional[str] = None  # a Composer checkpoint to start from (`load_path`)
+    base: Optional[str] = None  # a Predict2.5 checkpoint whose base DiT starts the run (`base_load_path`)
     resume_from: Optional[Path] = None  # the autoresume checkpoint in save_folder: Composer loads it
     vae: Optional[str] = None  # a path, or "tiny"
     text: Optional[str] = None
@@ -106,6 +110,19 @@ def resolve_inputs(cfg: DictConfig, save_folder: Optional[str]) -> RunInputs:
             inputs.composer_checkpoint = local
         else:
             inputs.weights = local  # its checksums (an export's) are verified when it is read
+    if cfg.base_load_path is not None:
+        # A full Transfer checkpoint (load_path) or the run's own checkpoint (autoresume) holds the base too.
+        overridden_by = (
+            f"the run resumes from {inputs.resume_from}"
+            if inputs.resumes
+            else f"load_path={cfg.load_path!r} (a full Transfer checkpoint) wins"
+            if cfg.load_path is not None
+            else None
+        )
+        if overridden_by is None:
+            inputs.base = _resolve_key("base_load_path", cfg.base_load_path)
+        elif dist.get_global_rank() == 0:
+            print(f"base_load_path={cfg.base_load_path!r} ignored: {overridden_by}", flush=True)
     return inputs
 
 
@@ -118,20 +135,28 @@ def build_training_network(cfg: DictConfig, inputs: RunInputs) -> CosmosTransfer
     """The network with its weights, laid out for training (see `models/parallelize.py`).
 
     With FSDP2 it is built on the meta device, sharded, and each rank fills only its own shards: from
-    the consolidated `load_path` file (mmapped), from a fresh initialisation, or not at all when Composer
-    loads a checkpoint next (autoresume, or a Composer checkpoint as `load_path`).
+    the consolidated `load_path` file (mmapped), from a fresh initialisation (and then the `base_load_path`
+    base DiT, the control branch initialised from it), or not at all when Composer loads a checkpoint next
+    (autoresume, or a Composer checkpoint as `load_path`).
     """
     m = cfg.model
-    overrides = OmegaConf.to_container(m.overrides)
+    overrides = network_overrides(cfg)  # model.overrides + the rig's camera_names
     fsdp = build_parallelism(cfg)
     load = dict(strict=cfg.load_strict, allow_shape_mismatch=cfg.load_allow_shape_mismatch, source=cfg.load_path)
+    # With a base_load_path the fresh draw is the control embedder's and hint block's init (upstream keeps theirs).
     fresh_init = not (inputs.weights or inputs.composer_checkpoint or inputs.resumes)
+    base = dict(path_or_uri=inputs.base, source=cfg.base_load_path)
 
     if fsdp is None:  # one process, no sharding: the network is built whole
         net = build_network(m.preset, **overrides)
         if inputs.weights:
             load_consolidated_into_network(net, inputs.weights, **load)
+        elif inputs.base:
+            load_base_into_network(net, **base)
+        if m.lora is not None:  # after the loads: the files have the official names
+            apply_lora(net, m.lora)
         set_trainable_(net, m.train_base)
+        _print_trainable_counts(net)
         # Without FSDP2 nothing casts the frozen weights for an fp32 forward, so they stay fp32 there.
         apply_dtypes(net, FROZEN_DTYPE if cfg.precision == "amp_bf16" else torch.float32)
         if m.compile_blocks:
@@ -139,10 +164,15 @@ def build_training_network(cfg: DictConfig, inputs: RunInputs) -> CosmosTransfer
         return net
 
     # The fresh weights are drawn first, whole, from the run's seed (small presets: the 2B starts from a file).
-    initial = build_network(m.preset, **overrides).state_dict() if fresh_init else None
+    initial = _fresh_weights(m, overrides) if fresh_init else None
     with torch.device("meta"):
         net = build_network(m.preset, **overrides)
+        if m.lora is not None:  # before FSDP2 and torch.compile, which wrap the adapted modules
+            apply_lora(net, m.lora)
     set_trainable_(net, m.train_base)
+    _print_trainable_counts(net)
+    # Files have the official names: they load into the base weights of an adapted network.
+    loadable = BaseWeights(net) if m.lora is not None else net
     apply_dtypes(net)
     fsdp_config = fsdp["fsdp"]
     mp_policy = create_mixed_precision_policy(Precision(cfg.precision), fsdp_config.mixed_precision)
@@ -153,13 +183,37 @@ def build_training_network(cfg: DictConfig, inputs: RunInputs) -> CosmosTransfer
         apply_compile(net)
     materialize_(net, training_device())
     if inputs.weights:
-        load_consolidated_into_network(net, inputs.weights, **load)
+        load_consolidated_into_network(loadable, inputs.weights, **load)
+        if m.lora is not None:
+            init_adapters_(net)
     elif initial is not None:
         load_network_weights(net, initial, "the fresh initialisation")
+        if inputs.base:
+            load_base_into_network(loadable, **base)
     else:
         for tensor in net.state_dict().values():  # Composer's checkpoint load overwrites every one
             tensor.detach().zero_()
     return net
+
+
+def _fresh_weights(m: DictConfig, overrides: dict) -> dict[str, torch.Tensor]:
+    """A fresh network's weights, whole, drawn from the seeded RNG (with its adapters under LoRA)."""
+    net = build_network(m.preset, **overrides)
+    if m.lora is not None:
+        apply_lora(net, m.lora)
+    return net.state_dict()
+
+
+def _print_trainable_counts(net: CosmosTransferNet) -> None:
+    """What trains, in the run's start lines (global rank 0)."""
+    if dist.get_global_rank() != 0:
+        return
+    if lora_of(net) is not None:
+        print(describe_lora_counts(net), flush=True)
+        return
+    trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in net.parameters() if not p.requires_grad)
+    print(f"parameters: {trainable:,} train, {frozen:,} frozen", flush=True)
 
 
 def build_model(cfg: DictConfig, inputs: RunInputs) -> CosmosTransferModel:
@@ -202,6 +256,7 @@ def build_dataloader(
         use_cached_text=ds.use_cached_text,
         random_control_params=ds.random_control_params,
         augment_seed=ds.augment_seed,
+        cameras=ds.cameras,
         shuffle=ds.shuffle,
         shuffle_seed=ds.shuffle_seed,
         batch_size=batch_size,
@@ -249,14 +304,19 @@ def ensure_demo_dataset(ds: DictConfig, is_multiview: bool, vae=None, text_embed
         raw = Path(ds.local).with_name(Path(ds.local).name + "_raw")
         log.info("Demo dataset %s is missing: generating %s and converting it", ds.local, raw)
         if not raw.exists():
-            make_demo_dataset(layout=layout, output=raw)
+            make_demo_dataset(layout=layout, output=raw, cameras=ds.cameras)
         precomputer = None
         if vae is not None or text_embedder is not None:
             precomputer = Precomputer(
                 height=ds.height, width=ds.width, num_frames=ds.num_frames, vae=vae, text_embedder=text_embedder
             )
         convert_to_mds(
-            layout=layout, input_dir=raw, output_dir=ds.local, min_frames=ds.num_frames, precomputer=precomputer
+            layout=layout,
+            input_dir=raw,
+            output_dir=ds.local,
+            min_frames=ds.num_frames,
+            precomputer=precomputer,
+            cameras=ds.cameras,
         )
     dist.barrier()
 
@@ -459,6 +519,10 @@ def build_trainer(cfg: DictConfig) -> Trainer:
 
 def describe_model(cfg: DictConfig) -> str:
     """What trains, for the summary line: `tiny-multiview, control branch`."""
+    lora = cfg.model.lora
+    if lora is not None:
+        trains = {"base": "LoRA on the base + control branch", "control": "LoRA on the control branch"}
+        return f"{cfg.model.preset}, {trains.get(lora.target, 'LoRA on the base and the control branch')}"
     return f"{cfg.model.preset}, {'all weights' if cfg.model.train_base else 'control branch'}"
 
 
@@ -468,6 +532,8 @@ def describe_start(cfg: DictConfig, inputs: RunInputs) -> str:
         return f"resumed from {inputs.resume_from.name}"
     if inputs.composer_checkpoint or inputs.weights:
         return f"started from {cfg.load_path}"
+    if inputs.base:
+        return f"started from the base {cfg.base_load_path}"
     return "started fresh"
 
 

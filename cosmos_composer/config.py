@@ -15,6 +15,24 @@ from typing import Any, Optional
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, KeyValidationError, ValidationError
 
+# Where `model.lora.target` puts the adapters: the frozen base blocks (the control branch trains fully, as
+# without LoRA), the control blocks (instead of training them fully; all else frozen), or both.
+LORA_TARGETS = ("base", "control", "base_and_control")
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapters (PEFT) on the attention (q/k/v/output) and MLP projections of the blocks `target` names.
+
+    The defaults are upstream's `use_lora` config (cosmos_transfer2/_src/predict2/models/text2world_model.py:
+    lora_rank=32, lora_alpha=32, PEFT's dropout 0); the update is W + (alpha / rank) * B @ A.
+    """
+
+    rank: int = 32
+    alpha: float = 32.0
+    dropout: float = 0.0  # on each adapter's input (PEFT's lora_dropout)
+    target: str = "base"  # base, control or base_and_control
+
 
 @dataclass
 class ModelConfig:
@@ -25,6 +43,9 @@ class ModelConfig:
     # torch.compile every (control) block (parameter names unchanged); measure it with
     # `scripts/benchmark.py --section trainer --set model.compile_blocks=true` before turning it on.
     compile_blocks: bool = False
+    # LoRA adapters, e.g. {rank: 32, alpha: 32, dropout: 0, target: base} (`model.lora={}`: upstream's defaults);
+    # null: no LoRA. Not with train_base=true (that trains every weight already).
+    lora: Optional[LoraConfig] = None
     use_ema: bool = True
     # The control the model is trained on (`control_input_<key>` of the batch): hdmap_bbox, edge or vis for
     # multiview; depth, seg, edge or vis for single view; blur is accepted for vis.
@@ -77,6 +98,9 @@ class DatasetConfig:
     augment_seed: int = 0
     # Optional demo data: generated and converted if `local` does not exist (quickstart only).
     demo_if_missing: bool = False
+    # Multiview: the rig's cameras in view order (view id = position; the network has one view-embedding row per
+    # camera, model.overrides.n_cameras_emb = their number). null: the 7 official cameras (data/cameras.py).
+    cameras: Optional[list[str]] = None
 
 
 @dataclass
@@ -154,6 +178,10 @@ class TrainConfig:
     load_strict: bool = True
     # Also drop (and print) tensors whose shape differs from the network's instead of failing.
     load_allow_shape_mismatch: bool = False
+    # A Predict2.5-2B checkpoint (a fine-tuned base DiT: consolidated .pt, hf:// URI or Composer checkpoint
+    # folder) whose base weights load strictly (its EMA when it has one); the control branch then starts from
+    # it as a new Transfer training does. Ignored when load_path is set or the run resumes.
+    base_load_path: Optional[str] = None
     loggers: Optional[dict[str, Any]] = None
     callbacks: dict[str, Any] = field(default_factory=dict)  # name: kwargs; `callbacks.<name>=null` turns one off
     console_log_interval: str = "1ba"
@@ -191,7 +219,7 @@ def _valid_keys_message(full_key: str) -> str:
         child = node.get(part) if isinstance(node, DictConfig) else None
         if child is None or not isinstance(child, DictConfig):
             # Optional sections default to None; show the schema of their type instead.
-            child = OmegaConf.structured({"eval_loader": LoaderConfig}.get(part, {}))
+            child = OmegaConf.structured({"eval_loader": LoaderConfig, "lora": LoraConfig}.get(part, {}))
         node = child
     keys = sorted(node.keys()) if isinstance(node, DictConfig) else []
     where = ".".join(parts) or "the top level"
@@ -252,6 +280,62 @@ def network_layout(model: DictConfig) -> str:
 
     network = get_config(model.preset, **OmegaConf.to_container(model.overrides))
     return MULTIVIEW_HDMAP if network.is_multiview else SINGLEVIEW
+
+
+def network_overrides(cfg: DictConfig) -> dict[str, Any]:
+    """`model.overrides` plus, for a multiview run with `train_loader.dataset.cameras`, `camera_names`: the
+    network names its view-embedding rows after the rig's cameras (saved in network.json with the weights)."""
+    overrides = OmegaConf.to_container(cfg.model.overrides)
+    cameras = cfg.train_loader.dataset.cameras if cfg.get("train_loader") is not None else None
+    if cameras and network_layout(cfg.model) == "multiview-hdmap":
+        overrides["camera_names"] = list(cameras)
+    return overrides
+
+
+def _camera_problems(cfg: DictConfig) -> list[tuple[str, Any, str]]:
+    """The rig's camera lists against each other and against the network's view-embedding rows."""
+    from .data.cameras import check_camera_list, run_cameras
+    from .models import get_config
+
+    problems = []
+    loaders = [name for name in ("train_loader", "eval_loader") if cfg.get(name) is not None]
+    try:
+        network = get_config(cfg.model.preset, **OmegaConf.to_container(cfg.model.overrides))
+    except (TypeError, ValueError):
+        return problems  # reported as a model.overrides problem
+    for loader in loaders:
+        key, cameras = f"{loader}.dataset.cameras", cfg[loader].dataset.cameras
+        if cameras is None:
+            continue
+        if not network.is_multiview:
+            problems.append((key, list(cameras), "null for a single-view network (cameras are for multiview)"))
+            continue
+        try:
+            check_camera_list(list(cameras), key)
+        except ValueError as error:
+            problems.append((key, list(cameras), str(error)))
+    if not network.is_multiview or not loaders:
+        return problems
+    train = run_cameras(cfg[loaders[0]].dataset.cameras)
+    if len(train) != network.n_cameras_emb:
+        problems.append(
+            (
+                f"{loaders[0]}.dataset.cameras",
+                list(train),
+                f"{network.n_cameras_emb} cameras (model.overrides.n_cameras_emb), one per view-embedding row; "
+                f"or set model.overrides.n_cameras_emb: {len(train)}",
+            )
+        )
+    if network.camera_names and tuple(network.camera_names) != train:
+        problems.append(
+            ("model.overrides.camera_names", list(network.camera_names), f"left out, or equal to {list(train)}")
+        )
+    for loader in loaders[1:]:
+        if run_cameras(cfg[loader].dataset.cameras) != train:
+            problems.append(
+                (f"{loader}.dataset.cameras", cfg[loader].dataset.cameras, f"the train cameras {list(train)}")
+            )
+    return problems
 
 
 def canonical_control_key(model: DictConfig) -> str:
@@ -353,6 +437,12 @@ def _value_problems(cfg: DictConfig) -> list[tuple[str, Any, str]]:
     )
     check("model.eval_sigmas", all(0 < s < 1 for s in m.eval_sigmas), "sigmas strictly between 0 and 1")
     check("model.eval_seed", m.eval_seed >= 0, "an integer >= 0")
+    if m.lora is not None:
+        check("model.lora.rank", m.lora.rank > 0, "an integer > 0")
+        positive("model.lora.alpha")
+        check("model.lora.dropout", 0 <= m.lora.dropout < 1, "a probability in [0, 1)")
+        check("model.lora.target", m.lora.target in LORA_TARGETS, f"one of {list(LORA_TARGETS)}")
+        check("model.lora", not m.train_base, "null with model.train_base=true (a full fine-tune trains every weight)")
 
     check("precision", cfg.precision in PRECISIONS, f"one of {list(PRECISIONS)}")
     for key in ("max_duration", "eval_interval", *(["save_interval"] if cfg.save_interval is not None else [])):
@@ -410,6 +500,8 @@ def _value_problems(cfg: DictConfig) -> list[tuple[str, Any, str]]:
             "true when encoders.text is null (nothing else makes the text embeddings)",
         )
         check(f"{loader}.num_workers", cfg[loader].num_workers >= 0, "an integer >= 0")
+    if m.preset in PRESETS:
+        problems += _camera_problems(cfg)
     if cfg.gpu_memory_cap_gib is not None:
         positive("gpu_memory_cap_gib")
     check("max_nonfinite_steps", cfg.max_nonfinite_steps >= 0, "an integer >= 0")

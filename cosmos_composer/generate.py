@@ -30,7 +30,7 @@ import torch
 
 from .checkpoint.keys import EMA_WEIGHTS, WEIGHT_CHOICES
 from .checkpoint.network_weights import load_network, read_checkpoint_state, select_network_weights  # noqa: F401
-from .data.cameras import CAMERA_TO_VIEW_INDEX
+from .data.cameras import DEFAULT_CAMERAS
 from .diffusion import sampler
 from .encoders import build_encoders
 from .encoders.text import REASON1_REPO, REASON1_REVISION
@@ -153,7 +153,11 @@ class GenerateOptions:
         flag="--no-negative-prompt",
     )
     cameras: Optional[list[str]] = _option(
-        "multiview: comma-separated cameras to generate (default: all 7)", "inputs", None, type=_comma_list
+        "multiview: comma-separated cameras to generate (default: all of the network's, the 7 official ones for "
+        "the released file)",
+        "inputs",
+        None,
+        type=_comma_list,
     )
     caption_mode: str = _option(
         "multiview prompts: 'prefixed' = camera prefix on every view, caption on front-wide (as in training; "
@@ -276,14 +280,18 @@ def _check_geometry(options: GenerateOptions, net: CosmosTransferNet, first_vide
 # Latent frames
 # =============================================================================================
 def view_indices(
-    cameras: Optional[Sequence[str]], latent_frames_per_view: int, batch_size: int = 1
+    cameras: Optional[Sequence[str]],
+    latent_frames_per_view: int,
+    batch_size: int = 1,
+    network_cameras: Sequence[str] = DEFAULT_CAMERAS,
 ) -> Optional[torch.Tensor]:
-    """Camera id of every latent frame ``[B, V*t]`` for multiview (None for single view)."""
+    """View id of every latent frame ``[B, V*t]`` for multiview (None for single view): each camera's
+    position in ``network_cameras`` (the network's view-embedding rows)."""
     from .models.network import latent_view_indices
 
     if not cameras:
         return None
-    ids_B_V = torch.tensor([CAMERA_TO_VIEW_INDEX[camera] for camera in cameras], dtype=torch.long).expand(
+    ids_B_V = torch.tensor([list(network_cameras).index(camera) for camera in cameras], dtype=torch.long).expand(
         batch_size, -1
     )
     return latent_view_indices(ids_B_V, latent_frames_per_view)
@@ -340,7 +348,7 @@ def generate(options: GenerateOptions) -> list[Path]:
         raise GenerationError("--cameras is only for multiview networks")
 
     # ---- videos
-    cameras = select_cameras(options.cameras, net.config.n_cameras_emb) if is_multiview else None
+    cameras = select_cameras(options.cameras, net.config.view_cameras) if is_multiview else None
     control_files = video_files(options.control, cameras, "--control", options.sample)
     num_frames, height, width, fps = _check_geometry(options, net, control_files[0])
     control_3_VT_H_W = read_views(control_files, num_frames, height, width, "--control")
@@ -400,7 +408,9 @@ def generate(options: GenerateOptions) -> list[Path]:
         context=context.to(device),
         uncond_context=uncond_context.to(device),
         num_views=num_views,
-        view_indices_B_T=None if cameras is None else view_indices(cameras, latent_frames).to(device),
+        view_indices_B_T=None
+        if cameras is None
+        else view_indices(cameras, latent_frames, network_cameras=net.config.view_cameras).to(device),
         condition_latents=condition_latents,
         num_conditional_frames=n_cond,
         control_weight=options.control_weight,

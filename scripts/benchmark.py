@@ -730,7 +730,8 @@ def run_trainer(args) -> None:
     W = args.latent_width or cfg.train_loader.dataset.width // 8
     if args.steps < 2:
         raise SystemExit("--steps must be at least 2: the first step is not timed")
-    text_kind = "projected" if network.use_crossattn_projection else "raw"
+    # Projected text is cached only for a frozen crossattn_proj: a full fine-tune (model.train_base) trains it.
+    text_kind = "projected" if network.use_crossattn_projection and not cfg.model.train_base else "raw"
     fingerprint = _crossattn_proj_fingerprint(cfg, args.load_path) if text_kind == "projected" else ""
     tokens = (
         views * latent_frames // network.patch_temporal * (H // network.patch_spatial) * (W // network.patch_spatial)

@@ -3,7 +3,10 @@
 
 Layouts (see cosmos_composer/data/layouts.py):
   multiview-hdmap   videos/ftheta_<camera>/<name>.mp4, control_input_hdmap_bbox/ftheta_<camera>/<name>.mp4
-                    and captions/ftheta_camera_front_wide_120fov/<name>.json, for the 7 cameras
+                    and captions/ftheta_camera_front_wide_120fov/<name>.json, for the 7 official cameras;
+                    --cameras a,b,c converts another rig (any number of cameras, in view order: the view id
+                    of a camera is its position in the list; captions come from front_wide when listed,
+                    else from the first camera)
   singleview        videos/<name>.mp4, captions/<name>.json, and depth/<name>.mp4 or seg/<name>.mp4 for
                     those controls (edge and vis/blur are computed from the video while training)
 
@@ -20,6 +23,8 @@ Reason1 text embeddings, projected to 1024-d with --crossattn-proj) so training 
 
 Examples:
     python scripts/convert_to_mds.py --layout multiview-hdmap --input my_dataset/ --output data/hdmap_mds
+    python scripts/convert_to_mds.py --layout multiview-hdmap --input rig/ --output data/rig_mds \\
+        --cameras camera_front_wide_120fov,camera_cross_left_120fov,camera_cross_right_120fov
     python scripts/convert_to_mds.py --layout singleview --control-key depth --input ufo/ --output data/ufo_mds
     python scripts/convert_to_mds.py --layout multiview-hdmap --input demo/ --output demo_mds --min-frames 29 \\
         --precompute latents,text --vae tokenizer.pth --text-encoder nvidia/Cosmos-Reason1-7B \\
@@ -66,6 +71,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help=f"frames every video and control must have (default: {DEFAULT_MIN_FRAMES['multiview-hdmap']} "
         f"multiview, {DEFAULT_MIN_FRAMES['singleview']} single view, the recipes' frames per view)",
+    )
+    parser.add_argument(
+        "--cameras",
+        default=None,
+        help="multiview: comma-separated cameras to convert, in view order (folders ftheta_<camera>; default: the 7 "
+        "official cameras). Train with the same list as train_loader.dataset.cameras",
     )
     parser.add_argument("--skip-invalid", action="store_true", help="leave out invalid samples instead of stopping")
     parser.add_argument(
@@ -165,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             size_limit=args.size_limit,
             precomputer=precomputer,
             progress=not args.no_progress,
+            cameras=[c.strip() for c in args.cameras.split(",")] if args.cameras else None,
         )
     except (ConversionError, LayoutError, ValueError, FileExistsError, KeyError, DiskFullError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -13,6 +13,11 @@ group; only the model weights are read, never the optimizer state.
 --format diffusers writes transformer/ and controlnet/ for diffusers' CosmosTransformer3DModel and
 CosmosControlNetModel (single view only), from the EMA weights unless --weights net.
 
+A LoRA run's checkpoint (model.lora) is merged: every adapter goes into its official key, W + (alpha/rank) * B @ A,
+so the files hold exactly the released keys; --no-merge writes the base weights without the adapters instead.
+Both write lora_adapter/ with the adapters alone in PEFT's format (adapter_model.safetensors, adapter_config.json;
+the EMA's unless --weights net), for PeftModel.from_pretrained on the plain network.
+
 --verify reloads every written file, checks its tensors bit for bit, loads it strictly into a fresh network
 and compares a forward pass (diffusers: from_pretrained and the velocity).
 
@@ -70,13 +75,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--weights",
         choices=["ema", "net"],
         default="ema",
-        help="weights for --format diffusers: the EMA or the training weights (default: ema)",
+        help="weights for --format diffusers and the LoRA adapter: the EMA or the training weights (default: ema)",
     )
     parser.add_argument(
         "--diffusers-dtype",
         choices=sorted(DTYPES),
         default="fp32",
         help="dtype of the diffusers weights (default: fp32)",
+    )
+    parser.add_argument(
+        "--no-merge",
+        action="store_true",
+        help="LoRA checkpoints: keep the adapters out of the official files (they are in lora_adapter/ either way)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
@@ -101,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             diffusers_dtype=DTYPES[args.diffusers_dtype],
             verify=args.verify,
             progress=not args.quiet,
+            merge_lora=not args.no_merge,
         )
     except (ExportError, DiskFullError) as error:
         print(f"error: {error}", file=sys.stderr)

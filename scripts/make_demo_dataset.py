@@ -29,6 +29,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--width", type=int, default=112, help="frame width, even (default: 112)")
     parser.add_argument("--fps", type=float, default=10, help="frame rate (default: 10)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument(
+        "--cameras",
+        default=None,
+        help="multiview: comma-separated cameras (folders ftheta_<camera>; default: the 7 official cameras)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace --output if it is not empty")
     return parser.parse_args(argv)
 
@@ -46,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             fps=args.fps,
             overwrite=args.overwrite,
+            cameras=[c.strip() for c in args.cameras.split(",")] if args.cameras else None,
         )
     except (ValueError, FileExistsError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -29,10 +29,11 @@ from ..models import NetworkConfig
 class CheckpointChecksums(Callback):
     """`preset` and `network`: the run's network config (`model.preset`, and `net.config` after the overrides)."""
 
-    def __init__(self, saver: CheckpointSaver, preset: str, network: NetworkConfig):
+    def __init__(self, saver: CheckpointSaver, preset: str, network: NetworkConfig, lora: Optional[dict] = None):
         self.saver = saver
         self.preset = preset
         self.network = network
+        self.lora = lora  # the LoRA settings when the weights carry adapters (models/lora.py)
         self.summed: Optional[str] = None  # the newest checkpoint already summed
 
     @classmethod
@@ -41,8 +42,9 @@ class CheckpointChecksums(Callback):
         savers = [cb for cb in trainer.state.callbacks if isinstance(cb, CheckpointSaver)]
         if savers:
             model = trainer.state.model
-            network = getattr(model, "module", model).net.config  # `module`: under DDP
-            trainer.state.callbacks.append(cls(savers[0], preset, network))
+            net = getattr(model, "module", model).net  # `module`: under DDP
+            lora = getattr(net, "lora_settings", None)
+            trainer.state.callbacks.append(cls(savers[0], preset, net.config, lora.as_dict() if lora else None))
 
     def _sum_new_checkpoint(self, state: State) -> None:
         if not self.saver.saved_checkpoints or self.saver.saved_checkpoints[-1] == self.summed:
@@ -52,7 +54,7 @@ class CheckpointChecksums(Callback):
             folder, rank = Path(saved).parent, dist.get_global_rank()
             mine = [path.name for path in folder.glob(f"__{rank}_*.distcp")]
             if rank == 0:
-                network_file = write_network_config(network_config_path(folder), self.preset, self.network)
+                network_file = write_network_config(network_config_path(folder), self.preset, self.network, self.lora)
                 mine += [METADATA_FILE, network_file.name]
             files = {
                 name: digest
@@ -63,7 +65,7 @@ class CheckpointChecksums(Callback):
                 write_checksums(folder, files)
         else:  # one file, written by global rank 0 only
             path = Path(saved)
-            network_file = write_network_config(network_config_path(path), self.preset, self.network)
+            network_file = write_network_config(network_config_path(path), self.preset, self.network, self.lora)
             write_checksums(path, digests_of(path.parent, [path.name, network_file.name]))
             self._remove_orphans(path.parent)
 

@@ -22,6 +22,14 @@ as their names say.
 `--format diffusers` (single view only; diffusers has no multiview model) writes `transformer/` and
 `controlnet/` folders that diffusers 0.38.0 loads with `from_pretrained`, from the EMA weights by default.
 
+LoRA (`model.lora`, models/lora.py). A LoRA run's checkpoint holds PEFT's names (`<module>.base_layer.weight`,
+`<module>.lora_A/B.default.weight`) and its network.json the LoRA settings. By default every adapter is merged
+into its official key, `W + (alpha / rank) * B @ A` (fp32), so the files hold exactly the released keys and the
+official inference loads them; `merge_lora=False` (`--no-merge`) writes the base weights unmerged instead. Both
+also write `lora_adapter/` with the adapters alone as PEFT saves them (`adapter_model.safetensors`,
+`adapter_config.json`; the EMA's, or the training weights' with `weights="net"`), which PEFT's
+`PeftModel.from_pretrained` / `set_peft_model_state_dict` load onto the plain network.
+
 The network config (needed to verify the files, to write the diffusers configs and written as the export's
 `network.json`) is the checkpoint's own `network.json`, which training saves into every checkpoint. A
 checkpoint without one (written before it existed) takes `preset` + `overrides` (`--preset`, `--set
@@ -56,6 +64,15 @@ from tqdm import tqdm
 
 from ..data.output import make_partial_dir, reporting_full_disk
 from ..models import NetworkConfig
+from ..models.lora import (
+    LoraSettings,
+    has_adapters,
+    merged_weights,
+    official_weights,
+    peft_adapter_state,
+    recorded_lora,
+    write_peft_adapter,
+)
 from .integrity import CHECKSUMS_FILE, checksum_problem, checksums_path, digests_of, write_checksums
 from .keys import (
     EMA_PREFIX,
@@ -118,6 +135,7 @@ MODEL_EMA_FP32 = "model_ema_fp32.pt"
 MODEL_EMA_BF16 = "model_ema_bf16.pt"
 OFFICIAL_FILES = (MODEL_PT, MODEL_EMA_FP32, MODEL_EMA_BF16)
 DIFFUSERS_FOLDERS = ("transformer", "controlnet")
+LORA_ADAPTER_FOLDER = "lora_adapter"  # PEFT's adapter_model.safetensors + adapter_config.json of a LoRA run
 
 # Relative velocity error allowed between diffusers and our network (float rounding only; measured <= 7e-7 in
 # tests/test_network_diffusers_parity.py).
@@ -679,8 +697,9 @@ def _plan(
     preset: Optional[str],
     overrides: Optional[Mapping[str, Any]],
     weights: str,
-) -> tuple[Path, tuple[str, ...], ResolvedNetwork, tuple[str, ...]]:
-    """Everything that can fail before a tensor is read: checkpoint, formats, network config, EMA presence."""
+) -> tuple[Path, tuple[str, ...], ResolvedNetwork, tuple[str, ...], Optional[LoraSettings]]:
+    """Everything that can fail before a tensor is read: checkpoint, formats, network config, EMA presence,
+    the LoRA settings of a checkpoint with adapters."""
     formats = _formats(formats)
     try:
         check_weights_choice(weights)
@@ -688,6 +707,15 @@ def _plan(
         raise ExportError(str(error)) from None
     checkpoint_dir = find_checkpoint(checkpoint, verify=True)
     metadata = model_state_metadata(checkpoint_dir)
+    lora = None
+    if has_adapters(metadata):
+        lora = recorded_lora(checkpoint_dir)
+        if lora is None:
+            raise ExportError(
+                f"{checkpoint_dir} holds LoRA adapters but its {NETWORK_FILE} records no LoRA settings (alpha, "
+                "rank); it was not written by a LoRA run of cosmos-composer"
+            )
+        metadata = official_weights(metadata)  # the network's own keys, for the network config
 
     network = checkpoint_network(checkpoint_dir, metadata, preset, overrides)
     if DIFFUSERS in formats and network.config.is_multiview:
@@ -701,7 +729,25 @@ def _plan(
         _require_ema(metadata)
     # Read what the formats need: both networks for model.pt, one for diffusers alone.
     prefixes = (NET_PREFIX, EMA_PREFIX) if OFFICIAL in formats else (prefix_of_weights(metadata, weights),)
-    return checkpoint_dir, formats, network, prefixes
+    return checkpoint_dir, formats, network, prefixes, lora
+
+
+def _without_adapters(model_state: dict[str, torch.Tensor], lora: Optional[LoraSettings], merge: bool):
+    """The model state under the official keys: adapters merged (`merge`) or left out; unchanged without LoRA."""
+    if lora is None:
+        return model_state
+    return merged_weights(model_state, lora) if merge else official_weights(model_state)
+
+
+def _verify_lora_adapter(folder: Path, expected: Mapping[str, torch.Tensor]) -> None:
+    """PEFT itself reads the adapter file back, with exactly the adapter tensors."""
+    from peft import load_peft_weights
+
+    try:
+        found = load_peft_weights(str(folder), device="cpu")
+    except Exception as error:
+        raise VerificationError(f"PEFT cannot read the adapter in {folder}: {error}") from None
+    _compare_tensors(found, peft_adapter_state(expected), str(folder))
 
 
 def export(
@@ -715,6 +761,7 @@ def export(
     diffusers_dtype: Optional[torch.dtype] = None,
     verify: bool = False,
     progress: bool = True,
+    merge_lora: bool = True,
 ) -> ExportResult:
     """Export a Composer sharded checkpoint (see the module docstring) and optionally verify what was written.
 
@@ -723,9 +770,13 @@ def export(
     diffusers_dtype: cast the diffusers weights (default: as saved, fp32). preset / overrides: the network
     config of a checkpoint without network.json (inferred from its shapes when omitted); with one, they must
     describe the same network. The files, with network.json, are published as one set (`_export_set`).
+    merge_lora: for a LoRA checkpoint, merge the adapters into the files (default) or leave them out; the
+    adapters are written alone to `lora_adapter/` either way.
     """
-    checkpoint_dir, formats, network, prefixes = _plan(checkpoint, formats, preset, overrides, weights)
+    checkpoint_dir, formats, network, prefixes, lora = _plan(checkpoint, formats, preset, overrides, weights)
     model_state = read_composer_model_state(checkpoint_dir, prefixes, progress=progress)
+    adapter_weights = network_weights(model_state, weights) if lora is not None else None
+    model_state = _without_adapters(model_state, lora, merge_lora)
     out_dir = Path(out_dir)
     result = ExportResult(checkpoint_dir, out_dir, [], network)
 
@@ -734,6 +785,9 @@ def export(
     with _export_set(out_dir, checkpoint_dir) as staging, reporting_full_disk(out_dir, "choose another OUT_DIR"):
         write_network_config(staging / NETWORK_FILE, network.preset, network.config)
         result.written.append(out_dir / NETWORK_FILE)
+        if lora is not None:
+            write_peft_adapter(staging / LORA_ADAPTER_FOLDER, adapter_weights, lora)
+            result.written.append(out_dir / LORA_ADAPTER_FOLDER)
         with tqdm(steps, desc="write", unit="file", disable=not progress) as bar:
             for step in bar:
                 bar.set_postfix_str(step)
@@ -750,6 +804,8 @@ def export(
 
     if verify:
         _verify_network_file(out_dir, network)
+        if lora is not None:
+            _verify_lora_adapter(out_dir / LORA_ADAPTER_FOLDER, adapter_weights)
         if official_files:
             _verify_official(out_dir, official_files, network, progress)
         if DIFFUSERS in formats:
@@ -770,16 +826,20 @@ def verify_export(
     weights: str = EMA_WEIGHTS,
     diffusers_dtype: Optional[torch.dtype] = None,
     progress: bool = True,
+    merge_lora: bool = True,
 ) -> ExportResult:
     """Check files written earlier by `export` (with the same options) against the checkpoint.
 
     Raises VerificationError naming the file and the first differing keys; see the module docstring.
     """
-    checkpoint_dir, formats, network, prefixes = _plan(checkpoint, formats, preset, overrides, weights)
+    checkpoint_dir, formats, network, prefixes, lora = _plan(checkpoint, formats, preset, overrides, weights)
     model_state = read_composer_model_state(checkpoint_dir, prefixes, progress=progress)
     out_dir = Path(out_dir)
     result = ExportResult(checkpoint_dir, out_dir, [], network, verified=True)
     _verify_network_file(out_dir, network)
+    if lora is not None:
+        _verify_lora_adapter(out_dir / LORA_ADAPTER_FOLDER, network_weights(model_state, weights))
+        model_state = _without_adapters(model_state, lora, merge_lora)
     if OFFICIAL in formats:
         _verify_official(out_dir, official_state_dicts(model_state), network, progress)
     if DIFFUSERS in formats:

@@ -39,6 +39,7 @@ holds a full copy of the model or of the file.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import zipfile
@@ -53,9 +54,10 @@ from torch.distributed.tensor import DTensor
 from ..models.parallelize import copy_full_into_, local_slice
 from .hf import resolve
 from .integrity import ChecksumMismatch, verify_checksums
-from .keys import NET_PREFIX, NETWORK_PREFIXES, is_non_parameter, under_prefix
-from .network_config import NetworkConfigError, check_matches_recorded
+from .keys import EMA_WEIGHTS, NET_PREFIX, NETWORK_PREFIXES, is_non_parameter, under_prefix
+from .network_config import NetworkConfigError, check_matches_recorded, find_network_config
 from .safe_pickle import METADATA_FILE, UnsafePickleError, load_weights_only
+from .view_rows import VIEW_EMBEDDING_KEY, VIEW_ROW_FIELDS, ViewRowError, file_view_cameras, match_view_rows
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,7 @@ class LoadReport:
     strict: bool = True
     allow_shape_mismatch: bool = False
     matched: int = 0  # tensors whose key and shape match the network (all loaded unless the load is refused)
+    view_rows: Optional[str] = None  # how the view-embedding rows were matched to another rig (view_rows.py)
 
     @property
     def dropped(self) -> list[str]:
@@ -92,6 +95,8 @@ class LoadReport:
             lines = [f"{self.source}: loaded {len(self.loaded)} tensors into the network"]
         else:
             lines = [f"{self.source}: {self.matched} tensors match the network (nothing was loaded)"]
+        if self.view_rows:
+            lines.append(f"  {self.view_rows}")
         if self.skipped_non_parameters:
             lines.append(
                 f"  skipped {len(self.skipped_non_parameters)} non-parameter entries (_extra_state, accum_*, RoPE buffers)"
@@ -334,13 +339,31 @@ def load_consolidated_into_network(
     """
     source = source or str(path_or_uri)
     path = resolve(path_or_uri)
+    recorded_cameras: tuple[str, ...] = ()
     if hasattr(net, "config"):  # our network (tests also load into plain modules)
         try:
-            check_matches_recorded(net.config, path, strict=strict)
+            config, recorded = net.config, find_network_config(path)
+            if recorded is not None and recorded.config.is_multiview and config.is_multiview:
+                # Another rig's weights: its cameras may differ; the rows are matched by name below.
+                config = dataclasses.replace(config, **{f: getattr(recorded.config, f) for f in VIEW_ROW_FIELDS})
+                recorded_cameras = recorded.config.view_cameras
+            check_matches_recorded(config, path, strict=strict)
         except NetworkConfigError as error:
             raise CheckpointLoadError(str(error)) from None
     state = read_state_dict(path)
     weights, ignored, foreign = split_consolidated(state, source, prefix)
+    view_rows = None
+    if getattr(getattr(net, "config", None), "is_multiview", False):
+        try:
+            weights, view_rows = match_view_rows(
+                weights,
+                file_view_cameras(weights, recorded_cameras) if VIEW_EMBEDDING_KEY in weights else (),
+                net.config.view_cameras,
+                tuple(net.state_dict()[VIEW_EMBEDDING_KEY].shape),
+                source,
+            )
+        except ViewRowError as error:
+            raise CheckpointLoadError(str(error)) from None
     report = load_network_weights(
         net,
         weights,
@@ -350,6 +373,7 @@ def load_consolidated_into_network(
         unexpected=foreign,
         ignored=ignored,
     )
+    report.view_rows = view_rows.summary() if view_rows else None
     del state, weights  # unmaps the file
     if announce:
         _announce(report)
@@ -370,4 +394,93 @@ def load_consolidated_into_model(
     if getattr(model, "net_ema", None) is not None:
         model.net_ema.load_state_dict(model.net.state_dict())
     _announce(report)
+    return report
+
+
+# ----------------------------------------------------------------------------- a Predict2.5 base (base_load_path)
+def _base_key_problems(
+    params: dict[str, torch.Tensor], weights: dict[str, torch.Tensor], foreign: list[str]
+) -> tuple[list[str], list[str]]:
+    """(the file's control-branch keys, every other reason the file is not exactly the network's base DiT)."""
+    from ..models.network import CONTROL_BRANCH_PREFIXES
+
+    base = {key: tensor for key, tensor in params.items() if not key.startswith(CONTROL_BRANCH_PREFIXES)}
+    in_file = {key: tensor for key, tensor in weights.items() if not is_non_parameter(key)}
+    control = sorted(key for key in in_file if key.startswith(CONTROL_BRANCH_PREFIXES))
+    missing = [key for key in base if key not in in_file]
+    unexpected = [key for key in in_file if key not in base and key not in control]
+    unexpected += [key for key in foreign if not is_non_parameter(key)]
+    mismatched = [
+        f"{key}: file {list(in_file[key].shape)} vs network {list(base[key].shape)}"
+        for key in base
+        if key in in_file and tuple(in_file[key].shape) != tuple(base[key].shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} base keys of the network are missing from the file: {_listing(missing, 20)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} keys are not in the network's base DiT: {_listing(unexpected, 20)}")
+    if mismatched:
+        problems.append(f"{len(mismatched)} shape mismatches: {_listing(mismatched, 20)}")
+    return control, problems
+
+
+@torch.no_grad()
+def load_base_into_network(
+    net: nn.Module, path_or_uri: str | os.PathLike, source: Optional[str] = None, weights: str = EMA_WEIGHTS
+) -> LoadReport:
+    """Start a Transfer network from a Predict2.5 checkpoint: its base DiT loaded strictly, the control branch
+    initialised from it as a new Transfer training does.
+
+    The file: a consolidated `.pt` (an EMA-only file, or a `model.pt` with `net.*` and `net_ema.*`), an hf:// URI
+    of one, or a Composer checkpoint folder (`network_weights.read_checkpoint_state`). `weights="ema"` takes the
+    EMA when the file has one, as upstream's `load_base_model` loads `net_ema` into `net`
+    (`transfer2/models/vid2vid_model_control_vace_rectified_flow.py`). Strict: every base key (every parameter
+    outside `CONTROL_BRANCH_PREFIXES`) with the network's shape, nothing else but the non-parameter entries of
+    `keys.is_non_parameter`. A file that holds a control branch is a Transfer checkpoint and is refused (it
+    belongs in `load_path`, which loads the whole network): taking only its base would silently throw its
+    trained control branch away. Nothing is copied unless the check passes.
+
+    Then `init_control_branch_from_base`: control block i = base block i (upstream's "first_n"
+    `copy_weights_to_control_branch`), `before_proj`/`after_proj` zero; `control_embedder` and
+    `input_hint_block` keep their fresh initialisation (upstream's `init_weights`: trunc-normal).
+    """
+    from .network_weights import read_checkpoint_state, select_network_weights  # it imports this module
+
+    source = source or str(path_or_uri)
+    try:
+        state = read_checkpoint_state(path_or_uri, weights)
+        base, prefix = select_network_weights(state, weights, source)
+    except CheckpointLoadError as error:
+        raise CheckpointLoadError(f"base_load_path={source}: {error}") from None
+    ignored = [key for key in state if key.startswith(NETWORK_PREFIXES) and not key.startswith(prefix)]
+    foreign = [key for key in state if not key.startswith(NETWORK_PREFIXES)]
+    params = net.state_dict(keep_vars=True)
+    control, problems = _base_key_problems(params, base, foreign)
+    if control:
+        raise CheckpointLoadError(
+            f"base_load_path={source} holds a control branch ({len(control)} keys: {_listing(control, 5)}): it is a "
+            "Transfer2.5 checkpoint, not a Predict2.5 base. Fix: pass it as load_path (it starts the whole network "
+            "from the file) and set base_load_path=null"
+        )
+    if problems:
+        raise CheckpointLoadError(
+            f"base_load_path={source} ({prefix}*) is not the base DiT of this network: {'; '.join(problems)}. Fix: "
+            "pass a Predict2.5 checkpoint of the size model.preset / model.overrides describe"
+        )
+    # The keys and shapes are checked: this checks the values (NaN / Inf) and copies. The control branch is
+    # not in the file, so it is "missing" here and initialised next.
+    report = load_network_weights(net, base, f"{source} ({prefix}*)", strict=False, ignored=ignored)
+    del state, base  # unmaps the file
+    net.init_control_branch_from_base()
+    if int(os.environ.get("RANK", "0")) == 0:
+        blocks = list(range(len(net.control_blocks)))
+        fresh = [name for name in ("control_embedder", "input_hint_block") if hasattr(net, name)]
+        print(
+            f"base: {source} ({prefix}*) loaded strictly ({len(report.loaded)} tensors"
+            + (f"; {len(ignored)} '{ignored[0].split('.', 1)[0]}.*' entries ignored" if ignored else "")
+            + f"); control branch initialised from base blocks {blocks} (VACE init: control block i = base block i, "
+            f"before_proj/after_proj zero; {' and '.join(fresh)} freshly initialised)",
+            flush=True,
+        )
     return report

@@ -60,14 +60,17 @@ def network_config_path(checkpoint: Union[str, os.PathLike]) -> Path:
     )
 
 
-def network_document(preset: str, config: NetworkConfig) -> dict[str, Any]:
-    return {"preset": preset, "config": dataclasses.asdict(config)}
+def network_document(preset: str, config: NetworkConfig, lora: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """`lora`: the LoRA settings of a network whose weights carry adapters (models/lora.py), else left out."""
+    return {"preset": preset, "config": dataclasses.asdict(config), **({"lora": lora} if lora else {})}
 
 
-def write_network_config(path: Union[str, os.PathLike], preset: str, config: NetworkConfig) -> Path:
+def write_network_config(
+    path: Union[str, os.PathLike], preset: str, config: NetworkConfig, lora: Optional[dict[str, Any]] = None
+) -> Path:
     """Write network.json at `path`, atomically. (Not through `write_json_or_yaml`: its redaction of
     credential-like keys would blank a field whose name contains `token`; a network config holds no secret.)"""
-    return atomic_write_text(path, json.dumps(network_document(preset, config), indent=2) + "\n")
+    return atomic_write_text(path, json.dumps(network_document(preset, config, lora), indent=2) + "\n")
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,10 @@ def read_network_config(path: Union[str, os.PathLike]) -> RecordedNetwork:
 
 
 def _has_type(value: Any, annotation: Any) -> bool:
+    if typing.get_origin(annotation) is tuple:  # tuple[str, ...] (camera_names): a JSON list
+        return isinstance(value, (list, tuple)) and all(
+            isinstance(item, typing.get_args(annotation)[0]) for item in value
+        )
     allowed = typing.get_args(annotation) or (annotation,)  # Optional[int] -> (int, NoneType)
     if isinstance(value, bool):
         return bool in allowed

@@ -63,13 +63,15 @@ def _local_checkpoint(checkpoint: str | os.PathLike) -> Path:
 
 def _read_state(local: Path, weights: str, source: str) -> dict[str, torch.Tensor]:
     if local.is_dir():
-        from .export import model_state_metadata, read_composer_model_state
+        from ..models.lora import merged_if_adapted
+        from .export import find_checkpoint, model_state_metadata, read_composer_model_state
 
         try:
             prefix = prefix_of_weights(model_state_metadata(local), weights)
             if weights == EMA_WEIGHTS and prefix == NET_PREFIX:
                 log.warning("%s has no net_ema.* (trained without EMA): using net.*", local)
-            return read_composer_model_state(local, prefixes=(prefix,))
+            state = read_composer_model_state(local, prefixes=(prefix,))
+            return merged_if_adapted(state, find_checkpoint(local))  # a LoRA run's: its adapters merged
         except (ValueError, RuntimeError, OSError) as error:  # ExportError, a refused pickle, a torch error
             raise CheckpointLoadError(f"--checkpoint {source}: {error}") from None
     try:

@@ -1,11 +1,17 @@
-"""The 7 cameras of the multiview (auto / HDMap) recipe and their caption prefixes.
+"""The cameras of a multiview run, their view ids and their caption prefixes.
 
-Both tables are copied from the official code (``cosmos_transfer2/_src/predict2_multiview/datasets/
-multiview.py``: ``DEFAULT_CAMERAS`` and ``DEFAULT_CAPTION_PREFIXES``). The position of a camera in
-``DEFAULT_CAMERAS`` is its view-embedding id, so the order matters.
+The 7 official cameras and their prefixes are copied from the official code (``cosmos_transfer2/_src/
+predict2_multiview/datasets/multiview.py``: ``DEFAULT_CAMERAS`` and ``DEFAULT_CAPTION_PREFIXES``).
+
+Other rigs: a run may list any cameras (``train_loader.dataset.cameras``, ``convert_to_mds.py --cameras``).
+The view id of a camera, the row of ``view_embeddings`` it reads, is its position in the run's camera list;
+the default list is ``DEFAULT_CAMERAS``, so the official ids are unchanged. A camera without an official
+prefix gets ``GENERIC_CAPTION_PREFIX`` (the sentence every official prefix starts with).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 DEFAULT_CAMERAS: tuple[str, ...] = (
     "camera_front_wide_120fov",
@@ -29,7 +35,10 @@ DEFAULT_CAPTION_PREFIXES: dict[str, str] = {
     "camera_front_tele_30fov": "The video is captured from a telephoto camera mounted on a car. The camera is facing forward.",
 }
 
-# Only this camera's caption is used; the other views get their prefix only (reference 1.5 and 5).
+# The first sentence of every official prefix: the prefix of a camera outside the 7.
+GENERIC_CAPTION_PREFIX: str = "The video is captured from a camera mounted on a car."
+
+# Only this camera's caption is used; the other views get their prefix only (upstream ExtractFramesAndCaptions).
 CAPTION_CAMERA: str = "camera_front_wide_120fov"
 
 # Folder names in the official layout: ``videos/ftheta_<camera>/<name>.mp4``.
@@ -41,11 +50,40 @@ def camera_folder(camera: str) -> str:
     return f"{FOLDER_PREFIX}{camera}"
 
 
-def view_captions(caption: str, cameras: tuple[str, ...] | list[str] = DEFAULT_CAMERAS) -> list[str]:
+def run_cameras(cameras: Sequence[str] | None) -> tuple[str, ...]:
+    """The run's camera list (view id = position): ``cameras``, or ``DEFAULT_CAMERAS`` for None / empty."""
+    return tuple(cameras) if cameras else DEFAULT_CAMERAS
+
+
+def check_camera_list(cameras: Sequence[str], where: str) -> None:
+    """Refuse an empty list, a repeated camera or a name that cannot be a folder/column name, naming ``where``."""
+    if not cameras:
+        raise ValueError(f"{where}: the camera list is empty; list at least one camera (or null for the 7 official)")
+    repeated = sorted({c for c in cameras if list(cameras).count(c) > 1})
+    if repeated:
+        raise ValueError(f"{where}: camera(s) {repeated} are listed more than once in {list(cameras)}")
+    bad = [c for c in cameras if not isinstance(c, str) or not c or not all(ch.isalnum() or ch in "_-" for ch in c)]
+    if bad:
+        raise ValueError(f"{where}: camera name(s) {bad} must be non-empty and use only letters, digits, _ and -")
+
+
+def caption_camera(cameras: Sequence[str]) -> str:
+    """The camera whose caption file is read and whose view carries the caption: front_wide when listed,
+    else the first camera (as upstream's inference picks the first view)."""
+    return CAPTION_CAMERA if CAPTION_CAMERA in cameras else cameras[0]
+
+
+def caption_prefix(camera: str) -> str:
+    """The official prefix of ``camera``, or ``GENERIC_CAPTION_PREFIX`` for a camera outside the 7."""
+    return DEFAULT_CAPTION_PREFIXES.get(camera, GENERIC_CAPTION_PREFIX)
+
+
+def view_captions(caption: str, cameras: Sequence[str] = DEFAULT_CAMERAS) -> list[str]:
     """The per-view captions the model embeds, as the official ``ExtractFramesAndCaptions`` builds them.
 
     Every view gets ``f"{prefix} {caption}"`` where ``caption`` is the sample's caption for
-    ``CAPTION_CAMERA`` and the empty string for every other camera, so the other views read
+    ``caption_camera(cameras)`` and the empty string for every other camera, so the other views read
     ``"<prefix> "`` (with the trailing space, exactly as upstream).
     """
-    return [f"{DEFAULT_CAPTION_PREFIXES[camera]} {caption if camera == CAPTION_CAMERA else ''}" for camera in cameras]
+    front = caption_camera(cameras)
+    return [f"{caption_prefix(camera)} {caption if camera == front else ''}" for camera in cameras]

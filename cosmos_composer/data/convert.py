@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from cosmos_composer.data.clip import CONTROL_INTERPOLATION
 from cosmos_composer.data.layouts import (
     DEFAULT_CONTROL_KEY,
     DEFAULT_MIN_FRAMES,
+    MULTIVIEW_HDMAP,
     InvalidSampleError,
     LayoutError,
     ValidatedSample,
@@ -118,6 +120,7 @@ def convert_to_mds(
     size_limit: int | str = DEFAULT_SIZE_LIMIT,
     precomputer: Precomputer | None = None,
     progress: bool = True,
+    cameras: Sequence[str] | None = None,
 ) -> ConversionReport:
     """Validate every sample of ``input_dir`` and write the valid ones as MDS shards to ``output_dir``.
 
@@ -126,6 +129,9 @@ def convert_to_mds(
     fix) unless ``skip_invalid``, in which case it is left out and listed in the report. A video or
     control at another resolution than its sample's videos is invalid unless ``resize``, which stores it
     resized. A full disk raises :class:`~cosmos_composer.data.output.DiskFullError`.
+
+    ``cameras`` (multiview): the cameras to convert, in view order (None: the 7 official ones). Each row
+    records them in its ``camera_names`` column and has one ``video_<camera>`` column per camera.
     """
     control_key = normalize_control_key(control_key or DEFAULT_CONTROL_KEY[layout], layout)
     min_frames = DEFAULT_MIN_FRAMES[layout] if min_frames is None else min_frames
@@ -136,11 +142,13 @@ def convert_to_mds(
             f"--min-frames {min_frames} is below the {precomputer.num_frames} frames per view to encode; every "
             f"sample needs them. Fix: pass --min-frames {precomputer.num_frames} (or lower --num-frames)"
         )
-    samples = find_samples(input_dir, layout, control_key)
+    if cameras and layout != MULTIVIEW_HDMAP:
+        raise ValueError(f"--cameras {','.join(cameras)} is for --layout {MULTIVIEW_HDMAP}; single view has one camera")
+    samples = find_samples(input_dir, layout, control_key, cameras)
     if not samples:
         raise LayoutError(f"found no samples in {input_dir} for layout {layout}. Fix: check --input and --layout")
     report = ConversionReport(output=Path(output_dir))
-    ignored = ignored_files(input_dir, layout, control_key)
+    ignored = ignored_files(input_dir, layout, control_key, cameras)
     if ignored:
         shown = ", ".join(str(path) for path in ignored[:10]) + (" ..." if len(ignored) > 10 else "")
         report.notes.append(

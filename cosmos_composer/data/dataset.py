@@ -6,7 +6,7 @@ folder or behind any ``remote`` Streaming supports (``s3://``, ``gs://``, ``oci:
 ...), are shared by ranks and workers, and the position in the epoch is saved and restored through
 ``StreamingDataLoader.state_dict()`` / ``load_state_dict()``.
 
-Each sample (V views of F frames, resized to H x W; V = 7 for multiview, 1 for single view):
+Each sample (V views of F frames, resized to H x W; V = the run's cameras for multiview, 1 for single view):
 
 =====================================  ==========================  =====================================
 key                                    type                        content
@@ -15,8 +15,8 @@ key                                    type                        content
 ``video``                              uint8 ``[3, V*F, H, W]``    views concatenated along time
 ``control_input_<key>``                uint8 ``[3, V*F, H, W]``    e.g. ``control_input_hdmap_bbox``
 ``ai_caption``                         list of V str               with the camera prefixes (multiview)
-``view_indices``                       int64 ``[V*F]``             camera id of each frame
-``view_indices_selection``             int64 ``[V]``               camera id of each view
+``view_indices``                       int64 ``[V*F]``             view id of each frame
+``view_indices_selection``             int64 ``[V]``               view id of each view
 ``camera_keys_selection``              list of V str               camera names (``[]`` single view)
 ``sample_n_views``                     int64 scalar                V
 ``num_video_frames_per_view``          int64 scalar                F
@@ -31,6 +31,10 @@ key                                    type                        content
 =====================================  ==========================  =====================================
 
 ``video``, ``control_input_<key>`` and ``original_hw`` are present only with ``decode_video=True``.
+The view id of a camera is its position in the run's camera list (``cameras``; default the 7 official
+``DEFAULT_CAMERAS``, so the official ids). The views are served in that order; the shards may hold more
+cameras (or hold them in another order), but must hold every listed one.
+
 When the shards hold cached columns (``convert_to_mds.py --precompute``) these are added:
 ``video_latent`` / ``control_latent`` float16 ``[16, V*t, h, w]``, ``text_embedding`` float16
 ``[V*512, D]``, ``text_embedding_kind`` (str) and ``crossattn_proj_fingerprint`` (str).
@@ -41,6 +45,7 @@ from __future__ import annotations
 import logging
 import mmap
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -52,7 +57,7 @@ from streaming.base.format.base.reader import FileInfo
 from streaming.base.hashing import get_hash
 
 from cosmos_composer.data import mds
-from cosmos_composer.data.cameras import CAMERA_TO_VIEW_INDEX, CAPTION_CAMERA, view_captions
+from cosmos_composer.data.cameras import caption_camera, check_camera_list, run_cameras, view_captions
 from cosmos_composer.data.clip import load_clip, row_cameras
 from cosmos_composer.data.layouts import (
     DEFAULT_MIN_FRAMES,
@@ -100,6 +105,8 @@ class TransferStreamingDataset(StreamingDataset):
             False uses upstream's fixed "medium" preset.
         augment_seed: seeds the per-sample random choices (start frame, control parameters), which
             depend only on (augment_seed, epoch, sample index), so a resumed run sees the same ones.
+        cameras: multiview: the run's cameras in view order (None: the 7 official ones); the shards must hold
+            each (``ValueError`` naming the shards, the listed and the held cameras otherwise).
             Training sets each of these from the keys of the same names under ``<loader>.dataset`` (``DatasetConfig``).
         **streaming_kwargs: passed to ``StreamingDataset`` (``shuffle``, ``shuffle_seed``,
             ``batch_size``, ``predownload``, ``cache_limit``, ``split``, ...).
@@ -125,6 +132,7 @@ class TransferStreamingDataset(StreamingDataset):
         use_cached_text: bool = True,
         random_control_params: bool = True,
         augment_seed: int = 0,
+        cameras: Sequence[str] | None = None,
         **streaming_kwargs: Any,
     ) -> None:
         super().__init__(remote=remote, local=local, **streaming_kwargs)
@@ -143,6 +151,7 @@ class TransferStreamingDataset(StreamingDataset):
             )
         self.layout = SINGLEVIEW if mds.video_column(None) in columns else MULTIVIEW_HDMAP
         self.columns = columns
+        self.cameras = self._served_cameras(cameras, remote or local)
         self.num_frames = num_frames or DEFAULT_MIN_FRAMES[self.layout]
         default_h, default_w = DEFAULT_RESOLUTION[self.layout]
         self.height, self.width = height or default_h, width or default_w
@@ -221,6 +230,46 @@ class TransferStreamingDataset(StreamingDataset):
                 )
         self._unverified_shards.discard(shard_id)
 
+    def _served_cameras(self, cameras: Sequence[str] | None, where: str | None) -> tuple[str | None, ...]:
+        """The cameras to serve, in view order; each must be held by the shards (one ``video_<camera>`` column)."""
+        if self.layout == SINGLEVIEW:
+            if cameras:
+                raise ValueError(
+                    f"cameras={list(cameras)} is for multiview shards, but {where} holds single-view samples. "
+                    f"Fix: set cameras to null"
+                )
+            return (None,)
+        cameras = run_cameras(cameras)
+        check_camera_list(cameras, "dataset.cameras")
+        held = sorted(c[len("video_") :] for c in self.columns if c.startswith("video_") and c != mds.VIDEO_LATENT)
+        missing = [camera for camera in cameras if camera not in held]
+        if missing:
+            raise ValueError(
+                f"the run's cameras {list(cameras)} include {missing}, which the shards of {where} do not hold "
+                f"(their index.json columns hold the cameras {held}). Fix: set train_loader.dataset.cameras (and "
+                f"eval_loader's) to cameras the shards hold, or convert with --cameras {','.join(cameras)}"
+            )
+        return cameras
+
+    def _select_views(self, row: dict, caption: str) -> tuple[list[int], list[str]]:
+        """Positions of the served cameras among the row's stored ones, and the served views' captions.
+
+        Captions follow the stored list's caption camera (the one whose caption file was converted), so
+        decoded and cached text agree whatever subset is served.
+        """
+        stored = list(row_cameras(row))
+        positions = [stored.index(camera) for camera in self.cameras]
+        captions = view_captions(caption, stored)
+        return positions, [captions[p] for p in positions]
+
+    @staticmethod
+    def _take_views(array: np.ndarray, positions: list[int], num_stored: int, axis: int) -> torch.Tensor:
+        """Cached ``array`` with views concatenated along ``axis`` -> the views at ``positions``, in that order."""
+        if positions == list(range(num_stored)):
+            return torch.from_numpy(array.copy())
+        views = np.split(array, num_stored, axis=axis)
+        return torch.from_numpy(np.concatenate([views[p] for p in positions], axis=axis))
+
     def _stored_control_key(self, stored_controls: list[str]) -> str:
         for key in ("hdmap_bbox", "depth", "seg"):
             if any(c == f"control_{key}" or c.startswith(f"control_{key}_") for c in stored_controls):
@@ -228,8 +277,7 @@ class TransferStreamingDataset(StreamingDataset):
         return "edge"  # no stored control video: the shards were converted for edge or vis
 
     def _control_columns(self) -> list[str]:
-        cameras = [c[len("video_") :] for c in sorted(self.columns) if c.startswith("video_camera_")] or [None]
-        return [mds.control_column(self.control_key, camera) for camera in cameras]
+        return [mds.control_column(self.control_key, camera) for camera in self.cameras]
 
     def _rng(self, index: int) -> np.random.Generator:
         epoch = max(self.next_epoch - 1, 0)
@@ -262,7 +310,7 @@ class TransferStreamingDataset(StreamingDataset):
         if shard_id in self._unverified_shards:
             self._verify_shard(shard_id)
         row = super().get_item(index)
-        cameras = row_cameras(row)
+        cameras = self.cameras
         num_views, F, H, W = len(cameras), self.num_frames, self.height, self.width
         available = row[mds.NUM_FRAMES]
         if available < F:
@@ -272,12 +320,17 @@ class TransferStreamingDataset(StreamingDataset):
             )
         rng = self._rng(index)
         start = int(rng.integers(0, available - F + 1)) if self.random_start else 0
-        view_ids = [CAMERA_TO_VIEW_INDEX[camera] for camera in cameras] if cameras != (None,) else [0]
+        view_ids = list(range(num_views))  # view id = position in the run's camera list
         caption = row[mds.CAPTION]
+        if cameras != (None,):
+            positions, captions = self._select_views(row, caption)
+        else:
+            positions, captions = [0], [caption]
+        num_stored = len(row_cameras(row))
         sample: dict[str, Any] = {"sample_name": row[mds.SAMPLE_NAME]}
         if self.decode_video:
             clip = load_clip(
-                row,
+                row if cameras == (None,) else {**row, mds.CAMERA_NAMES: list(cameras)},  # the served views
                 control_key=self.control_key,
                 start=start,
                 num_frames=F,
@@ -290,7 +343,7 @@ class TransferStreamingDataset(StreamingDataset):
             sample["original_hw"] = clip.original_hw_V_2
         sample.update(
             {
-                "ai_caption": view_captions(caption, cameras) if cameras != (None,) else [caption],
+                "ai_caption": captions,
                 "view_indices": torch.tensor(view_ids, dtype=torch.int64).repeat_interleave(F),
                 "view_indices_selection": torch.tensor(view_ids, dtype=torch.int64),
                 "camera_keys_selection": [camera for camera in cameras if camera is not None],
@@ -303,16 +356,16 @@ class TransferStreamingDataset(StreamingDataset):
                 "image_size": torch.tensor([H, W, H, W], dtype=torch.int64),
                 "ref_cam_view_idx_sample_position": torch.tensor(-1, dtype=torch.int64),
                 "front_cam_view_idx_sample_position": torch.tensor(
-                    cameras.index(CAPTION_CAMERA) if CAPTION_CAMERA in cameras else 0, dtype=torch.int64
+                    cameras.index(caption_camera(cameras)) if cameras != (None,) else 0, dtype=torch.int64
                 ),
             }
         )
         if self.use_cached_latents:
             self._check_cached_latents(row)
-            sample[mds.VIDEO_LATENT] = torch.from_numpy(row[mds.VIDEO_LATENT].copy())
-            sample[mds.CONTROL_LATENT] = torch.from_numpy(row[mds.CONTROL_LATENT].copy())
+            sample[mds.VIDEO_LATENT] = self._take_views(row[mds.VIDEO_LATENT], positions, num_stored, axis=1)
+            sample[mds.CONTROL_LATENT] = self._take_views(row[mds.CONTROL_LATENT], positions, num_stored, axis=1)
         if self.use_cached_text:
-            sample[mds.TEXT_EMBEDDING] = torch.from_numpy(row[mds.TEXT_EMBEDDING].copy())
+            sample[mds.TEXT_EMBEDDING] = self._take_views(row[mds.TEXT_EMBEDDING], positions, num_stored, axis=0)
             sample[mds.TEXT_EMBEDDING_KIND] = row[mds.TEXT_EMBEDDING_KIND]
             sample[mds.CROSSATTN_PROJ_FINGERPRINT] = row[mds.CROSSATTN_PROJ_FINGERPRINT]
         return sample

@@ -16,13 +16,14 @@ control-to-video mapping, and its loss falls visibly within a few hundred steps.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from cosmos_composer.data.cameras import CAPTION_CAMERA, DEFAULT_CAMERAS, camera_folder
+from cosmos_composer.data.cameras import camera_folder, caption_camera, check_camera_list, run_cameras
 from cosmos_composer.data.layouts import LAYOUTS, MULTIVIEW_HDMAP
 from cosmos_composer.data.output import atomic_output_dir
 from cosmos_composer.data.video import write_mp4
@@ -194,11 +195,13 @@ def make_demo_dataset(
     fps: float = 10,
     overwrite: bool = False,
     progress: bool = True,
+    cameras: Sequence[str] | None = None,
 ) -> list[str]:
     """Write a synthetic dataset in the official ``layout`` to ``output``; returns the sample names.
 
     Multiview HDMap writes ``videos/``, ``control_input_hdmap_bbox/`` and ``captions/`` with the 7
-    ``ftheta_camera_*`` folders (captions only for front_wide, like the official example); single view
+    ``ftheta_camera_*`` folders of ``cameras`` (default: the 7 official ones; captions only for
+    ``caption_camera(cameras)``, front_wide like the official example); single view
     writes ``videos/``, ``captions/``, ``depth/`` and ``seg/``. The same arguments give the same bytes.
     """
     if layout not in LAYOUTS:
@@ -208,7 +211,13 @@ def make_demo_dataset(
     if height % 2 or width % 2 or height < 16 or width < 16:
         raise ValueError(f"--height and --width must be even and at least 16 (H.264 yuv420p), got {height}x{width}")
     names = [sample_name(index) for index in range(samples)]
-    cameras = DEFAULT_CAMERAS if layout == MULTIVIEW_HDMAP else (None,)
+    if layout == MULTIVIEW_HDMAP:
+        cameras = run_cameras(cameras)
+        check_camera_list(cameras, "--cameras")
+    elif cameras:
+        raise ValueError(f"--cameras is for --layout {MULTIVIEW_HDMAP}; single view has one camera")
+    else:
+        cameras = (None,)
     with atomic_output_dir(output, overwrite) as root:
         for sample_index, name in enumerate(tqdm(names, desc=f"demo {layout}", unit="sample", disable=not progress)):
             caption = None
@@ -227,11 +236,11 @@ def make_demo_dataset(
                         clip["lines"],
                         fps,
                     )
-                    if camera == CAPTION_CAMERA:
+                    if camera == caption_camera(cameras):
                         caption = scene.caption()
             caption_dir = root / "captions"
             if layout == MULTIVIEW_HDMAP:
-                caption_dir = caption_dir / camera_folder(CAPTION_CAMERA)
+                caption_dir = caption_dir / camera_folder(caption_camera(cameras))
             caption_dir.mkdir(parents=True, exist_ok=True)
             (caption_dir / f"{name}.json").write_text(json.dumps({"caption": caption}) + "\n", encoding="utf-8")
     return names

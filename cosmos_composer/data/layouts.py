@@ -2,9 +2,12 @@
 
 Multiview HDMap (``--layout multiview-hdmap``, upstream ``transfer2_multiview/configs/vid2vid_transfer/defaults/dataloader_local.py``)::
 
-    DIR/videos/ftheta_<camera>/<name>.mp4                   for each of the 7 DEFAULT_CAMERAS
-    DIR/control_input_hdmap_bbox/ftheta_<camera>/<name>.mp4 for each of the 7 DEFAULT_CAMERAS
+    DIR/videos/ftheta_<camera>/<name>.mp4                   for each camera (default: the 7 DEFAULT_CAMERAS)
+    DIR/control_input_hdmap_bbox/ftheta_<camera>/<name>.mp4 for each camera
     DIR/captions/ftheta_camera_front_wide_120fov/<name>.json  {"caption": "..."}
+
+    Other rigs (``--cameras a,b,c``): the same folders for the listed cameras; the captions are read from
+    the folder of ``cameras.caption_camera(cameras)`` (front_wide when listed, else the first camera).
 
 Single view (``--layout singleview``, upstream ``docs/post-training_singleview.md`` and
 ``SingleViewTransferDataset``)::
@@ -24,10 +27,11 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cosmos_composer.data.cameras import CAPTION_CAMERA, DEFAULT_CAMERAS, camera_folder
+from cosmos_composer.data.cameras import camera_folder, caption_camera, check_camera_list, run_cameras
 from cosmos_composer.data.video import VideoError, probe_video, read_video_size
 
 MULTIVIEW_HDMAP = "multiview-hdmap"
@@ -107,8 +111,13 @@ def _stems(folder: Path, suffix: str) -> set[str]:
     return {path.name[: -len(suffix)] for path in folder.iterdir() if path.name.endswith(suffix)}
 
 
-def find_samples(root: str | Path, layout: str, control_key: str) -> list[SampleFiles]:
-    """List every sample of the folder ``root`` in ``layout``, sorted by name."""
+def find_samples(
+    root: str | Path, layout: str, control_key: str, cameras: Sequence[str] | None = None
+) -> list[SampleFiles]:
+    """List every sample of the folder ``root`` in ``layout``, sorted by name.
+
+    ``cameras``: the multiview cameras to read, in view order (None: the 7 official ones).
+    """
     root = Path(root)
     control_key = normalize_control_key(control_key, layout)
     if not root.is_dir():
@@ -122,8 +131,11 @@ def find_samples(root: str | Path, layout: str, control_key: str) -> list[Sample
     control_folder = CONTROL_FOLDERS.get(control_key)
     samples = []
     if layout == MULTIVIEW_HDMAP:
-        names = _stems(root / "captions" / camera_folder(CAPTION_CAMERA), ".json")
-        for camera in DEFAULT_CAMERAS:
+        cameras = run_cameras(cameras)
+        check_camera_list(cameras, "--cameras")
+        front = caption_camera(cameras)
+        names = _stems(root / "captions" / camera_folder(front), ".json")
+        for camera in cameras:
             names |= _stems(root / "videos" / camera_folder(camera), ".mp4")
             names |= _stems(root / "captions" / camera_folder(camera), ".json")
             if control_folder:
@@ -132,14 +144,14 @@ def find_samples(root: str | Path, layout: str, control_key: str) -> list[Sample
             samples.append(
                 SampleFiles(
                     name=name,
-                    cameras=DEFAULT_CAMERAS,
-                    videos={cam: root / "videos" / camera_folder(cam) / f"{name}.mp4" for cam in DEFAULT_CAMERAS},
+                    cameras=cameras,
+                    videos={cam: root / "videos" / camera_folder(cam) / f"{name}.mp4" for cam in cameras},
                     controls=(
-                        {cam: root / control_folder / camera_folder(cam) / f"{name}.mp4" for cam in DEFAULT_CAMERAS}
+                        {cam: root / control_folder / camera_folder(cam) / f"{name}.mp4" for cam in cameras}
                         if control_folder
                         else {}
                     ),
-                    caption=root / "captions" / camera_folder(CAPTION_CAMERA) / f"{name}.json",
+                    caption=root / "captions" / camera_folder(front) / f"{name}.json",
                 )
             )
     else:
@@ -159,7 +171,7 @@ def find_samples(root: str | Path, layout: str, control_key: str) -> list[Sample
     return samples
 
 
-def ignored_files(root: str | Path, layout: str, control_key: str) -> list[Path]:
+def ignored_files(root: str | Path, layout: str, control_key: str, cameras: Sequence[str] | None = None) -> list[Path]:
     """Files in the layout's folders that are not samples (wrong extension, e.g. ``.MP4`` or ``.txt``).
 
     Hidden files (``.DS_Store``) are not listed. The conversion reports these instead of passing them by.
@@ -167,8 +179,9 @@ def ignored_files(root: str | Path, layout: str, control_key: str) -> list[Path]
     root = Path(root)
     control_folder = CONTROL_FOLDERS.get(normalize_control_key(control_key, layout))
     if layout == MULTIVIEW_HDMAP:
-        folders = [(root / "captions" / camera_folder(camera), ".json") for camera in DEFAULT_CAMERAS]
-        for camera in DEFAULT_CAMERAS:
+        cameras = run_cameras(cameras)
+        folders = [(root / "captions" / camera_folder(camera), ".json") for camera in cameras]
+        for camera in cameras:
             folders.append((root / "videos" / camera_folder(camera), ".mp4"))
             if control_folder:
                 folders.append((root / control_folder / camera_folder(camera), ".mp4"))
@@ -185,7 +198,7 @@ def ignored_files(root: str | Path, layout: str, control_key: str) -> list[Path]
     )
 
 
-def _require_file(sample: str, path: Path, what: str, layout: str) -> None:
+def _require_file(sample: str, path: Path, what: str, layout: str, cameras: Sequence[str | None] = ()) -> None:
     if path.is_file():
         return
     if not path.parent.is_dir():
@@ -195,7 +208,8 @@ def _require_file(sample: str, path: Path, what: str, layout: str) -> None:
             f"missing {what}: the folder {path.parent} does not exist",
             f"create {path.parent}/ with one {path.suffix} file per sample, as the official {layout} layout requires"
             + (
-                f" (all 7 camera folders: {', '.join(camera_folder(c) for c in DEFAULT_CAMERAS)})"
+                f" (a folder for each of the {len(cameras)} cameras: {', '.join(camera_folder(c) for c in cameras)}; "
+                "--cameras lists the cameras to convert)"
                 if layout == MULTIVIEW_HDMAP
                 else ""
             ),
@@ -208,8 +222,8 @@ def _require_file(sample: str, path: Path, what: str, layout: str) -> None:
     )
 
 
-def _read_caption(sample: str, path: Path, layout: str) -> str:
-    _require_file(sample, path, "caption file", layout)
+def _read_caption(sample: str, path: Path, layout: str, cameras: Sequence[str | None] = ()) -> str:
+    _require_file(sample, path, "caption file", layout, cameras)
     fix = 'write the file as JSON of the form {"caption": "<text>"}'
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -255,7 +269,7 @@ def validate_sample(files: SampleFiles, layout: str, min_frames: int, resize: bo
     views share one fps; the caption is a JSON object with a ``"caption"`` string.
     """
     name = files.name
-    caption = _read_caption(name, files.caption, layout)
+    caption = _read_caption(name, files.caption, layout, files.cameras)
     checks: list[tuple[str | None, str, Path]] = []  # (camera, "video" | "control video", path) of every mp4
     for camera in files.cameras:
         checks.append((camera, "video", files.videos[camera]))
@@ -264,7 +278,7 @@ def validate_sample(files: SampleFiles, layout: str, min_frames: int, resize: bo
     sizes: dict[Path, tuple[str, tuple[int, int]]] = {}
     for camera, what, path in checks:
         described = what + (f" of camera {camera}" if camera else "")
-        _require_file(name, path, described, layout)
+        _require_file(name, path, described, layout, files.cameras)
         try:
             sizes[path] = described, read_video_size(path)
         except VideoError as error:

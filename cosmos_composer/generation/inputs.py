@@ -5,6 +5,10 @@ mp4 (the official layout of one sample), or with ``sample`` the subfolder's ``<s
 folder in the official layout). ``<camera>`` may be the camera key (``camera_front_wide_120fov``), its folder
 name in the official layout (``ftheta_camera_front_wide_120fov``) or the official inference's short name
 (``front_wide``). A single-view input is one mp4.
+
+The cameras a multiview network knows are those of its view-embedding rows (``NetworkConfig.view_cameras``,
+recorded in network.json: the 7 official ones, or the rig's cameras it was trained on); a camera's view id is
+its position there.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..data.cameras import CAMERA_TO_VIEW_INDEX, DEFAULT_CAMERAS, FOLDER_PREFIX
+from ..data.cameras import DEFAULT_CAMERAS, FOLDER_PREFIX
 from ..data.video import VideoError, decode_frames, probe_video, resize_video
 from ..encoders.vae import TEMPORAL_COMPRESSION
 from . import GenerationError
@@ -32,26 +36,30 @@ SHORT_CAMERA_NAMES: dict[str, str] = {
 }
 
 
-def canonical_camera(name: str) -> str:
-    """``camera_front_wide_120fov`` for that name, ``ftheta_camera_front_wide_120fov`` or ``front_wide``."""
+def canonical_camera(name: str, network_cameras: Sequence[str] = DEFAULT_CAMERAS) -> str:
+    """``camera_front_wide_120fov`` for that name, ``ftheta_camera_front_wide_120fov`` or ``front_wide``;
+    it must be one of ``network_cameras``."""
     name = name.removeprefix(FOLDER_PREFIX)
-    name = SHORT_CAMERA_NAMES.get(name, name)
-    if name not in CAMERA_TO_VIEW_INDEX:
+    if name not in network_cameras:
+        name = SHORT_CAMERA_NAMES.get(name, name)
+    if name not in network_cameras:
         raise GenerationError(
-            f"unknown camera {name!r}; the cameras are {list(DEFAULT_CAMERAS)} (also accepted: "
-            f"'{FOLDER_PREFIX}<camera>' and the short names {list(SHORT_CAMERA_NAMES)})"
+            f"unknown camera {name!r}; the network's cameras are {list(network_cameras)} (also accepted: "
+            f"'{FOLDER_PREFIX}<camera>' and the official short names {list(SHORT_CAMERA_NAMES)})"
         )
     return name
 
 
-def select_cameras(names: Optional[Sequence[str]], max_views: int) -> list[str]:
-    """The cameras to generate, canonical and in view-id order (the order training sees them): all 7 for None."""
-    cameras = sorted(
-        {canonical_camera(name) for name in names or DEFAULT_CAMERAS}, key=CAMERA_TO_VIEW_INDEX.__getitem__
-    )
-    if len(cameras) > max_views:
-        raise GenerationError(f"--cameras {','.join(cameras)}: the network has view embeddings for {max_views} views")
-    return cameras
+def select_cameras(names: Optional[Sequence[str]], network_cameras: Sequence[str]) -> list[str]:
+    """The cameras to generate, canonical and in view-id order (the order training sees them): all the
+    network's cameras (``network_cameras``, one per view-embedding row) for None."""
+    if not network_cameras:
+        raise GenerationError(
+            "the network's view-embedding rows name no cameras (n_cameras_emb is not 7 and network.json has no "
+            "camera_names). Fix: train with train_loader.dataset.cameras set, which records them"
+        )
+    position = {camera: index for index, camera in enumerate(network_cameras)}
+    return sorted({canonical_camera(name, network_cameras) for name in names or network_cameras}, key=position.get)
 
 
 def _camera_aliases(camera: str) -> list[str]:

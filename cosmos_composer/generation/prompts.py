@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..checkpoint.hf import resolve
-from ..data.cameras import CAPTION_CAMERA, DEFAULT_CAPTION_PREFIXES
+from ..data.cameras import caption_camera, caption_prefix
 from ..diffusion import sampler
 from ..encoders.text import EMPTY_PROMPT, NUM_TEXT_TOKENS
 from . import GenerationError
@@ -45,11 +45,6 @@ NEGATIVE_PROMPT_MULTIVIEW = (
 CAPTION_MODES = ("prefixed", "front-only")
 
 
-def caption_camera(cameras: Sequence[str]) -> str:
-    """The view that carries the caption: front_wide when generated, else the first camera (as upstream)."""
-    return CAPTION_CAMERA if CAPTION_CAMERA in cameras else cameras[0]
-
-
 def view_prompts(prompt: str, cameras: Optional[Sequence[str]], caption_mode: str = "prefixed") -> list[str]:
     """The per-view prompts to embed (one for single view, ``cameras=None``).
 
@@ -66,7 +61,7 @@ def view_prompts(prompt: str, cameras: Optional[Sequence[str]], caption_mode: st
     front = caption_camera(cameras)
     if caption_mode == "front-only":
         return [prompt if camera == front else EMPTY_PROMPT for camera in cameras]
-    return [f"{DEFAULT_CAPTION_PREFIXES[camera]} {prompt if camera == front else ''}" for camera in cameras]
+    return [f"{caption_prefix(camera)} {prompt if camera == front else ''}" for camera in cameras]
 
 
 def negative_view_prompts(

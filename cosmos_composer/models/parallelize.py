@@ -37,11 +37,15 @@ TRAINABLE_DTYPE = torch.float32
 def set_trainable_(net: nn.Module, train_base: bool) -> list[str]:
     """requires_grad per parameter: the control branch only (the released recipe), or everything.
 
-    Returns the names of the trainable parameters.
+    Returns the names of the trainable parameters. A network with LoRA adapters (models/lora.py) trains its
+    adapters, and the control branch for `target: base`.
     """
+    from .lora import lora_of, lora_trains
+
+    lora = lora_of(net)
     control_branch = set(net.control_branch_parameter_names())
     for name, param in net.named_parameters():
-        param.requires_grad_(train_base or name in control_branch)
+        param.requires_grad_(lora_trains(name, lora) if lora else train_base or name in control_branch)
     return [name for name, param in net.named_parameters() if param.requires_grad]
 
 
@@ -58,13 +62,21 @@ def apply_fsdp(net: CosmosTransferNet, mp_policy, reshard_after_forward: bool = 
     """FSDP2 `fully_shard` on every (control) block, on each trainable top-level module, then on the root.
 
     FSDP2 needs one dtype per unit (torch 2.7 `_init_mp_dtypes`), so the trainable fp32 modules at the top
-    level (`control_embedder`, `input_hint_block`) get units of their own beside the frozen bf16 root.
+    level (`control_embedder`, `input_hint_block`) get units of their own beside the frozen bf16 root, and the
+    fp32 LoRA adapters of a frozen block (models/lora.py) one unit per block beside the block's own.
     """
     from torch.distributed.fsdp import fully_shard
+
+    from .lora import is_adapter_key
 
     kwargs = dict(mesh=mesh, mp_policy=mp_policy, reshard_after_forward=reshard_after_forward)
     for module in net.modules():
         if isinstance(module, Block):
+            adapters = [
+                m for name, m in module.named_modules() if isinstance(m, nn.Linear) and is_adapter_key(name + ".")
+            ]
+            if adapters:
+                fully_shard(adapters, **kwargs)
             fully_shard(module, **kwargs)
     has_frozen = any(not p.requires_grad for p in net.parameters())
     for name, child in net.named_children():
@@ -131,8 +143,12 @@ def build_ema_network(net: CosmosTransferNet) -> CosmosTransferNet:
     `net` must be materialised (plain tensors or FSDP2 shards). The copies keep `net`'s sharding (a
     DTensor clone), so the EMA update is local to each rank.
     """
+    from .lora import apply_lora, lora_of
+
     with torch.device("meta"):
         net_ema = CosmosTransferNet(net.config)
+        if lora_of(net):  # the same adapters, so that the keys match
+            apply_lora(net_ema, lora_of(net))
     net_params = dict(net.named_parameters())
     for name, owner, attribute in _parameter_owners(net_ema):
         source = net_params[name]

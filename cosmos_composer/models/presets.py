@@ -44,14 +44,32 @@ class NetworkConfig:
     vace_block_every_n: int = 7
     num_max_modalities: int = 8
     use_input_hint_block: bool = False
-    # Multiview: n_cameras_emb = 0 means a single-view network.
+    # Multiview: n_cameras_emb = 0 means a single-view network. One view-embedding row per camera of the run.
     n_cameras_emb: int = 0
+    # Width of a view embedding: the view channels of both patch embeds. Kept at the released 7 for any number
+    # of cameras, so every released weight but the view-embedding rows still fits another rig.
     view_condition_dim: int = 7
+    # The camera of each view-embedding row, in view-id order (training sets it from the dataset's `cameras`);
+    # () = the 7 official DEFAULT_CAMERAS (data/cameras.py) for 7 rows, unnamed rows otherwise.
+    camera_names: tuple[str, ...] = ()
     state_t: int = 24
     # The network sees timesteps_B_T * timestep_scale (0..1000 -> sigma in 0..1).
     timestep_scale: float = 0.001
     # Recompute each block in backward instead of storing its activations.
     activation_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        # A YAML or JSON list becomes a tuple, so configs compare and hash.
+        object.__setattr__(self, "camera_names", tuple(self.camera_names))
+
+    @property
+    def view_cameras(self) -> tuple[str, ...]:
+        """The camera of each view-embedding row (view id = position); () when the rows are unnamed."""
+        if self.camera_names or not self.is_multiview:
+            return self.camera_names
+        from ..data.cameras import DEFAULT_CAMERAS
+
+        return DEFAULT_CAMERAS if self.n_cameras_emb == len(DEFAULT_CAMERAS) else ()
 
     @property
     def is_multiview(self) -> bool:
@@ -98,6 +116,14 @@ class NetworkConfig:
             raise ValueError(
                 f"vace_block_every_n={self.vace_block_every_n} must be in [1, num_blocks={self.num_blocks}]"
             )
+        if self.camera_names and len(self.camera_names) != self.n_cameras_emb:
+            raise ValueError(
+                f"camera_names lists {len(self.camera_names)} cameras {list(self.camera_names)} but n_cameras_emb="
+                f"{self.n_cameras_emb}: the network has one view-embedding row per camera. Fix: set n_cameras_emb: "
+                f"{len(self.camera_names)}"
+            )
+        if len(set(self.camera_names)) != len(self.camera_names):
+            raise ValueError(f"camera_names {list(self.camera_names)} lists a camera more than once")
         if self.is_multiview and self.extra_image_context_dim is not None:
             raise ValueError(
                 "The multiview network has no image-context modules (extra_image_context_dim must be None)"
