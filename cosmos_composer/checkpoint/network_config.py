@@ -80,6 +80,7 @@ class RecordedNetwork:
     preset: str
     config: NetworkConfig
     path: Path
+    lora: Optional[dict[str, Any]] = None  # the LoRA settings of weights that carry adapters (models/lora.py)
 
     @property
     def overrides(self) -> dict[str, Any]:
@@ -121,7 +122,7 @@ def read_network_config(path: Union[str, os.PathLike]) -> RecordedNetwork:
         config.validate()
     except ValueError as error:
         raise NetworkConfigError(f"{path}: {error}") from None
-    return RecordedNetwork(preset, config, path)
+    return RecordedNetwork(preset, config, path, document.get("lora"))
 
 
 def _has_type(value: Any, annotation: Any) -> bool:

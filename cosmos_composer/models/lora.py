@@ -19,7 +19,6 @@ official key, `W + (alpha / rank) * B @ A`, and writes the adapters alone in PEF
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -249,13 +248,10 @@ def write_peft_adapter(folder: Path, weights: Mapping[str, torch.Tensor], lora: 
 
 def recorded_lora(checkpoint_dir: Path) -> Optional[LoraSettings]:
     """The `lora` settings a checkpoint's network.json records (None: trained without LoRA, or no file)."""
-    from ..checkpoint.network_config import NETWORK_FILE
+    from ..checkpoint.network_config import find_network_config
 
-    network_json = Path(checkpoint_dir) / NETWORK_FILE
-    if not network_json.is_file():
-        return None
-    lora = json.loads(network_json.read_text()).get("lora")
-    return None if lora is None else LoraSettings.of(lora)
+    recorded = find_network_config(checkpoint_dir)  # verified against the checksums, like every other reader
+    return None if recorded is None or recorded.lora is None else LoraSettings.of(recorded.lora)
 
 
 def merged_if_adapted(state: dict[str, torch.Tensor], checkpoint_dir: Path) -> dict[str, torch.Tensor]:
