@@ -100,6 +100,7 @@ class DatasetConfig:
     demo_if_missing: bool = False
     # Multiview: the rig's cameras in view order (view id = position; the network has one view-embedding row per
     # camera, model.overrides.n_cameras_emb = their number). null: the 7 official cameras (data/cameras.py).
+    # `CAM_FRONT=camera_front_wide_120fov` starts a camera from an official one: its row and caption prefix.
     cameras: Optional[list[str]] = None
 
 
@@ -284,21 +285,28 @@ def network_layout(model: DictConfig) -> str:
 
 def network_overrides(cfg: DictConfig) -> dict[str, Any]:
     """`model.overrides` plus, for a multiview run with `train_loader.dataset.cameras`, `camera_names`: the
-    network names its view-embedding rows after the rig's cameras (saved in network.json with the weights)."""
+    network names its view-embedding rows after the rig's cameras, and `camera_origins` when some start from an
+    official camera (`name=official`); both are saved in network.json with the weights."""
+    from .data.cameras import parse_cameras  # lazily, as in _camera_problems: the data package imports Streaming
+
     overrides = OmegaConf.to_container(cfg.model.overrides)
     cameras = cfg.train_loader.dataset.cameras if cfg.get("train_loader") is not None else None
     if cameras and network_layout(cfg.model) == "multiview-hdmap":
-        overrides["camera_names"] = list(cameras)
+        rig = parse_cameras(list(cameras), "train_loader.dataset.cameras")
+        overrides["camera_names"] = list(rig.names)
+        if rig.origins:
+            overrides["camera_origins"] = [[camera, official] for camera, official in rig.origins.items()]
     return overrides
 
 
 def _camera_problems(cfg: DictConfig) -> list[tuple[str, Any, str]]:
     """The rig's camera lists against each other and against the network's view-embedding rows."""
-    from .data.cameras import check_camera_list, run_cameras
+    from .data.cameras import parse_cameras
     from .models import get_config
 
     problems = []
     loaders = [name for name in ("train_loader", "eval_loader") if cfg.get(name) is not None]
+    rigs = {}  # loader -> its parsed camera list
     try:
         network = get_config(cfg.model.preset, **OmegaConf.to_container(cfg.model.overrides))
     except (TypeError, ValueError):
@@ -311,12 +319,14 @@ def _camera_problems(cfg: DictConfig) -> list[tuple[str, Any, str]]:
             problems.append((key, list(cameras), "null for a single-view network (cameras are for multiview)"))
             continue
         try:
-            check_camera_list(list(cameras), key)
+            rigs[loader] = parse_cameras(list(cameras), key)
         except ValueError as error:
             problems.append((key, list(cameras), str(error)))
-    if not network.is_multiview or not loaders:
+    if not network.is_multiview or not loaders or problems:
         return problems
-    train = run_cameras(cfg[loaders[0]].dataset.cameras)
+    default = parse_cameras(None, "")
+    train_rig = rigs.get(loaders[0], default)
+    train = train_rig.names
     if len(train) != network.n_cameras_emb:
         problems.append(
             (
@@ -330,10 +340,22 @@ def _camera_problems(cfg: DictConfig) -> list[tuple[str, Any, str]]:
         problems.append(
             ("model.overrides.camera_names", list(network.camera_names), f"left out, or equal to {list(train)}")
         )
+    if network.camera_origins and dict(network.camera_origins) != train_rig.origins:
+        problems.append(
+            (
+                "model.overrides.camera_origins",
+                [list(pair) for pair in network.camera_origins],
+                "left out (train_loader.dataset.cameras sets it from its name=official entries)",
+            )
+        )
     for loader in loaders[1:]:
-        if run_cameras(cfg[loader].dataset.cameras) != train:
+        if rigs.get(loader, default) != train_rig:
             problems.append(
-                (f"{loader}.dataset.cameras", cfg[loader].dataset.cameras, f"the train cameras {list(train)}")
+                (
+                    f"{loader}.dataset.cameras",
+                    cfg[loader].dataset.cameras,
+                    f"the train cameras {list(cfg[loaders[0]].dataset.cameras or train)}",
+                )
             )
     return problems
 

@@ -154,7 +154,7 @@ class GenerateOptions:
     )
     cameras: Optional[list[str]] = _option(
         "multiview: comma-separated cameras to generate (default: all of the network's, the 7 official ones for "
-        "the released file)",
+        "the released file; a rig's names as trained, each with its trained view id and caption prefix)",
         "inputs",
         None,
         type=_comma_list,
@@ -349,6 +349,7 @@ def generate(options: GenerateOptions) -> list[Path]:
 
     # ---- videos
     cameras = select_cameras(options.cameras, net.config.view_cameras) if is_multiview else None
+    camera_origins = dict(net.config.camera_origins)  # the prefixes it was trained with (network.json)
     control_files = video_files(options.control, cameras, "--control", options.sample)
     num_frames, height, width, fps = _check_geometry(options, net, control_files[0])
     control_3_VT_H_W = read_views(control_files, num_frames, height, width, "--control")
@@ -373,7 +374,7 @@ def generate(options: GenerateOptions) -> list[Path]:
             "(tiny, a path or an hf:// URI), or --text-embedding with --negative-text-embedding or --no-negative-prompt"
         )
     if options.prompt is not None:
-        context = prompt_context(text_embedder, options.prompt, cameras, options.caption_mode)
+        context = prompt_context(text_embedder, options.prompt, cameras, options.caption_mode, camera_origins)
     else:
         context = load_text_embedding(options.text_embedding, num_views)
     if options.negative_text_embedding is not None:
@@ -382,7 +383,9 @@ def generate(options: GenerateOptions) -> list[Path]:
         negative = options.negative_prompt
         if negative is None and options.use_negative_prompt:
             negative = NEGATIVE_PROMPT_MULTIVIEW if is_multiview else NEGATIVE_PROMPT_SINGLEVIEW
-        uncond_context = negative_context(net, text_embedder, context, negative, cameras, options.caption_mode)
+        uncond_context = negative_context(
+            net, text_embedder, context, negative, cameras, options.caption_mode, camera_origins
+        )
     if uncond_context.shape[1] != context.shape[1]:
         raise GenerationError(
             f"the negative text embedding has {uncond_context.shape[1]} tokens, the prompt's {context.shape[1]}"

@@ -6,7 +6,9 @@ Layouts (see cosmos_composer/data/layouts.py):
                     and captions/ftheta_camera_front_wide_120fov/<name>.json, for the 7 official cameras;
                     --cameras a,b,c converts another rig (any number of cameras, in view order: the view id
                     of a camera is its position in the list; captions come from front_wide when listed,
-                    else from the first camera)
+                    else from the camera mapped to it, else from the first camera). A camera may name the
+                    official camera it starts from: CAM_FRONT=camera_front_wide_120fov (its caption prefix,
+                    and its view-embedding row when training from the released weights)
   singleview        videos/<name>.mp4, captions/<name>.json, and depth/<name>.mp4 or seg/<name>.mp4 for
                     those controls (edge and vis/blur are computed from the video while training)
 
@@ -25,6 +27,8 @@ Examples:
     python scripts/convert_to_mds.py --layout multiview-hdmap --input my_dataset/ --output data/hdmap_mds
     python scripts/convert_to_mds.py --layout multiview-hdmap --input rig/ --output data/rig_mds \\
         --cameras camera_front_wide_120fov,camera_cross_left_120fov,camera_cross_right_120fov
+    python scripts/convert_to_mds.py --layout multiview-hdmap --input rig/ --output data/rig_mds \\
+        --cameras CAM_FRONT=camera_front_wide_120fov,CAM_FRONT_LEFT=camera_cross_left_120fov,CAM_BACK=camera_rear_tele_30fov
     python scripts/convert_to_mds.py --layout singleview --control-key depth --input ufo/ --output data/ufo_mds
     python scripts/convert_to_mds.py --layout multiview-hdmap --input demo/ --output demo_mds --min-frames 29 \\
         --precompute latents,text --vae tokenizer.pth --text-encoder nvidia/Cosmos-Reason1-7B \\
@@ -39,6 +43,7 @@ import sys
 
 import torch
 
+from cosmos_composer.data.cameras import parse_cameras
 from cosmos_composer.data.convert import DEFAULT_SIZE_LIMIT, ConversionError, convert_to_mds
 from cosmos_composer.data.layouts import (
     CONTROL_KEY_ALIASES,
@@ -76,7 +81,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--cameras",
         default=None,
         help="multiview: comma-separated cameras to convert, in view order (folders ftheta_<camera>; default: the 7 "
-        "official cameras). Train with the same list as train_loader.dataset.cameras",
+        "official cameras); name=official starts a camera from that official camera (its caption prefix), e.g. "
+        "CAM_FRONT=camera_front_wide_120fov. Train with the same list as train_loader.dataset.cameras",
     )
     parser.add_argument("--skip-invalid", action="store_true", help="leave out invalid samples instead of stopping")
     parser.add_argument(
@@ -119,6 +125,11 @@ def load_crossattn_proj(path: str, dtype: torch.dtype) -> torch.nn.Module:
     return projection.to(dtype).eval().requires_grad_(False)
 
 
+def camera_list(args: argparse.Namespace) -> list[str] | None:
+    """``--cameras a,b=official,...`` as a list (parsed by ``cameras.parse_cameras``); None for the 7 official."""
+    return [c.strip() for c in args.cameras.split(",")] if args.cameras else None
+
+
 def build_precomputer(args: argparse.Namespace) -> Precomputer | None:
     wanted = {item.strip() for item in args.precompute.split(",") if item.strip()}
     unknown = wanted - set(PRECOMPUTE_CHOICES)
@@ -126,6 +137,8 @@ def build_precomputer(args: argparse.Namespace) -> Precomputer | None:
         raise ValueError(f"--precompute {args.precompute}: unknown {sorted(unknown)}; choose from {PRECOMPUTE_CHOICES}")
     if not wanted:
         return None
+    # The caption prefixes of the cached text; a bad list is refused here, before the encoders load.
+    camera_origins = parse_cameras(camera_list(args), "--cameras").origins
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
     vae = text_embedder = crossattn_proj = None
     if "latents" in wanted:
@@ -155,6 +168,7 @@ def build_precomputer(args: argparse.Namespace) -> Precomputer | None:
         text_embedder=text_embedder,
         crossattn_proj=crossattn_proj,
         device=args.device,
+        camera_origins=camera_origins,
     )
 
 
@@ -176,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             size_limit=args.size_limit,
             precomputer=precomputer,
             progress=not args.no_progress,
-            cameras=[c.strip() for c in args.cameras.split(",")] if args.cameras else None,
+            cameras=camera_list(args),
         )
     except (ConversionError, LayoutError, ValueError, FileExistsError, KeyError, DiskFullError) as error:
         print(f"error: {error}", file=sys.stderr)

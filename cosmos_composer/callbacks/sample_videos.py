@@ -183,6 +183,7 @@ class SampleVideos(Callback):
         is_rank_zero = dist.get_global_rank() == 0
         folder = self._output_dir(state) / f"ba{batch_index}"
         written: list[Path] = []
+        camera_origins = dict(model.net.config.camera_origins)  # the caption prefixes of the rig's cameras
 
         for sample_number, index in enumerate(self._item_indices(batch_index, dataset_size)):
             item = dataset[index]
@@ -192,8 +193,11 @@ class SampleVideos(Callback):
             cameras = list(item.get("camera_keys_selection") or []) or None
             context = inputs["context"]
             if self.prompts:
-                context = prompt_context(text_embedder, self.prompts[sample_number % len(self.prompts)], cameras)
-            uncond = negative_context(net, text_embedder, context, self.negative_prompt, cameras)
+                prompt = self.prompts[sample_number % len(self.prompts)]
+                context = prompt_context(text_embedder, prompt, cameras, camera_origins=camera_origins)
+            uncond = negative_context(
+                net, text_embedder, context, self.negative_prompt, cameras, camera_origins=camera_origins
+            )
             conditioning = sampler.Conditioning(
                 control=inputs["control"],
                 context=context.to(inputs["control"].device),

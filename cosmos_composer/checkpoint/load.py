@@ -57,7 +57,14 @@ from .integrity import ChecksumMismatch, verify_checksums
 from .keys import EMA_WEIGHTS, NET_PREFIX, NETWORK_PREFIXES, is_non_parameter, under_prefix
 from .network_config import NetworkConfigError, check_matches_recorded, find_network_config
 from .safe_pickle import METADATA_FILE, UnsafePickleError, load_weights_only
-from .view_rows import VIEW_EMBEDDING_KEY, VIEW_ROW_FIELDS, ViewRowError, file_view_cameras, match_view_rows
+from .view_rows import (
+    VIEW_EMBEDDING_KEY,
+    VIEW_ROW_FIELDS,
+    ViewRowError,
+    changed_origins,
+    file_view_cameras,
+    match_view_rows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -340,13 +347,14 @@ def load_consolidated_into_network(
     source = source or str(path_or_uri)
     path = resolve(path_or_uri)
     recorded_cameras: tuple[str, ...] = ()
+    recorded_origins: dict[str, str] = {}
     if hasattr(net, "config"):  # our network (tests also load into plain modules)
         try:
             config, recorded = net.config, find_network_config(path)
             if recorded is not None and recorded.config.is_multiview and config.is_multiview:
                 # Another rig's weights: its cameras may differ; the rows are matched by name below.
                 config = dataclasses.replace(config, **{f: getattr(recorded.config, f) for f in VIEW_ROW_FIELDS})
-                recorded_cameras = recorded.config.view_cameras
+                recorded_cameras, recorded_origins = recorded.config.view_cameras, dict(recorded.config.camera_origins)
             check_matches_recorded(config, path, strict=strict)
         except NetworkConfigError as error:
             raise CheckpointLoadError(str(error)) from None
@@ -354,16 +362,28 @@ def load_consolidated_into_network(
     weights, ignored, foreign = split_consolidated(state, source, prefix)
     view_rows = None
     if getattr(getattr(net, "config", None), "is_multiview", False):
+        file_cameras = file_view_cameras(weights, recorded_cameras) if VIEW_EMBEDDING_KEY in weights else ()
+        network_origins = dict(net.config.camera_origins)
         try:
             weights, view_rows = match_view_rows(
                 weights,
-                file_view_cameras(weights, recorded_cameras) if VIEW_EMBEDDING_KEY in weights else (),
+                file_cameras,
                 net.config.view_cameras,
                 tuple(net.state_dict()[VIEW_EMBEDDING_KEY].shape),
                 source,
+                network_origins,
             )
         except ViewRowError as error:
             raise CheckpointLoadError(str(error)) from None
+        changed = changed_origins(recorded_origins, network_origins, file_cameras, net.config.view_cameras)
+        if changed:
+            log.warning(
+                "%s: these cameras start from another official camera than in the file's network.json (camera_origins), "
+                "so their rows get another caption prefix than they were trained with: %s. Fix: list them in "
+                "train_loader.dataset.cameras as when the file was trained (name=official)",
+                source,
+                "; ".join(changed),
+            )
     report = load_network_weights(
         net,
         weights,

@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 NETWORK_FILE = "network.json"
 # Fields that change how the network runs, not what it computes: not compared between two configs.
 EXECUTION_ONLY_FIELDS = ("activation_checkpointing",)
+# Fields whose absence (a file written before they existed) means their default, with nothing to warn about:
+# no camera_origins = no camera starts from an official one.
+OPTIONAL_FIELDS = ("camera_origins",)
 
 
 class NetworkConfigError(ValueError):
@@ -114,7 +117,7 @@ def read_network_config(path: Union[str, os.PathLike]) -> RecordedNetwork:
     for name, value in fields.items():
         if not _has_type(value, types[name]):
             raise NetworkConfigError(f"{path}: {name}={value!r} is not of type {types[name]}")
-    missing = sorted(set(types) - set(fields))
+    missing = sorted(set(types) - set(fields) - set(OPTIONAL_FIELDS))
     if missing:  # a file of an older version: those fields did not exist, so they had the preset's value
         log.warning("%s has no %s: taking the %s preset's values", path, ", ".join(missing), preset)
     try:
@@ -126,9 +129,14 @@ def read_network_config(path: Union[str, os.PathLike]) -> RecordedNetwork:
 
 
 def _has_type(value: Any, annotation: Any) -> bool:
-    if typing.get_origin(annotation) is tuple:  # tuple[str, ...] (camera_names): a JSON list
-        return isinstance(value, (list, tuple)) and all(
-            isinstance(item, typing.get_args(annotation)[0]) for item in value
+    if typing.get_origin(annotation) is tuple:  # a JSON list: tuple[str, ...] (camera_names), tuple[str, str]
+        items = typing.get_args(annotation)
+        if len(items) == 2 and items[1] is Ellipsis:
+            return isinstance(value, (list, tuple)) and all(_has_type(item, items[0]) for item in value)
+        return (
+            isinstance(value, (list, tuple))
+            and len(value) == len(items)
+            and all(_has_type(item, annotation) for item, annotation in zip(value, items))
         )
     allowed = typing.get_args(annotation) or (annotation,)  # Optional[int] -> (int, NoneType)
     if isinstance(value, bool):

@@ -130,8 +130,9 @@ def convert_to_mds(
     control at another resolution than its sample's videos is invalid unless ``resize``, which stores it
     resized. A full disk raises :class:`~cosmos_composer.data.output.DiskFullError`.
 
-    ``cameras`` (multiview): the cameras to convert, in view order (None: the 7 official ones). Each row
-    records them in its ``camera_names`` column and has one ``video_<camera>`` column per camera.
+    ``cameras`` (multiview): the cameras to convert, in view order (None: the 7 official ones); an entry
+    ``name=official`` (``cameras.parse_cameras``) converts camera ``name``. Each row records the names in its
+    ``camera_names`` column and has one ``video_<camera>`` column per camera.
     """
     control_key = normalize_control_key(control_key or DEFAULT_CONTROL_KEY[layout], layout)
     min_frames = DEFAULT_MIN_FRAMES[layout] if min_frames is None else min_frames

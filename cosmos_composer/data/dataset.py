@@ -57,7 +57,7 @@ from streaming.base.format.base.reader import FileInfo
 from streaming.base.hashing import get_hash
 
 from cosmos_composer.data import mds
-from cosmos_composer.data.cameras import caption_camera, check_camera_list, run_cameras, view_captions
+from cosmos_composer.data.cameras import caption_camera, parse_cameras, view_captions
 from cosmos_composer.data.clip import load_clip, row_cameras
 from cosmos_composer.data.layouts import (
     DEFAULT_MIN_FRAMES,
@@ -106,7 +106,9 @@ class TransferStreamingDataset(StreamingDataset):
         augment_seed: seeds the per-sample random choices (start frame, control parameters), which
             depend only on (augment_seed, epoch, sample index), so a resumed run sees the same ones.
         cameras: multiview: the run's cameras in view order (None: the 7 official ones); the shards must hold
-            each (``ValueError`` naming the shards, the listed and the held cameras otherwise).
+            each (``ValueError`` naming the shards, the listed and the held cameras otherwise). An entry
+            ``name=official`` gives camera ``name`` the caption prefix of that official camera
+            (``cameras.parse_cameras``).
             Training sets each of these from the keys of the same names under ``<loader>.dataset`` (``DatasetConfig``).
         **streaming_kwargs: passed to ``StreamingDataset`` (``shuffle``, ``shuffle_seed``,
             ``batch_size``, ``predownload``, ``cache_limit``, ``split``, ...).
@@ -151,7 +153,8 @@ class TransferStreamingDataset(StreamingDataset):
             )
         self.layout = SINGLEVIEW if mds.video_column(None) in columns else MULTIVIEW_HDMAP
         self.columns = columns
-        self.cameras = self._served_cameras(cameras, remote or local)
+        # camera_origins: {mapped camera: the official camera whose caption prefix it gets}
+        self.cameras, self.camera_origins = self._served_cameras(cameras, remote or local)
         self.num_frames = num_frames or DEFAULT_MIN_FRAMES[self.layout]
         default_h, default_w = DEFAULT_RESOLUTION[self.layout]
         self.height, self.width = height or default_h, width or default_w
@@ -230,26 +233,29 @@ class TransferStreamingDataset(StreamingDataset):
                 )
         self._unverified_shards.discard(shard_id)
 
-    def _served_cameras(self, cameras: Sequence[str] | None, where: str | None) -> tuple[str | None, ...]:
-        """The cameras to serve, in view order; each must be held by the shards (one ``video_<camera>`` column)."""
+    def _served_cameras(
+        self, cameras: Sequence[str] | None, where: str | None
+    ) -> tuple[tuple[str | None, ...], dict[str, str]]:
+        """The cameras to serve, in view order, each held by the shards (one ``video_<camera>`` column), and the
+        official camera each mapped one starts from."""
         if self.layout == SINGLEVIEW:
             if cameras:
                 raise ValueError(
                     f"cameras={list(cameras)} is for multiview shards, but {where} holds single-view samples. "
                     f"Fix: set cameras to null"
                 )
-            return (None,)
-        cameras = run_cameras(cameras)
-        check_camera_list(cameras, "dataset.cameras")
+            return (None,), {}
+        rig = parse_cameras(cameras, "dataset.cameras")
+        listed, cameras = cameras or rig.names, rig.names
         held = sorted(c[len("video_") :] for c in self.columns if c.startswith("video_") and c != mds.VIDEO_LATENT)
         missing = [camera for camera in cameras if camera not in held]
         if missing:
             raise ValueError(
                 f"the run's cameras {list(cameras)} include {missing}, which the shards of {where} do not hold "
                 f"(their index.json columns hold the cameras {held}). Fix: set train_loader.dataset.cameras (and "
-                f"eval_loader's) to cameras the shards hold, or convert with --cameras {','.join(cameras)}"
+                f"eval_loader's) to cameras the shards hold, or convert with --cameras {','.join(listed)}"
             )
-        return cameras
+        return cameras, rig.origins
 
     def _select_views(self, row: dict, caption: str) -> tuple[list[int], list[str]]:
         """Positions of the served cameras among the row's stored ones, and the served views' captions.
@@ -259,7 +265,7 @@ class TransferStreamingDataset(StreamingDataset):
         """
         stored = list(row_cameras(row))
         positions = [stored.index(camera) for camera in self.cameras]
-        captions = view_captions(caption, stored)
+        captions = view_captions(caption, stored, self.camera_origins)
         return positions, [captions[p] for p in positions]
 
     @staticmethod
@@ -356,7 +362,8 @@ class TransferStreamingDataset(StreamingDataset):
                 "image_size": torch.tensor([H, W, H, W], dtype=torch.int64),
                 "ref_cam_view_idx_sample_position": torch.tensor(-1, dtype=torch.int64),
                 "front_cam_view_idx_sample_position": torch.tensor(
-                    cameras.index(caption_camera(cameras)) if cameras != (None,) else 0, dtype=torch.int64
+                    cameras.index(caption_camera(cameras, self.camera_origins)) if cameras != (None,) else 0,
+                    dtype=torch.int64,
                 ),
             }
         )

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from cosmos_composer.data.cameras import camera_folder, caption_camera, check_camera_list, run_cameras
+from cosmos_composer.data.cameras import camera_folder, caption_camera, parse_cameras
 from cosmos_composer.data.layouts import LAYOUTS, MULTIVIEW_HDMAP
 from cosmos_composer.data.output import atomic_output_dir
 from cosmos_composer.data.video import write_mp4
@@ -200,8 +200,8 @@ def make_demo_dataset(
     """Write a synthetic dataset in the official ``layout`` to ``output``; returns the sample names.
 
     Multiview HDMap writes ``videos/``, ``control_input_hdmap_bbox/`` and ``captions/`` with the 7
-    ``ftheta_camera_*`` folders of ``cameras`` (default: the 7 official ones; captions only for
-    ``caption_camera(cameras)``, front_wide like the official example); single view
+    ``ftheta_camera_*`` folders of ``cameras`` (default: the 7 official ones; entries may be
+    ``name=official``; captions only for ``caption_camera``, front_wide like the official example); single view
     writes ``videos/``, ``captions/``, ``depth/`` and ``seg/``. The same arguments give the same bytes.
     """
     if layout not in LAYOUTS:
@@ -212,12 +212,12 @@ def make_demo_dataset(
         raise ValueError(f"--height and --width must be even and at least 16 (H.264 yuv420p), got {height}x{width}")
     names = [sample_name(index) for index in range(samples)]
     if layout == MULTIVIEW_HDMAP:
-        cameras = run_cameras(cameras)
-        check_camera_list(cameras, "--cameras")
+        rig = parse_cameras(cameras, "--cameras")
+        cameras, caption_view = rig.names, caption_camera(rig.names, rig.origins)
     elif cameras:
         raise ValueError(f"--cameras is for --layout {MULTIVIEW_HDMAP}; single view has one camera")
     else:
-        cameras = (None,)
+        cameras, caption_view = (None,), None
     with atomic_output_dir(output, overwrite) as root:
         for sample_index, name in enumerate(tqdm(names, desc=f"demo {layout}", unit="sample", disable=not progress)):
             caption = None
@@ -236,11 +236,11 @@ def make_demo_dataset(
                         clip["lines"],
                         fps,
                     )
-                    if camera == caption_camera(cameras):
+                    if camera == caption_view:
                         caption = scene.caption()
             caption_dir = root / "captions"
             if layout == MULTIVIEW_HDMAP:
-                caption_dir = caption_dir / camera_folder(caption_camera(cameras))
+                caption_dir = caption_dir / camera_folder(caption_view)
             caption_dir.mkdir(parents=True, exist_ok=True)
             (caption_dir / f"{name}.json").write_text(json.dumps({"caption": caption}) + "\n", encoding="utf-8")
     return names

@@ -7,7 +7,8 @@ Multiview HDMap (``--layout multiview-hdmap``, upstream ``transfer2_multiview/co
     DIR/captions/ftheta_camera_front_wide_120fov/<name>.json  {"caption": "..."}
 
     Other rigs (``--cameras a,b,c``): the same folders for the listed cameras; the captions are read from
-    the folder of ``cameras.caption_camera(cameras)`` (front_wide when listed, else the first camera).
+    the folder of ``cameras.caption_camera(cameras)`` (front_wide when listed, else the camera mapped to
+    it, as ``CAM_FRONT=camera_front_wide_120fov``, else the first camera).
 
 Single view (``--layout singleview``, upstream ``docs/post-training_singleview.md`` and
 ``SingleViewTransferDataset``)::
@@ -31,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cosmos_composer.data.cameras import camera_folder, caption_camera, check_camera_list, run_cameras
+from cosmos_composer.data.cameras import camera_folder, caption_camera, parse_cameras
 from cosmos_composer.data.video import VideoError, probe_video, read_video_size
 
 MULTIVIEW_HDMAP = "multiview-hdmap"
@@ -116,7 +117,8 @@ def find_samples(
 ) -> list[SampleFiles]:
     """List every sample of the folder ``root`` in ``layout``, sorted by name.
 
-    ``cameras``: the multiview cameras to read, in view order (None: the 7 official ones).
+    ``cameras``: the multiview cameras to read, in view order (None: the 7 official ones); entries may be
+    ``name=official`` (``cameras.parse_cameras``).
     """
     root = Path(root)
     control_key = normalize_control_key(control_key, layout)
@@ -131,9 +133,8 @@ def find_samples(
     control_folder = CONTROL_FOLDERS.get(control_key)
     samples = []
     if layout == MULTIVIEW_HDMAP:
-        cameras = run_cameras(cameras)
-        check_camera_list(cameras, "--cameras")
-        front = caption_camera(cameras)
+        rig = parse_cameras(cameras, "--cameras")
+        cameras, front = rig.names, caption_camera(rig.names, rig.origins)
         names = _stems(root / "captions" / camera_folder(front), ".json")
         for camera in cameras:
             names |= _stems(root / "videos" / camera_folder(camera), ".mp4")
@@ -179,7 +180,7 @@ def ignored_files(root: str | Path, layout: str, control_key: str, cameras: Sequ
     root = Path(root)
     control_folder = CONTROL_FOLDERS.get(normalize_control_key(control_key, layout))
     if layout == MULTIVIEW_HDMAP:
-        cameras = run_cameras(cameras)
+        cameras = parse_cameras(cameras, "--cameras").names
         folders = [(root / "captions" / camera_folder(camera), ".json") for camera in cameras]
         for camera in cameras:
             folders.append((root / "videos" / camera_folder(camera), ".mp4"))

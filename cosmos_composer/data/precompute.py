@@ -4,7 +4,8 @@
   ``[16, V*t, h, w]`` float16, encoded view by view from frames ``0..num_frames-1`` resized to
   ``(height, width)``, exactly the pixels the dataset would serve.
 * ``text``: the Cosmos-Reason1 embedding of each view's caption (with the camera prefix for multiview,
-  see :func:`cosmos_composer.data.cameras.view_captions`), ``[V*512, D]`` float16. With a
+  see :func:`cosmos_composer.data.cameras.view_captions`; a camera mapped to an official one gets that
+  camera's prefix, as the dataset gives it), ``[V*512, D]`` float16. With a
   ``crossattn_proj`` module (the frozen ``net.crossattn_proj`` of the checkpoint you will train) the
   1024-d projection is stored instead of the raw 100352-d embedding, together with
   :func:`crossattn_proj_fingerprint` of that module, so training can refuse a network whose projection
@@ -22,7 +23,7 @@ The encoders are duck-typed: ``vae.encode(video_B_3_T_H_W uint8) -> latent [B, 1
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -83,6 +84,8 @@ class Precomputer:
         crossattn_proj: project text embeddings to 1024-d with this frozen module (None: store raw).
         device: where the encoders run.
         seed: seeds the random edge / blur parameters of on-the-fly controls, per sample.
+        camera_origins: {rig camera: the official camera whose caption prefix it gets}
+            (``cameras.parse_cameras(--cameras).origins``), so cached and online captions agree.
     """
 
     height: int
@@ -93,6 +96,7 @@ class Precomputer:
     crossattn_proj: nn.Module | None = None
     device: str | torch.device = "cpu"
     seed: int = 0
+    camera_origins: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.fingerprint = crossattn_proj_fingerprint(self.crossattn_proj) if self.crossattn_proj is not None else ""
@@ -158,7 +162,7 @@ class Precomputer:
             extra[mds.LATENT_WIDTH] = self.width
         if self.text:
             caption = row[mds.CAPTION]
-            captions = view_captions(caption, cameras) if cameras != (None,) else [caption]
+            captions = view_captions(caption, cameras, self.camera_origins) if cameras != (None,) else [caption]
             extra[mds.TEXT_EMBEDDING] = self.encode_text(captions)
             extra[mds.TEXT_EMBEDDING_KIND] = "projected" if self.crossattn_proj is not None else "raw"
             extra[mds.CROSSATTN_PROJ_FINGERPRINT] = self.fingerprint

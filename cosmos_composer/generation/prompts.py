@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import torch
 from torch import nn
@@ -45,27 +45,36 @@ NEGATIVE_PROMPT_MULTIVIEW = (
 CAPTION_MODES = ("prefixed", "front-only")
 
 
-def view_prompts(prompt: str, cameras: Optional[Sequence[str]], caption_mode: str = "prefixed") -> list[str]:
+def view_prompts(
+    prompt: str,
+    cameras: Optional[Sequence[str]],
+    caption_mode: str = "prefixed",
+    camera_origins: Optional[Mapping[str, str]] = None,
+) -> list[str]:
     """The per-view prompts to embed (one for single view, ``cameras=None``).
 
     ``prefixed`` (default) is what training sees: every view gets ``"<camera prefix> <caption>"`` with the
     caption on the front-wide view only (so the others read ``"<prefix> "``), as the official multiview
     loader with ``add_view_prefix_to_caption=True`` builds them. ``front-only`` is what the official
     multiview inference script embeds: the bare prompt on the front-wide view and the empty prompt " " on
-    the others.
+    the others. ``camera_origins``: the network's {camera: official camera it starts from}
+    (``NetworkConfig.camera_origins``), whose prefix and front-wide role it takes.
     """
     if not cameras:
         return [prompt]
     if caption_mode not in CAPTION_MODES:
         raise GenerationError(f"caption mode must be one of {CAPTION_MODES}, got {caption_mode!r}")
-    front = caption_camera(cameras)
+    front = caption_camera(cameras, camera_origins)
     if caption_mode == "front-only":
         return [prompt if camera == front else EMPTY_PROMPT for camera in cameras]
-    return [f"{caption_prefix(camera)} {prompt if camera == front else ''}" for camera in cameras]
+    return [f"{caption_prefix(camera, camera_origins)} {prompt if camera == front else ''}" for camera in cameras]
 
 
 def negative_view_prompts(
-    negative_prompt: str, cameras: Optional[Sequence[str]], caption_mode: str = "prefixed"
+    negative_prompt: str,
+    cameras: Optional[Sequence[str]],
+    caption_mode: str = "prefixed",
+    camera_origins: Optional[Mapping[str, str]] = None,
 ) -> list[str]:
     """Per-view negative prompts as the official multiview model builds them.
 
@@ -75,7 +84,7 @@ def negative_view_prompts(
     if not cameras:
         return [negative_prompt]
     if caption_mode == "front-only":
-        front = caption_camera(cameras)
+        front = caption_camera(cameras, camera_origins)
         return [negative_prompt if camera == front else EMPTY_PROMPT for camera in cameras]
     return [negative_prompt] * len(cameras)
 
@@ -90,10 +99,14 @@ def embed_view_prompts(text_embedder, prompts: Sequence[str]) -> torch.Tensor:
 
 
 def prompt_context(
-    text_embedder, prompt: str, cameras: Optional[Sequence[str]], caption_mode: str = "prefixed"
+    text_embedder,
+    prompt: str,
+    cameras: Optional[Sequence[str]],
+    caption_mode: str = "prefixed",
+    camera_origins: Optional[Mapping[str, str]] = None,
 ) -> torch.Tensor:
-    """The text context of ``prompt``: ``[1, V*512, D]``."""
-    return embed_view_prompts(text_embedder, view_prompts(prompt, cameras, caption_mode))
+    """The text context of ``prompt``: ``[1, V*512, D]`` (``camera_origins``: see ``view_prompts``)."""
+    return embed_view_prompts(text_embedder, view_prompts(prompt, cameras, caption_mode, camera_origins))
 
 
 def negative_context(
@@ -103,12 +116,15 @@ def negative_context(
     negative_prompt: Optional[str],
     cameras: Optional[Sequence[str]],
     caption_mode: str = "prefixed",
+    camera_origins: Optional[Mapping[str, str]] = None,
 ) -> torch.Tensor:
     """The text context of the unconditional branch: the embedded ``negative_prompt``, or for None training's
     dropped text (zeros, through the network's projection when ``context`` is already projected)."""
     if negative_prompt is None:
         return sampler.unconditional_context(net, context)
-    return embed_view_prompts(text_embedder, negative_view_prompts(negative_prompt, cameras, caption_mode))
+    return embed_view_prompts(
+        text_embedder, negative_view_prompts(negative_prompt, cameras, caption_mode, camera_origins)
+    )
 
 
 def load_text_embedding(path: str | os.PathLike, num_views: int, what: str = "--text-embedding") -> torch.Tensor:

@@ -52,6 +52,10 @@ class NetworkConfig:
     # The camera of each view-embedding row, in view-id order (training sets it from the dataset's `cameras`);
     # () = the 7 official DEFAULT_CAMERAS (data/cameras.py) for 7 rows, unnamed rows otherwise.
     camera_names: tuple[str, ...] = ()
+    # (camera, official camera) for each camera that starts from an official one (`CAM_FRONT=
+    # camera_front_wide_120fov` in the dataset's `cameras`): its caption prefix is that camera's, and its row was
+    # copied from that camera's row of the released weights. In network.json: a list of [camera, official] pairs.
+    camera_origins: tuple[tuple[str, str], ...] = ()
     state_t: int = 24
     # The network sees timesteps_B_T * timestep_scale (0..1000 -> sigma in 0..1).
     timestep_scale: float = 0.001
@@ -61,6 +65,8 @@ class NetworkConfig:
     def __post_init__(self) -> None:
         # A YAML or JSON list becomes a tuple, so configs compare and hash.
         object.__setattr__(self, "camera_names", tuple(self.camera_names))
+        origins = self.camera_origins.items() if isinstance(self.camera_origins, dict) else self.camera_origins
+        object.__setattr__(self, "camera_origins", tuple(tuple(pair) for pair in origins))
 
     @property
     def view_cameras(self) -> tuple[str, ...]:
@@ -124,6 +130,15 @@ class NetworkConfig:
             )
         if len(set(self.camera_names)) != len(self.camera_names):
             raise ValueError(f"camera_names {list(self.camera_names)} lists a camera more than once")
+        if self.camera_origins:
+            from ..data.cameras import check_camera_origins  # lazily: the data package imports Streaming
+
+            pairs = self.camera_origins
+            if any(len(pair) != 2 for pair in pairs) or len({pair[0] for pair in pairs}) != len(pairs):
+                raise ValueError(
+                    f"camera_origins {list(self.camera_origins)} must be [camera, official camera] pairs, one per camera"
+                )
+            check_camera_origins(dict(self.camera_origins), self.view_cameras, "camera_origins")
         if self.is_multiview and self.extra_image_context_dim is not None:
             raise ValueError(
                 "The multiview network has no image-context modules (extra_image_context_dim must be None)"
