@@ -307,8 +307,14 @@ def ensure_demo_dataset(ds: DictConfig, is_multiview: bool, vae=None, text_embed
             make_demo_dataset(layout=layout, output=raw, cameras=ds.cameras)
         precomputer = None
         if vae is not None or text_embedder is not None:
+            # Raw text on purpose: the demo's tiny text embeddings are small, and the network projects them.
             precomputer = Precomputer(
-                height=ds.height, width=ds.width, num_frames=ds.num_frames, vae=vae, text_embedder=text_embedder
+                height=ds.height,
+                width=ds.width,
+                num_frames=ds.num_frames,
+                vae=vae,
+                text_embedder=text_embedder,
+                raw_text=True,
             )
         convert_to_mds(
             layout=layout,

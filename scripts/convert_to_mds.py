@@ -21,7 +21,15 @@ temporary folder beside --output and moved into place only when complete; a kill
 temporary folder is deleted by the next one. The mp4 files are stored unchanged (unless --resize).
 
 --precompute latents,text also stores the frozen encoders' outputs (VAE latents of video and control,
-Reason1 text embeddings, projected to 1024-d with --crossattn-proj) so training can skip them.
+Reason1 text embeddings) so training can skip them. The encoders load as training loads them: --vae and
+--text-encoder take `tiny`, a local path or an hf://org/repo[/file][@revision] URI, resolved through the
+Hugging Face cache (HF_HOME; HF_HUB_OFFLINE=1 works from the cache alone, and a file missing from it is
+refused up front with the `hf download` command to run). Text is cached projected to 1024-d by the
+crossattn_proj of the Transfer checkpoint you will train: --crossattn-proj, by default the load_path of
+--config (the layout's recipe YAML of this checkout: yamls/hdmap.yaml, yamls/singleview_edge.yaml). Raw
+100352-d embeddings (686 MiB per 7-view sample, 6.5 TiB per 10k) are cached only with --raw-text, which a
+full fine-tune (model.train_base=true) needs. Before writing, the converter prints what the dataset will
+take (mp4 files, latents, text).
 
 Examples:
     python scripts/convert_to_mds.py --layout multiview-hdmap --input my_dataset/ --output data/hdmap_mds
@@ -30,19 +38,27 @@ Examples:
     python scripts/convert_to_mds.py --layout multiview-hdmap --input rig/ --output data/rig_mds \\
         --cameras CAM_FRONT=camera_front_wide_120fov,CAM_FRONT_LEFT=camera_cross_left_120fov,CAM_BACK=camera_rear_tele_30fov
     python scripts/convert_to_mds.py --layout singleview --control-key depth --input ufo/ --output data/ufo_mds
-    python scripts/convert_to_mds.py --layout multiview-hdmap --input demo/ --output demo_mds --min-frames 29 \\
-        --precompute latents,text --vae tokenizer.pth --text-encoder nvidia/Cosmos-Reason1-7B \\
-        --crossattn-proj model_ema_bf16.pt --height 720 --width 1280 --num-frames 29
+    python scripts/convert_to_mds.py --layout multiview-hdmap --input my_dataset/ --output data/hdmap_mds \\
+        --precompute latents,text --vae hf://nvidia/Cosmos-Predict2.5-2B/tokenizer.pth \\
+        --num-frames 29 --height 720 --width 1280   # text projected by yamls/hdmap.yaml's load_path
+    python scripts/convert_to_mds.py --layout singleview --input ufo/ --output data/ufo_full_ft_mds \\
+        --precompute text --raw-text               # raw text, for a full fine-tune (model.train_base=true)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
+from pathlib import Path
 
 import torch
 
+from cosmos_composer.checkpoint.hf import HfResolveError
+from cosmos_composer.checkpoint.load import CheckpointLoadError
+from cosmos_composer.checkpoint.network_weights import load_crossattn_proj
+from cosmos_composer.config import load_config
 from cosmos_composer.data.cameras import parse_cameras
 from cosmos_composer.data.convert import DEFAULT_SIZE_LIMIT, ConversionError, convert_to_mds
 from cosmos_composer.data.layouts import (
@@ -50,12 +66,20 @@ from cosmos_composer.data.layouts import (
     CONTROL_KEYS,
     DEFAULT_MIN_FRAMES,
     LAYOUTS,
+    MULTIVIEW_HDMAP,
+    SINGLEVIEW,
     LayoutError,
 )
 from cosmos_composer.data.output import DiskFullError
-from cosmos_composer.data.precompute import PRECOMPUTE_CHOICES, Precomputer
+from cosmos_composer.data.precompute import PRECOMPUTE_CHOICES, Precomputer, raw_text_refusal
+from cosmos_composer.encoders import EncoderLoadError, build_encoders, text_embed_dim
+from cosmos_composer.encoders.text import REASON1_URI
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+# The default --config: the recipe YAML of each layout in this checkout (none where it is missing, e.g. when
+# the package is installed without the checkout).
+REPO = Path(__file__).resolve().parents[1]
+RECIPE_YAMLS = {MULTIVIEW_HDMAP: REPO / "yamls" / "hdmap.yaml", SINGLEVIEW: REPO / "yamls" / "singleview_edge.yaml"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -99,30 +123,67 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     cache.add_argument("--num-frames", type=int, default=None, help="frames per view to encode (default: --min-frames)")
     cache.add_argument("--height", type=int, default=None, help="training height (default: 720 multiview, 704 single)")
     cache.add_argument("--width", type=int, default=1280, help="training width (default: 1280)")
-    cache.add_argument("--vae", help="Wan2.1 VAE: official tokenizer.pth, or a diffusers folder / HF repo id")
-    cache.add_argument("--text-encoder", help="Cosmos-Reason1 folder or HF repo id (default: the official repo)")
+    cache.add_argument(
+        "--vae",
+        help="Wan2.1 VAE: tiny, the official tokenizer.pth or a diffusers folder, as a local path or an hf:// URI "
+        "(e.g. hf://nvidia/Cosmos-Predict2.5-2B/tokenizer.pth[@revision])",
+    )
+    cache.add_argument(
+        "--text-encoder",
+        default=REASON1_URI,
+        help=f"Cosmos-Reason1: tiny, a local folder or an hf:// URI (default: {REASON1_URI})",
+    )
     cache.add_argument(
         "--crossattn-proj",
-        help="checkpoint .pt holding net.crossattn_proj.* : store 1024-d projected text embeddings (else raw 100352-d)",
+        help="the Transfer checkpoint you will train (a consolidated .pt such as a released *_ema_bf16.pt, an hf:// "
+        "URI of one, or a Composer checkpoint folder): text is cached projected to 1024-d by its net.crossattn_proj "
+        "(default: load_path of --config)",
+    )
+    cache.add_argument(
+        "--config",
+        help="training YAML whose load_path is the default --crossattn-proj (default: "
+        + ", ".join(f"{path.relative_to(REPO)} for {layout}" for layout, path in RECIPE_YAMLS.items())
+        + ", when this checkout has it)",
+    )
+    cache.add_argument(
+        "--raw-text",
+        action="store_true",
+        help="cache raw 100352-d text embeddings (686 MiB per 7-view sample) instead of projected ones, as a full "
+        "fine-tune (model.train_base=true) needs",
     )
     cache.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="encoder device")
     cache.add_argument("--dtype", choices=DTYPES, default=None, help="encoder dtype (default: bf16 on GPU, else fp32)")
     return parser.parse_args(argv)
 
 
-def load_crossattn_proj(path: str, dtype: torch.dtype) -> torch.nn.Module:
-    """``nn.Sequential(Linear, GELU)`` with the ``net.crossattn_proj.0.*`` weights of a checkpoint file."""
-    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    state = state.get("model", state) if isinstance(state, dict) else state
-    for prefix in ("net.crossattn_proj.0.", "crossattn_proj.0."):
-        if f"{prefix}weight" in state:
-            weight, bias = state[f"{prefix}weight"], state[f"{prefix}bias"]
-            break
-    else:
-        raise KeyError(f"{path} has no net.crossattn_proj.0.weight; pass the released or exported model checkpoint")
-    projection = torch.nn.Sequential(torch.nn.Linear(weight.shape[1], weight.shape[0]), torch.nn.GELU())
-    projection[0].load_state_dict({"weight": weight, "bias": bias})
-    return projection.to(dtype).eval().requires_grad_(False)
+@contextlib.contextmanager
+def reported_as(flag: str):
+    """Load errors of the file ``flag`` names as one-line ValueErrors that start with ``flag``, which main()
+    prints without a traceback."""
+    try:
+        yield
+    except (HfResolveError, CheckpointLoadError, EncoderLoadError) as error:
+        message = " ".join(str(error).split())
+        raise ValueError(message if message.startswith(flag) else f"{flag}: {message}") from None
+
+
+def crossattn_proj_source(args: argparse.Namespace) -> tuple[str | None, str]:
+    """(the checkpoint whose crossattn_proj projects the cached text, how messages name it): --crossattn-proj,
+    else the load_path of --config (default: the layout's recipe YAML, when this checkout has it), else none."""
+    if args.crossattn_proj:
+        return args.crossattn_proj, "--crossattn-proj"
+    config = args.config or (RECIPE_YAMLS[args.layout] if RECIPE_YAMLS[args.layout].is_file() else None)
+    if config is None:
+        return None, ""
+    cfg = load_config(config)  # a ConfigError (a ValueError) names the file and the key
+    if cfg.load_path is None:
+        return None, ""
+    if cfg.model.train_base:
+        raise ValueError(
+            f"--config {config} trains the base (model.train_base=true): its crossattn_proj changes as it trains, "
+            "so text projected by the load_path's would not fit the trained network. Fix: pass --raw-text"
+        )
+    return cfg.load_path, f"--crossattn-proj (load_path of {config})"
 
 
 def camera_list(args: argparse.Namespace) -> list[str] | None:
@@ -131,6 +192,7 @@ def camera_list(args: argparse.Namespace) -> list[str] | None:
 
 
 def build_precomputer(args: argparse.Namespace) -> Precomputer | None:
+    """The encoders of --precompute, loaded before any sample is read; None without --precompute."""
     wanted = {item.strip() for item in args.precompute.split(",") if item.strip()}
     unknown = wanted - set(PRECOMPUTE_CHOICES)
     if unknown:
@@ -138,27 +200,25 @@ def build_precomputer(args: argparse.Namespace) -> Precomputer | None:
     if not wanted:
         return None
     # The caption prefixes of the cached text; a bad list is refused here, before the encoders load.
-    camera_origins = parse_cameras(camera_list(args), "--cameras").origins
+    rig = parse_cameras(camera_list(args), "--cameras")
+    if "latents" in wanted and not args.vae:
+        raise ValueError("--precompute latents needs --vae (the official tokenizer.pth or a diffusers VAE)")
+    if args.raw_text and args.crossattn_proj:
+        raise ValueError("--raw-text and --crossattn-proj contradict each other: cache text raw or projected")
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
-    vae = text_embedder = crossattn_proj = None
-    if "latents" in wanted:
-        if not args.vae:
-            raise ValueError("--precompute latents needs --vae (the official tokenizer.pth or a diffusers VAE)")
-        from cosmos_composer.encoders.vae import WanVAE
-
-        if args.vae.endswith((".pth", ".pt")):
-            vae = WanVAE.from_official_pth(args.vae, dtype=dtype, device=args.device)
-        else:
-            vae = WanVAE.from_diffusers(args.vae, dtype=dtype, device=args.device)
-    if "text" in wanted:
-        from cosmos_composer.encoders.text import REASON1_REPO, Reason1TextEmbedder
-
-        text_embedder = Reason1TextEmbedder.from_pretrained(
-            args.text_encoder or REASON1_REPO, dtype=dtype, device=args.device
-        )
-        if args.crossattn_proj:
-            crossattn_proj = load_crossattn_proj(args.crossattn_proj, dtype).to(args.device)
-    default_height = 720 if args.layout == "multiview-hdmap" else 704
+    crossattn_proj = None
+    if "text" in wanted and not args.raw_text:
+        source, flag = crossattn_proj_source(args)
+        if source is None:
+            num_views = len(rig.names) if args.layout == MULTIVIEW_HDMAP else 1
+            raise ValueError(f"--precompute text: {raw_text_refusal(text_embed_dim(args.text_encoder), num_views)}")
+        with reported_as(flag):
+            crossattn_proj = load_crossattn_proj(source, flag, args.device, dtype)
+    with reported_as("--vae"):
+        vae, _ = build_encoders(args.vae if "latents" in wanted else None, None, args.device, dtype)
+    with reported_as("--text-encoder"):
+        _, text_embedder = build_encoders(None, args.text_encoder if "text" in wanted else None, args.device, dtype)
+    default_height = 720 if args.layout == MULTIVIEW_HDMAP else 704
     min_frames = args.min_frames or DEFAULT_MIN_FRAMES[args.layout]
     return Precomputer(
         height=args.height or default_height,
@@ -168,7 +228,8 @@ def build_precomputer(args: argparse.Namespace) -> Precomputer | None:
         text_embedder=text_embedder,
         crossattn_proj=crossattn_proj,
         device=args.device,
-        camera_origins=camera_origins,
+        camera_origins=rig.origins,
+        raw_text=args.raw_text,
     )
 
 

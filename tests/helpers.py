@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import subprocess
@@ -48,3 +49,36 @@ def fingerprint_module(module) -> str:
     from cosmos_composer.fingerprint import fingerprint_tensors
 
     return fingerprint_tensors(module.named_parameters())
+
+
+def write_hf_cache(cache: Path, repo_id: str, commits: dict, refs: dict, repo_type: str = "model") -> Path:
+    """The hub cache layout: blobs by sha256, snapshot symlinks per commit, refs/<branch> -> commit."""
+    repo_dir = cache / f"{repo_type}s--{repo_id.replace('/', '--')}"
+    for commit, files in commits.items():
+        for relpath, data in files.items():
+            blob = repo_dir / "blobs" / hashlib.sha256(data).hexdigest()
+            blob.parent.mkdir(parents=True, exist_ok=True)
+            blob.write_bytes(data)
+            link = repo_dir / "snapshots" / commit / relpath
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(os.path.relpath(blob, link.parent))
+    for ref, commit in refs.items():
+        ref_file = repo_dir / "refs" / ref
+        ref_file.parent.mkdir(parents=True, exist_ok=True)
+        ref_file.write_text(commit)
+    return repo_dir
+
+
+def use_offline_hf_cache(monkeypatch, home: Path) -> Path:
+    """Point huggingface_hub at the cache `home`/hub with HF_HUB_OFFLINE=1; returns the cache folder."""
+    from huggingface_hub import constants
+
+    cache = home / "hub"
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # huggingface_hub reads these at import; patch its constants too, as a fresh process would have them.
+    monkeypatch.setattr(constants, "HF_HOME", str(home))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return cache

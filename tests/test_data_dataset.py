@@ -279,7 +279,7 @@ def test_dataset_options_of_the_yaml_reach_the_dataset(cached_mds):
 
 def test_raw_text_and_singleview_edge_latents(data, encoders, tmp_path):
     vae, text_embedder, _ = encoders
-    precomputer = Precomputer(height=H, width=W, num_frames=F, vae=vae, text_embedder=text_embedder)
+    precomputer = Precomputer(height=H, width=W, num_frames=F, vae=vae, text_embedder=text_embedder, raw_text=True)
     output = tmp_path / "mds"
     convert_to_mds(
         data["singleview"],

@@ -6,7 +6,6 @@ No test touches the network: the cache is written by hand in the hub layout
 and every socket connection attempt fails the test.
 """
 
-import hashlib
 import os
 import socket
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import huggingface_hub
 import pytest
 import requests
+from helpers import use_offline_hf_cache, write_hf_cache
 from huggingface_hub import constants
 from huggingface_hub.errors import (
     EntryNotFoundError,
@@ -30,24 +30,6 @@ REPO = "nvidia/Cosmos-Transfer2.5-2B"
 OLD = "a" * 40
 NEW = "b" * 40
 FILE = "auto/multiview/4ecc66e9_ema_bf16.pt"
-
-
-def write_hf_cache(cache: Path, repo_id: str, commits: dict, refs: dict, repo_type: str = "model") -> Path:
-    """The hub cache layout: blobs by sha256, snapshot symlinks per commit, refs/<branch> -> commit."""
-    repo_dir = cache / f"{repo_type}s--{repo_id.replace('/', '--')}"
-    for commit, files in commits.items():
-        for relpath, data in files.items():
-            blob = repo_dir / "blobs" / hashlib.sha256(data).hexdigest()
-            blob.parent.mkdir(parents=True, exist_ok=True)
-            blob.write_bytes(data)
-            link = repo_dir / "snapshots" / commit / relpath
-            link.parent.mkdir(parents=True, exist_ok=True)
-            link.symlink_to(os.path.relpath(blob, link.parent))
-    for ref, commit in refs.items():
-        ref_file = repo_dir / "refs" / ref
-        ref_file.parent.mkdir(parents=True, exist_ok=True)
-        ref_file.write_text(commit)
-    return repo_dir
 
 
 @pytest.fixture
@@ -70,8 +52,7 @@ def online(monkeypatch):
 @pytest.fixture
 def offline_cache(tmp_path, monkeypatch, no_network):
     """A local HF cache with two commits of the repo, HF_HOME pointed at it, HF_HUB_OFFLINE=1."""
-    home = tmp_path / "hf_home"
-    cache = home / "hub"
+    cache = use_offline_hf_cache(monkeypatch, tmp_path / "hf_home")
     write_hf_cache(
         cache,
         REPO,
@@ -86,13 +67,6 @@ def offline_cache(tmp_path, monkeypatch, no_network):
         },
         refs={"main": NEW, "v1.0": OLD, "diffusers/general": OLD},
     )
-    monkeypatch.setenv("HF_HOME", str(home))
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    # huggingface_hub reads these at import; patch its constants too, as a fresh process would have them.
-    monkeypatch.setattr(constants, "HF_HOME", str(home))
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     return cache
 
 

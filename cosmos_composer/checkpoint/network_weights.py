@@ -9,6 +9,9 @@ official inference runs the EMA files (``checkpoint/keys.py: prefix_of_weights``
 
 The network: the checkpoint's ``network.json`` (``checkpoint/network_config.py``); for a file that carries
 none (the released ones), the ``preset`` and ``overrides`` given, else the preset its shapes match.
+
+``load_crossattn_proj`` reads only the frozen text projection of a checkpoint, for the text embeddings that
+``convert_to_mds.py --precompute text`` caches projected.
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+from torch import nn
 
 from ..models import build_network
-from ..models.network import CosmosTransferNet
+from ..models.network import CosmosTransferNet, crossattn_projection
 from .hf import resolve
 from .keys import (
     EMA_WEIGHTS,
@@ -37,19 +41,23 @@ from .network_config import NetworkConfigError, ResolvedNetwork, find_network_co
 
 log = logging.getLogger(__name__)
 
+CROSSATTN_PROJ_PREFIX = "crossattn_proj."  # the text projection's parameters, under the network's prefix
+
 _WHAT_TO_PASS = (
     "Fix: pass an official consolidated checkpoint (model.pt, model_ema_*.pt or a released *_ema_bf16.pt), or a "
     "Composer checkpoint folder (export a Composer .pt with scripts/export_checkpoint.py)"
 )
 
 
-def _local_checkpoint(checkpoint: str | os.PathLike) -> Path:
-    """The consolidated file, or the Composer checkpoint folder (checked against its checksums), to read."""
+def _local_checkpoint(checkpoint: str | os.PathLike, flag: str = "--checkpoint") -> Path:
+    """The consolidated file, or the Composer checkpoint folder (checked against its checksums), to read.
+
+    ``flag`` names where the checkpoint was given, in messages."""
     source = str(checkpoint)
     local = Path(resolve(source))
     if not local.exists():
         raise CheckpointLoadError(
-            f"--checkpoint {source} does not exist. Fix: give a .pt file, an hf:// URI or a checkpoint folder"
+            f"{flag} {source} does not exist. Fix: give a .pt file, an hf:// URI or a checkpoint folder"
         )
     if not local.is_dir():  # is_dir: also the latest-rank0.pt link of a sharded checkpoint
         return local
@@ -58,10 +66,10 @@ def _local_checkpoint(checkpoint: str | os.PathLike) -> Path:
     try:
         return find_checkpoint(local, verify=True)
     except ExportError as error:
-        raise CheckpointLoadError(f"--checkpoint {source}: {error}") from None
+        raise CheckpointLoadError(f"{flag} {source}: {error}") from None
 
 
-def _read_state(local: Path, weights: str, source: str) -> dict[str, torch.Tensor]:
+def _read_state(local: Path, weights: str, source: str, flag: str = "--checkpoint") -> dict[str, torch.Tensor]:
     if local.is_dir():
         from ..models.lora import merged_if_adapted
         from .export import find_checkpoint, model_state_metadata, read_composer_model_state
@@ -73,18 +81,48 @@ def _read_state(local: Path, weights: str, source: str) -> dict[str, torch.Tenso
             state = read_composer_model_state(local, prefixes=(prefix,))
             return merged_if_adapted(state, find_checkpoint(local))  # a LoRA run's: its adapters merged
         except (ValueError, RuntimeError, OSError) as error:  # ExportError, a refused pickle, a torch error
-            raise CheckpointLoadError(f"--checkpoint {source}: {error}") from None
+            raise CheckpointLoadError(f"{flag} {source}: {error}") from None
     try:
         return read_state_dict(local)
     except CheckpointLoadError as error:
-        raise CheckpointLoadError(f"--checkpoint {source}: {error}. {_WHAT_TO_PASS}") from None
+        raise CheckpointLoadError(f"{flag} {source}: {error}. {_WHAT_TO_PASS}") from None
 
 
-def read_checkpoint_state(checkpoint: str | os.PathLike, weights: str = EMA_WEIGHTS) -> dict[str, torch.Tensor]:
+def read_checkpoint_state(
+    checkpoint: str | os.PathLike, weights: str = EMA_WEIGHTS, flag: str = "--checkpoint"
+) -> dict[str, torch.Tensor]:
     """The flat ``net.*`` / ``net_ema.*`` tensors of a consolidated ``.pt``, an hf:// URI of one, or a
     Composer checkpoint folder. From a Composer checkpoint only the network that ``weights`` asks for is read
-    (``net_ema.*``, or ``net.*`` when the run had no EMA)."""
-    return _read_state(_local_checkpoint(checkpoint), weights, str(checkpoint))
+    (``net_ema.*``, or ``net.*`` when the run had no EMA). ``flag`` names where the checkpoint was given, in
+    messages."""
+    return _read_state(_local_checkpoint(checkpoint, flag), weights, str(checkpoint), flag)
+
+
+def load_crossattn_proj(
+    checkpoint: str | os.PathLike,
+    flag: str = "--crossattn-proj",
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> nn.Sequential:
+    """The frozen ``crossattn_proj`` (Linear + GELU) of a Transfer checkpoint, read as training reads its
+    ``load_path``: the ``net.*`` weights of a consolidated ``.pt`` (a released ``*_ema_bf16.pt``, ``model.pt``), an
+    hf:// URI of one, or a Composer checkpoint folder, safely (weights_only) and checked against the checksums
+    written beside it. The copy is strict and refuses NaN / Inf (``load_network_weights``). ``flag`` names where
+    the checkpoint was given, in messages."""
+    source = f"{flag} {checkpoint}"
+    state = read_checkpoint_state(checkpoint, TRAINING_WEIGHTS, flag)
+    weights = under_prefix(under_prefix(state, NET_PREFIX), CROSSATTN_PROJ_PREFIX)
+    if "0.weight" not in weights or "0.bias" not in weights:
+        raise CheckpointLoadError(
+            f"{source} has no {NET_PREFIX}{CROSSATTN_PROJ_PREFIX}0.weight and .bias (its first keys: "
+            f"{list(state)[:3]}). Fix: pass the Transfer2.5 checkpoint you will train (a released *_ema_bf16.pt, "
+            "model.pt, an export or a Composer checkpoint), or cache raw text embeddings with --raw-text"
+        )
+    out_channels, in_channels = weights["0.weight"].shape
+    projection = crossattn_projection(in_channels, out_channels)
+    load_network_weights(projection, weights, source)
+    del state, weights  # unmaps the file
+    return projection.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 
 def select_network_weights(

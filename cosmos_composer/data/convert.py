@@ -20,6 +20,7 @@ from cosmos_composer.data.layouts import (
     MULTIVIEW_HDMAP,
     InvalidSampleError,
     LayoutError,
+    SampleFiles,
     ValidatedSample,
     find_samples,
     ignored_files,
@@ -30,9 +31,10 @@ from cosmos_composer.data.output import (
     atomic_output_dir,
     check_output_apart_from_input,
     check_output_dir,
+    human_size,
     reporting_full_disk,
 )
-from cosmos_composer.data.precompute import Precomputer
+from cosmos_composer.data.precompute import CachedBytes, Precomputer
 from cosmos_composer.data.video import resize_mp4
 
 log = logging.getLogger(__name__)
@@ -76,6 +78,27 @@ class ConversionReport:
 
 def _first_ten(items: list[str]) -> list[str]:
     return [f"  - {item}" for item in items[:10]] + ([f"  ... and {len(items) - 10} more"] if len(items) > 10 else [])
+
+
+def source_mp4_bytes(files: SampleFiles) -> int:
+    """Bytes of a sample's mp4 files (videos and controls), which the shards store unchanged."""
+    paths = [*files.videos.values(), *files.controls.values()]
+    return sum(path.stat().st_size for path in paths if path.is_file())
+
+
+def describe_dataset_size(mp4_bytes_per_sample: float, cached: CachedBytes, num_samples: int) -> str:
+    """``dataset size: about 66.2 MiB per sample (mp4 10.0 MiB, latents 49.2 MiB, text 7.0 MiB projected) x 120
+    samples = 7.8 GiB``: what the shards will take."""
+    parts = [f"mp4 {human_size(mp4_bytes_per_sample)}"]
+    if cached.latents:
+        parts.append(f"latents {human_size(cached.latents)}")
+    if cached.text:
+        parts.append(f"text {human_size(cached.text)} {cached.text_kind}")
+    per_sample = mp4_bytes_per_sample + cached.total
+    return (
+        f"dataset size: about {human_size(per_sample)} per sample ({', '.join(parts)}) x {num_samples} samples "
+        f"= {human_size(per_sample * num_samples)}"
+    )
 
 
 def sample_row(sample: ValidatedSample, layout: str, control_key: str) -> dict:
@@ -148,6 +171,8 @@ def convert_to_mds(
     samples = find_samples(input_dir, layout, control_key, cameras)
     if not samples:
         raise LayoutError(f"found no samples in {input_dir} for layout {layout}. Fix: check --input and --layout")
+    cached = precomputer.cached_bytes_per_sample(len(samples[0].cameras)) if precomputer else CachedBytes()
+    log.info(describe_dataset_size(sum(map(source_mp4_bytes, samples)) / len(samples), cached, len(samples)))
     report = ConversionReport(output=Path(output_dir))
     ignored = ignored_files(input_dir, layout, control_key, cameras)
     if ignored:

@@ -150,7 +150,8 @@ def _disk_of(path: Path) -> tuple[int, Path]:
     return free, path
 
 
-def _human(size: int) -> str:
+def human_size(size: float) -> str:
+    """``size`` bytes in binary units: ``512 B``, ``7.0 MiB``, ``6.6 TiB``."""
     for unit in ("B", "KiB", "MiB", "GiB"):
         if size < 1024:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
@@ -178,7 +179,7 @@ def raise_if_disk_full(error: BaseException, path: str | Path, fix: str = "choos
     free, mount = _disk_of(Path(path))
     if enospc or free < NEARLY_FULL_BYTES:
         raise DiskFullError(
-            f"no space left on device while writing {path}: {_human(free)} free on {mount}; free space or {fix}"
+            f"no space left on device while writing {path}: {human_size(free)} free on {mount}; free space or {fix}"
         ) from chain[0]
 
 

@@ -4,7 +4,8 @@
   official latent normalisation and loads the official ``tokenizer.pth`` or diffusers weights.
 * :class:`~cosmos_composer.encoders.text.Reason1TextEmbedder` wraps transformers' Qwen2.5-VL and
   returns the FULL_CONCAT embedding ``[B, 512, 100352]``.
-* :func:`build_encoders` builds both from their sources, for training and for generation alike.
+* :func:`build_encoders` builds both from their sources, for training, generation and
+  ``convert_to_mds.py --precompute`` alike.
 
 The heavy submodules import diffusers / transformers lazily (on attribute access).
 """
@@ -12,15 +13,35 @@ The heavy submodules import diffusers / transformers lazily (on attribute access
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Callable, Optional, TypeVar
 
 import torch
+
+from cosmos_composer.checkpoint.hf import HfResolveError, resolve
 
 if TYPE_CHECKING:
     from cosmos_composer.encoders.text import Reason1TextEmbedder
     from cosmos_composer.encoders.vae import WanVAE
 
-__all__ = ["Reason1TextEmbedder", "WanVAE", "build_encoders"]
+__all__ = ["EncoderLoadError", "Reason1TextEmbedder", "WanVAE", "build_encoders", "text_embed_dim"]
+
+Loaded = TypeVar("Loaded")
+
+
+class EncoderLoadError(RuntimeError):
+    """An encoder's weights could not be loaded; the one-line message names the source, the file and why."""
+
+
+def _loading(what: str, source: str, path: str, load: Callable[[], Loaded]) -> Loaded:
+    """``load()``, its errors made one line that names ``source`` (and ``path``, the file it resolved to)."""
+    try:
+        return load()
+    except HfResolveError:
+        raise  # already says what to do
+    except (OSError, ValueError, RuntimeError, KeyError) as error:  # a missing, truncated or foreign file
+        shown = source if source == path else f"{source} ({path})"
+        detail = " ".join(str(error).split())
+        raise EncoderLoadError(f"could not load the {what} from {shown}: {type(error).__name__}: {detail}") from error
 
 
 def build_encoders(
@@ -34,27 +55,43 @@ def build_encoders(
 
     A VAE folder is read as diffusers weights, a file as the official ``tokenizer.pth``. ``dtype`` defaults to
     bf16 on a GPU, as the official inference and training run the frozen encoders, and fp32 elsewhere.
+    An `hf://` URI that cannot be resolved raises ``HfResolveError``; a file that cannot be loaded raises
+    :class:`EncoderLoadError`, in one line naming it.
     """
-    from cosmos_composer.checkpoint.hf import resolve
     from cosmos_composer.encoders.text import Reason1TextEmbedder
     from cosmos_composer.encoders.vae import WanVAE
 
     if dtype is None:
         dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    # Both sources are resolved before either loads: an uncached text encoder fails at once, not after the VAE.
+    vae_path = resolve(vae) if vae and vae != "tiny" else None
+    text_path = resolve(text) if text and text != "tiny" else None
     vae_model = text_model = None
     if vae == "tiny":
         vae_model = WanVAE.tiny(seed=0)
-    elif vae:
-        path = resolve(vae)
-        vae_model = WanVAE.from_diffusers(path) if Path(path).is_dir() else WanVAE.from_official_pth(path)
+    elif vae_path is not None:
+        vae_model = _loading(
+            "VAE",
+            vae,
+            vae_path,
+            lambda: WanVAE.from_diffusers(vae_path) if Path(vae_path).is_dir() else WanVAE.from_official_pth(vae_path),
+        )
     if text == "tiny":
         text_model = Reason1TextEmbedder.tiny(seed=0)
-    elif text:
-        text_model = Reason1TextEmbedder.from_pretrained(resolve(text))
+    elif text_path is not None:
+        text_model = _loading("text encoder", text, text_path, lambda: Reason1TextEmbedder.from_pretrained(text_path))
     return (
         None if vae_model is None else vae_model.to(device=device, dtype=dtype).eval(),
         None if text_model is None else text_model.to(device=device, dtype=dtype).eval(),
     )
+
+
+def text_embed_dim(text: str) -> int:
+    """The width of the raw embedding that the text encoder ``text`` (a :func:`build_encoders` source) gives,
+    without loading it: the tiny encoder's, else Cosmos-Reason1-7B's (100352)."""
+    from cosmos_composer.encoders.text import REASON1_EMBED_DIM, TINY_HIDDEN_SIZE, TINY_NUM_LAYERS
+
+    return TINY_NUM_LAYERS * TINY_HIDDEN_SIZE if text == "tiny" else REASON1_EMBED_DIM
 
 
 def __getattr__(name: str):

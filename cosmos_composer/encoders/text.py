@@ -37,6 +37,7 @@ __all__ = [
     "REASON1_EMBED_DIM",
     "REASON1_REPO",
     "REASON1_REVISION",
+    "REASON1_URI",
     "Reason1TextEmbedder",
     "SYSTEM_PROMPT",
     "build_tiny_tokenizer",
@@ -55,6 +56,11 @@ REASON1_REVISION = "3210bec0495fdc7a8d3dbb8d58da5711eab4b423"
 REASON1_NUM_LAYERS = 28
 REASON1_HIDDEN_SIZE = 3584
 REASON1_EMBED_DIM = REASON1_NUM_LAYERS * REASON1_HIDDEN_SIZE  # 100352
+REASON1_URI = f"hf://{REASON1_REPO}@{REASON1_REVISION}"  # the same, as an hf:// source of build_encoders
+
+# Reason1TextEmbedder.tiny()'s size (the tiny network presets' crossattn_proj_in_channels = their product).
+TINY_NUM_LAYERS = 3
+TINY_HIDDEN_SIZE = 32
 
 
 def mean_normalize(hidden_B_L_D: torch.Tensor) -> torch.Tensor:
@@ -160,8 +166,8 @@ class Reason1TextEmbedder(nn.Module):
         cls,
         seed: int = 0,
         dtype: torch.dtype = torch.float32,
-        num_layers: int = 3,
-        hidden_size: int = 32,
+        num_layers: int = TINY_NUM_LAYERS,
+        hidden_size: int = TINY_HIDDEN_SIZE,
         num_tokens: int = NUM_TEXT_TOKENS,
     ) -> Reason1TextEmbedder:
         """A tiny random Qwen2.5-VL (same architecture, few layers, narrow) with an offline tokenizer."""
@@ -297,7 +303,7 @@ def build_tiny_tokenizer():
     return tokenizer
 
 
-def tiny_qwen2_5_vl_config(vocab_size: int, num_layers: int = 3, hidden_size: int = 32):
+def tiny_qwen2_5_vl_config(vocab_size: int, num_layers: int = TINY_NUM_LAYERS, hidden_size: int = TINY_HIDDEN_SIZE):
     """A tiny ``Qwen2_5_VLConfig``: the Reason1 architecture with few layers and a narrow width."""
     from transformers import Qwen2_5_VLConfig
 

@@ -457,6 +457,11 @@ class FinalLayer(nn.Module):
         return self.linear(x)
 
 
+def crossattn_projection(in_channels: int, out_channels: int) -> nn.Sequential:
+    """``crossattn_proj``: the raw text embedding (100352-d) -> the cross-attention width (1024), Linear + GELU."""
+    return nn.Sequential(nn.Linear(in_channels, out_channels), nn.GELU())
+
+
 class CosmosTransferNet(nn.Module):
     """Cosmos-Transfer2.5: base DiT + VACE control branch (+ multiview). See the module docstring."""
 
@@ -473,9 +478,7 @@ class CosmosTransferNet(nn.Module):
         self.t_embedder = nn.Sequential(Timesteps(dim), TimestepEmbedding(dim))
         self.t_embedding_norm = RMSNorm(dim)
         if config.use_crossattn_projection:
-            self.crossattn_proj = nn.Sequential(
-                nn.Linear(config.crossattn_proj_in_channels, config.crossattn_emb_channels), nn.GELU()
-            )
+            self.crossattn_proj = crossattn_projection(config.crossattn_proj_in_channels, config.crossattn_emb_channels)
         if config.extra_image_context_dim is not None:
             self.img_context_proj = nn.Sequential(nn.Linear(config.extra_image_context_dim, dim), nn.GELU())
         if config.is_multiview:
