@@ -223,6 +223,12 @@ class CaptionCodeEmbedder:
     def code(caption: str) -> float:
         return float(zlib.crc32(caption.encode()) % 1000)
 
+    def to(self, *args, **kwargs) -> "CaptionCodeEmbedder":  # build_encoders moves and freezes the encoder
+        return self
+
+    def eval(self) -> "CaptionCodeEmbedder":
+        return self
+
     def embed(self, captions: list[str]) -> torch.Tensor:
         self.seen += captions
         return torch.tensor([self.code(c) for c in captions])[:, None, None].expand(-1, 512, self.embed_dim).clone()
@@ -239,7 +245,7 @@ def test_mapped_prefixes_in_dataset_captions_and_cached_text_are_the_official_on
     monkeypatch.setattr(Reason1TextEmbedder, "from_pretrained", classmethod(lambda cls, *a, **kw: embedder))
     code = _script("convert_to_mds").main(
         ["--layout", "multiview-hdmap", "--input", str(raw), "--output", str(out), "--min-frames", str(F),
-         "--cameras", ",".join(RIG), "--precompute", "text", "--text-encoder", "fake", "--device", "cpu",
+         "--cameras", ",".join(RIG), "--precompute", "text", "--raw-text", "--text-encoder", "fake", "--device", "cpu",
          "--no-progress"]
     )  # fmt: skip
     assert code == 0
