@@ -17,6 +17,7 @@ from cosmos_composer.checkpoint.hf import HfResolveError
 from cosmos_composer.checkpoint.load import CheckpointLoadError
 from cosmos_composer.checkpoint.safe_pickle import unsafe_pickle_in
 from cosmos_composer.config import ConfigError, describe_config, load_config
+from cosmos_composer.encoders import EncoderLoadError
 from cosmos_composer.host_memory import return_freed_memory_to_os
 from cosmos_composer.quiet import remove_streaming_filelocks
 
@@ -38,6 +39,8 @@ def main(argv: list[str]) -> None:
         sys.exit(f"config error: {error}")
     except (CheckpointLoadError, HfResolveError) as error:
         sys.exit(f"checkpoint error: {error}")  # the message names the key: load_path or base_load_path
+    except EncoderLoadError as error:
+        sys.exit(f"encoder error: {error}")  # the message names the encoders.vae / encoders.text source
     except CheckpointException as error:  # Composer's checkpoint load: a refused pickle is said plainly
         refusal = unsafe_pickle_in(error)
         if refusal is None:

@@ -33,7 +33,7 @@ from .checkpoint.network_weights import load_network, read_checkpoint_state, sel
 from .data.cameras import DEFAULT_CAMERAS
 from .diffusion import sampler
 from .encoders import build_encoders
-from .encoders.text import REASON1_REPO, REASON1_REVISION
+from .encoders.text import REASON1_REPO, REASON1_URI
 from .encoders.vae import SPATIAL_COMPRESSION, TEMPORAL_COMPRESSION, latent_num_frames, pixel_num_frames
 from .generation import GenerationError
 from .generation.inputs import largest_valid_frames, probe_size, read_views, select_cameras, video_files
@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 
 # The weights of the frozen encoders that the official inference downloads (the recipe YAMLs use the same).
 DEFAULT_VAE = "hf://nvidia/Cosmos-Predict2.5-2B/tokenizer.pth@f176dc95b4a70f53ce01c4b302851595e7322b00"
-DEFAULT_TEXT_ENCODER = f"hf://{REASON1_REPO}@{REASON1_REVISION}"
+DEFAULT_TEXT_ENCODER = REASON1_URI
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 

@@ -42,6 +42,7 @@ from cosmos_composer.checkpoint.hf import HfResolveError  # noqa: E402
 from cosmos_composer.checkpoint.load import CheckpointLoadError  # noqa: E402
 from cosmos_composer.checkpoint.network_config import NetworkConfigError  # noqa: E402
 from cosmos_composer.config_file import parse_set_items  # noqa: E402
+from cosmos_composer.encoders import EncoderLoadError  # noqa: E402
 from cosmos_composer.generate import (  # noqa: E402
     EXCLUSIVE_OPTIONS,
     OPTION_GROUPS,
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     # not fit, a missing camera, ...): print them without a traceback.
     try:
         written = generate(options_from_args(args))
-    except (GenerationError, HfResolveError, CheckpointLoadError, NetworkConfigError) as error:
+    except (GenerationError, HfResolveError, CheckpointLoadError, NetworkConfigError, EncoderLoadError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     for path in written:
