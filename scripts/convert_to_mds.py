@@ -18,14 +18,33 @@ captions are kept and reported. The shards are written, with their sha1 and xxh6
 temporary folder beside --output and moved into place only when complete; a killed conversion's
 temporary folder is deleted by the next one. The mp4 files are stored unchanged (unless --resize).
 
+Frame rate: --fps F serves every camera and control at F frames per second by frame selection: served
+frame i of a clip is source frame round(i * source_fps / F), halves rounded up (30 -> 10 fps takes every 3rd
+frame; 25 -> 10 fps takes frames 0, 3, 5, 8, 10, ...). The mp4 files are still stored unchanged; the rows
+record the source rate and the selection (columns fps, source_fps, frame_start, frame_step). F above a
+source's rate (upsampling) is refused. The multiview recipe trains at 10 fps, so a multiview source at another
+rate is refused unless --fps is given (--fps 10 for the recipe); single view has no fixed rate (upstream serves
+each video at its native fps). --min-frames counts served frames.
+
+Windows: --window-stride N cuts each clip into windows of --num-frames served frames (default: 29 multiview,
+93 single view), one starting every N served frames, so a long log trains on all of its length. Each window is
+a sample of its own named <clip>@<start>, start = the window's first served frame (e.g. demo_0000@58); a clip
+shorter than one window is invalid (too short). A window starts at the source frame of its first served frame
+and selects from there (with a fractional ratio such as 25 -> 10 fps the rounding restarts at each window).
+Each window row stores the clip's mp4 files again (no re-encoding). The summary says the frame-rate change
+and how many windows each clip gave.
+
 --precompute latents,text also stores the frozen encoders' outputs (VAE latents of video and control,
-Reason1 text embeddings, projected to 1024-d with --crossattn-proj) so training can skip them.
+Reason1 text embeddings, projected to 1024-d with --crossattn-proj) so training can skip them. With windows,
+each window's latents are encoded from its own frames.
 
 Examples:
     python scripts/convert_to_mds.py --layout multiview-hdmap --input my_dataset/ --output data/hdmap_mds
     python scripts/convert_to_mds.py --layout multiview-hdmap --input rig/ --output data/rig_mds \\
         --cameras camera_front_wide_120fov,camera_cross_left_120fov,camera_cross_right_120fov
     python scripts/convert_to_mds.py --layout singleview --control-key depth --input ufo/ --output data/ufo_mds
+    python scripts/convert_to_mds.py --layout multiview-hdmap --input logs_30fps/ --output data/logs_mds \\
+        --fps 10 --window-stride 29
     python scripts/convert_to_mds.py --layout multiview-hdmap --input demo/ --output demo_mds --min-frames 29 \\
         --precompute latents,text --vae tokenizer.pth --text-encoder nvidia/Cosmos-Reason1-7B \\
         --crossattn-proj model_ema_bf16.pt --height 720 --width 1280 --num-frames 29
@@ -45,6 +64,7 @@ from cosmos_composer.data.layouts import (
     CONTROL_KEYS,
     DEFAULT_MIN_FRAMES,
     LAYOUTS,
+    RECIPE_FPS,
     LayoutError,
 )
 from cosmos_composer.data.output import DiskFullError
@@ -69,8 +89,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--min-frames",
         type=int,
         default=None,
-        help=f"frames every video and control must have (default: {DEFAULT_MIN_FRAMES['multiview-hdmap']} "
-        f"multiview, {DEFAULT_MIN_FRAMES['singleview']} single view, the recipes' frames per view)",
+        help=f"served frames (after --fps) every video and control must give (default: --num-frames with "
+        f"--window-stride, else {DEFAULT_MIN_FRAMES['multiview-hdmap']} multiview, "
+        f"{DEFAULT_MIN_FRAMES['singleview']} single view, the recipes' frames per view)",
+    )
+    parser.add_argument(
+        "--fps",
+        type=float,
+        default=None,
+        help=f"serve every camera and control at this frame rate by taking source frame round(i * source_fps / "
+        f"fps) for served frame i (integer ratios are exact strides: 30 -> 10 takes every 3rd frame); a rate above "
+        f"the source's is refused. Default: the source rate, which must be the recipe's "
+        f"({RECIPE_FPS['multiview-hdmap']:g} fps) for multiview; single view has no fixed rate",
+    )
+    parser.add_argument(
+        "--window-stride",
+        type=int,
+        default=None,
+        help="cut each clip into windows of --num-frames served frames (default: the recipe's frames per view), "
+        "one every N served frames; each window is a sample named <clip>@<start> (start: its first served frame)",
     )
     parser.add_argument(
         "--cameras",
@@ -90,7 +127,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     cache = parser.add_argument_group("precomputed columns (--precompute)")
     cache.add_argument("--precompute", default="", help="comma list of: latents, text")
-    cache.add_argument("--num-frames", type=int, default=None, help="frames per view to encode (default: --min-frames)")
+    cache.add_argument(
+        "--num-frames",
+        type=int,
+        default=None,
+        help="served frames per view to encode, and the window length of --window-stride (default: --min-frames, "
+        "or the recipe's frames per view with --window-stride)",
+    )
     cache.add_argument("--height", type=int, default=None, help="training height (default: 720 multiview, 704 single)")
     cache.add_argument("--width", type=int, default=1280, help="training width (default: 1280)")
     cache.add_argument("--vae", help="Wan2.1 VAE: official tokenizer.pth, or a diffusers folder / HF repo id")
@@ -147,10 +190,11 @@ def build_precomputer(args: argparse.Namespace) -> Precomputer | None:
             crossattn_proj = load_crossattn_proj(args.crossattn_proj, dtype).to(args.device)
     default_height = 720 if args.layout == "multiview-hdmap" else 704
     min_frames = args.min_frames or DEFAULT_MIN_FRAMES[args.layout]
+    window_frames = DEFAULT_MIN_FRAMES[args.layout] if args.window_stride else None
     return Precomputer(
         height=args.height or default_height,
         width=args.width,
-        num_frames=args.num_frames or min_frames,
+        num_frames=args.num_frames or window_frames or min_frames,
         vae=vae,
         text_embedder=text_embedder,
         crossattn_proj=crossattn_proj,
@@ -177,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
             precomputer=precomputer,
             progress=not args.no_progress,
             cameras=[c.strip() for c in args.cameras.split(",")] if args.cameras else None,
+            fps=args.fps,
+            window_stride=args.window_stride,
+            window_frames=args.num_frames if args.window_stride else None,
         )
     except (ConversionError, LayoutError, ValueError, FileExistsError, KeyError, DiskFullError) as error:
         print(f"error: {error}", file=sys.stderr)
