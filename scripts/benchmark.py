@@ -665,6 +665,7 @@ def _write_synthetic_shards(
                 mds.SAMPLE_NAME: f"synthetic_{index:04d}", mds.LAYOUT: layout,
                 mds.CAMERA_NAMES: [c for c in cameras if c], mds.CAPTION: "synthetic", mds.FPS: 10.0,
                 mds.NUM_FRAMES: num_frames, mds.CONTROL_KEY: control_key,
+                mds.SOURCE_FPS: 10.0, mds.FRAME_START: 0, mds.FRAME_STEP: 1.0,
                 mds.VIDEO_LATENT: rng.standard_normal(latent_shape, dtype=np.float32).astype(np.float16),
                 mds.CONTROL_LATENT: rng.standard_normal(latent_shape, dtype=np.float32).astype(np.float16),
                 mds.LATENT_NUM_FRAMES: num_frames, mds.LATENT_HEIGHT: height, mds.LATENT_WIDTH: width,

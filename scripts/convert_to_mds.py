@@ -20,6 +20,22 @@ captions are kept and reported. The shards are written, with their sha1 and xxh6
 temporary folder beside --output and moved into place only when complete; a killed conversion's
 temporary folder is deleted by the next one. The mp4 files are stored unchanged (unless --resize).
 
+Frame rate: --fps F serves every camera and control at F frames per second by frame selection: served
+frame i of a clip is source frame round(i * source_fps / F), halves rounded up (30 -> 10 fps takes every 3rd
+frame; 25 -> 10 fps takes frames 0, 3, 5, 8, 10, ...). The mp4 files are still stored unchanged; the rows
+record the source rate and the selection (columns fps, source_fps, frame_start, frame_step). F above a
+source's rate (upsampling) is refused. The multiview recipe trains at 10 fps, so a multiview source at another
+rate is refused unless --fps is given (--fps 10 for the recipe); single view has no fixed rate (upstream serves
+each video at its native fps). --min-frames counts served frames.
+
+Windows: --window-stride N cuts each clip into windows of --num-frames served frames (default: 29 multiview,
+93 single view), one starting every N served frames, so a long log trains on all of its length. Each window is
+a sample of its own named <clip>@<start>, start = the window's first served frame (e.g. demo_0000@58); a clip
+shorter than one window is invalid (too short). A window starts at the source frame of its first served frame
+and selects from there (with a fractional ratio such as 25 -> 10 fps the rounding restarts at each window).
+Each window row stores the clip's mp4 files again (no re-encoding). The summary says the frame-rate change
+and how many windows each clip gave.
+
 --precompute latents,text also stores the frozen encoders' outputs (VAE latents of video and control,
 Reason1 text embeddings) so training can skip them. The encoders load as training loads them: --vae and
 --text-encoder take `tiny`, a local path or an hf://org/repo[/file][@revision] URI, resolved through the
@@ -29,7 +45,7 @@ crossattn_proj of the Transfer checkpoint you will train: --crossattn-proj, by d
 --config (the layout's recipe YAML of this checkout: yamls/hdmap.yaml, yamls/singleview_edge.yaml). Raw
 100352-d embeddings (686 MiB per 7-view sample, 6.5 TiB per 10k) are cached only with --raw-text, which a
 full fine-tune (model.train_base=true) needs. Before writing, the converter prints what the dataset will
-take (mp4 files, latents, text).
+take (mp4 files, latents, text). With windows, each window's latents are encoded from its own frames.
 
 Examples:
     python scripts/convert_to_mds.py --layout multiview-hdmap --input my_dataset/ --output data/hdmap_mds
@@ -43,6 +59,8 @@ Examples:
         --num-frames 29 --height 720 --width 1280   # text projected by yamls/hdmap.yaml's load_path
     python scripts/convert_to_mds.py --layout singleview --input ufo/ --output data/ufo_full_ft_mds \\
         --precompute text --raw-text               # raw text, for a full fine-tune (model.train_base=true)
+    python scripts/convert_to_mds.py --layout multiview-hdmap --input logs_30fps/ --output data/logs_mds \\
+        --fps 10 --window-stride 29             # 10 fps windows of 29 frames, one every 29 frames
 """
 
 from __future__ import annotations
@@ -67,6 +85,7 @@ from cosmos_composer.data.layouts import (
     DEFAULT_MIN_FRAMES,
     LAYOUTS,
     MULTIVIEW_HDMAP,
+    RECIPE_FPS,
     SINGLEVIEW,
     LayoutError,
 )
@@ -98,8 +117,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--min-frames",
         type=int,
         default=None,
-        help=f"frames every video and control must have (default: {DEFAULT_MIN_FRAMES['multiview-hdmap']} "
-        f"multiview, {DEFAULT_MIN_FRAMES['singleview']} single view, the recipes' frames per view)",
+        help=f"served frames (after --fps) every video and control must give (default: --num-frames with "
+        f"--window-stride, else {DEFAULT_MIN_FRAMES['multiview-hdmap']} multiview, "
+        f"{DEFAULT_MIN_FRAMES['singleview']} single view, the recipes' frames per view)",
+    )
+    parser.add_argument(
+        "--fps",
+        type=float,
+        default=None,
+        help=f"serve every camera and control at this frame rate by taking source frame round(i * source_fps / "
+        f"fps) for served frame i (integer ratios are exact strides: 30 -> 10 takes every 3rd frame); a rate above "
+        f"the source's is refused. Default: the source rate, which must be the recipe's "
+        f"({RECIPE_FPS['multiview-hdmap']:g} fps) for multiview; single view has no fixed rate",
+    )
+    parser.add_argument(
+        "--window-stride",
+        type=int,
+        default=None,
+        help="cut each clip into windows of --num-frames served frames (default: the recipe's frames per view), "
+        "one every N served frames; each window is a sample named <clip>@<start> (start: its first served frame)",
     )
     parser.add_argument(
         "--cameras",
@@ -120,7 +156,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     cache = parser.add_argument_group("precomputed columns (--precompute)")
     cache.add_argument("--precompute", default="", help="comma list of: latents, text")
-    cache.add_argument("--num-frames", type=int, default=None, help="frames per view to encode (default: --min-frames)")
+    cache.add_argument(
+        "--num-frames",
+        type=int,
+        default=None,
+        help="served frames per view to encode, and the window length of --window-stride (default: --min-frames, "
+        "or the recipe's frames per view with --window-stride)",
+    )
     cache.add_argument("--height", type=int, default=None, help="training height (default: 720 multiview, 704 single)")
     cache.add_argument("--width", type=int, default=1280, help="training width (default: 1280)")
     cache.add_argument(
@@ -220,10 +262,11 @@ def build_precomputer(args: argparse.Namespace) -> Precomputer | None:
         _, text_embedder = build_encoders(None, args.text_encoder if "text" in wanted else None, args.device, dtype)
     default_height = 720 if args.layout == MULTIVIEW_HDMAP else 704
     min_frames = args.min_frames or DEFAULT_MIN_FRAMES[args.layout]
+    window_frames = DEFAULT_MIN_FRAMES[args.layout] if args.window_stride else None
     return Precomputer(
         height=args.height or default_height,
         width=args.width,
-        num_frames=args.num_frames or min_frames,
+        num_frames=args.num_frames or window_frames or min_frames,
         vae=vae,
         text_embedder=text_embedder,
         crossattn_proj=crossattn_proj,
@@ -252,6 +295,9 @@ def main(argv: list[str] | None = None) -> int:
             precomputer=precomputer,
             progress=not args.no_progress,
             cameras=camera_list(args),
+            fps=args.fps,
+            window_stride=args.window_stride,
+            window_frames=args.num_frames if args.window_stride else None,
         )
     except (ConversionError, LayoutError, ValueError, FileExistsError, KeyError, DiskFullError) as error:
         print(f"error: {error}", file=sys.stderr)

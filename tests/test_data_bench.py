@@ -22,9 +22,11 @@ def _load_benchmark():
 def test_the_cached_pass_decodes_nothing_and_the_plain_pass_decodes_every_view(tmp_path, monkeypatch):
     bench = _load_benchmark()
     decoded = []  # the mp4 decodes of the data loader (the benchmark runs it in this process: no workers)
-    decode_frames = clip.decode_frames
+    decode_frame_indices = clip.decode_frame_indices
     monkeypatch.setattr(
-        clip, "decode_frames", lambda *args, **kwargs: decoded.append(1) or decode_frames(*args, **kwargs)
+        clip,
+        "decode_frame_indices",
+        lambda *args, **kwargs: decoded.append(1) or decode_frame_indices(*args, **kwargs),
     )
     decodes_per_pass = {}
     timed = bench._samples_per_second

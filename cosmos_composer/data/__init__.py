@@ -3,6 +3,7 @@
 * :mod:`~cosmos_composer.data.layouts`: the official multiview-hdmap and single-view folder layouts,
   sample discovery and validation.
 * :mod:`~cosmos_composer.data.mds`: the MDS columns (documented there).
+* :mod:`~cosmos_composer.data.framerate`: which source frame each served frame is (``--fps``).
 * :mod:`~cosmos_composer.data.convert`: the conversion behind ``scripts/convert_to_mds.py``.
 * :mod:`~cosmos_composer.data.dataset`: :class:`TransferStreamingDataset` and :func:`collate_samples`.
 * :mod:`~cosmos_composer.data.controls`: edge (Canny) and blur controls computed on the fly.

@@ -1,11 +1,13 @@
 """Turn one MDS row (a dict of columns) into the pixel tensors of a training clip.
 
 Shared by the dataset (rows read from shards) and by ``--precompute`` (rows about to be written), so
-cached latents are computed from exactly the frames the dataset would decode.
+cached latents are computed from exactly the frames the dataset would decode: both pick the source frames
+with :func:`source_frame_indices` and decode them with :func:`load_clip`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,8 +16,9 @@ from torchvision.transforms.v2 import InterpolationMode
 
 from cosmos_composer.data import mds
 from cosmos_composer.data.controls import compute_control
+from cosmos_composer.data.framerate import source_frames
 from cosmos_composer.data.layouts import ON_THE_FLY_CONTROLS
-from cosmos_composer.data.video import decode_frames, resize_video
+from cosmos_composer.data.video import decode_frame_indices, resize_video
 
 # Segmentation colours are class ids: resize them without mixing colours (upstream uses NEAREST).
 CONTROL_INTERPOLATION = {"seg": InterpolationMode.NEAREST}
@@ -34,16 +37,24 @@ def row_cameras(row: dict) -> tuple[str | None, ...]:
     return tuple(cameras) if cameras else (None,)
 
 
+def source_frame_indices(row: dict, start: int, count: int) -> list[int]:
+    """Source frame of each served frame ``start .. start+count-1`` of ``row`` (the one place that maps them).
+
+    Uses the row's ``frame_start`` and ``frame_step`` (:mod:`cosmos_composer.data.framerate`); rows converted
+    before those columns existed serve every frame from the first (start 0, step 1).
+    """
+    return source_frames(int(row.get(mds.FRAME_START, 0)), float(row.get(mds.FRAME_STEP, 1.0)), start, count)
+
+
 def decode_view(
     mp4: bytes,
-    start: int,
-    num_frames: int,
+    frame_indices: Sequence[int],
     height: int,
     width: int,
     interpolation: InterpolationMode = InterpolationMode.BILINEAR,
 ) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Frames ``start..start+num_frames-1`` resized to ``(height, width)``: uint8 ``[3, F, H, W]`` and source size."""
-    frames_F_h_w_3, _ = decode_frames(mp4, start, num_frames)
+    """The source frames ``frame_indices`` resized to ``(height, width)``: uint8 ``[3, F, H, W]`` and source size."""
+    frames_F_h_w_3, _ = decode_frame_indices(mp4, frame_indices)
     frames_F_3_h_w = torch.from_numpy(frames_F_h_w_3).permute(0, 3, 1, 2)
     original_hw = (frames_F_3_h_w.shape[-2], frames_F_3_h_w.shape[-1])
     frames_F_3_H_W = resize_video(frames_F_3_h_w, height, width, interpolation)
@@ -54,21 +65,21 @@ def load_clip(
     row: dict,
     *,
     control_key: str | None,
-    start: int,
-    num_frames: int,
+    frame_indices: Sequence[int],
     height: int,
     width: int,
     rng: np.random.Generator | None = None,
 ) -> Clip:
-    """Decode every view of ``row`` (and its control, when ``control_key`` is given).
+    """Decode the source frames ``frame_indices`` (:func:`source_frame_indices`) of every view of ``row``
+    (and of its control, when ``control_key`` is given).
 
-    Stored controls (``hdmap_bbox``, ``depth``, ``seg``) are decoded from the same frame range;
+    Stored controls (``hdmap_bbox``, ``depth``, ``seg``) are decoded at the same source frames;
     ``edge`` and ``vis`` are computed from the resized video with ``rng`` (``None``: upstream's
     non-random "medium" preset).
     """
     views, controls, sizes = [], [], []
     for camera in row_cameras(row):
-        view_3_F_H_W, original_hw = decode_view(row[mds.video_column(camera)], start, num_frames, height, width)
+        view_3_F_H_W, original_hw = decode_view(row[mds.video_column(camera)], frame_indices, height, width)
         views.append(view_3_F_H_W)
         sizes.append(original_hw)
         if control_key is not None and control_key not in ON_THE_FLY_CONTROLS:
@@ -81,7 +92,7 @@ def load_clip(
                     f"--control-key {control_key}"
                 )
             interpolation = CONTROL_INTERPOLATION.get(control_key, InterpolationMode.BILINEAR)
-            control_3_F_H_W, _ = decode_view(row[column], start, num_frames, height, width, interpolation)
+            control_3_F_H_W, _ = decode_view(row[column], frame_indices, height, width, interpolation)
             controls.append(control_3_F_H_W)
     video_3_VF_H_W = torch.cat(views, dim=1)
     if control_key is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,11 +14,13 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from cosmos_composer.data import mds
-from cosmos_composer.data.clip import CONTROL_INTERPOLATION
+from cosmos_composer.data.clip import CONTROL_INTERPOLATION, source_frame_indices
+from cosmos_composer.data.framerate import FPS_TOLERANCE, describe_change
 from cosmos_composer.data.layouts import (
     DEFAULT_CONTROL_KEY,
     DEFAULT_MIN_FRAMES,
     MULTIVIEW_HDMAP,
+    RECIPE_FPS,
     InvalidSampleError,
     LayoutError,
     SampleFiles,
@@ -49,15 +52,33 @@ class ConversionError(RuntimeError):
 @dataclass
 class ConversionReport:
     output: Path
-    written: list[str] = field(default_factory=list)
+    written: list[str] = field(default_factory=list)  # sample names of the rows written (windows: <clip>@<start>)
     skipped: dict[str, str] = field(default_factory=dict)  # sample name -> why
     resized: list[str] = field(default_factory=list)  # "<file>: HxW -> HxW" (--resize)
     empty_captions: list[str] = field(default_factory=list)  # "sample '<name>': <caption file>"
     notes: list[str] = field(default_factory=list)
+    frame_rates: Counter[str] = field(default_factory=Counter)  # "30 fps -> 10 fps (every 3rd frame)" -> clips
+    windows: dict[str, int] = field(default_factory=dict)  # clip -> windows it gave (--window-stride)
+    window_frames: int | None = None  # served frames per window (--window-stride)
+    window_stride: int | None = None
 
     def summary(self) -> str:
-        total = len(self.written) + len(self.skipped)
-        lines = [f"Wrote {len(self.written)} of {total} samples to {self.output}."]
+        if self.window_stride is None:
+            total = len(self.written) + len(self.skipped)
+            lines = [f"Wrote {len(self.written)} of {total} samples to {self.output}."]
+        else:
+            total = len(self.windows) + len(self.skipped)
+            lines = [f"Wrote {len(self.written)} windows from {len(self.windows)} of {total} samples to {self.output}."]
+        if self.frame_rates:
+            rates = "; ".join(f"{change} ({clips} samples)" for change, clips in self.frame_rates.items())
+            lines.append(f"Frame rate: {rates}.")
+        if self.windows:
+            per_clip = ", ".join(f"{clip} {count}" for clip, count in list(self.windows.items())[:10])
+            more = f", ... ({len(self.windows) - 10} more)" if len(self.windows) > 10 else ""
+            lines.append(
+                f"Windows of {self.window_frames} frames every {self.window_stride} frames (--window-stride): "
+                f"{len(self.written)} from {len(self.windows)} samples: {per_clip}{more}."
+            )
         if self.skipped:
             lines.append(f"Skipped {len(self.skipped)} of {total} samples (--skip-invalid):")
             lines += [f"  - {reason}" for reason in self.skipped.values()]
@@ -104,7 +125,9 @@ def describe_dataset_size(mp4_bytes_per_sample: float, cached: CachedBytes, num_
 def sample_row(sample: ValidatedSample, layout: str, control_key: str) -> dict:
     """The MDS row of a validated sample: metadata plus the source mp4 files, byte for byte.
 
-    Files in ``sample.to_resize`` (``--resize``) are stored re-encoded at the sample's resolution instead.
+    The row serves the whole clip at the sample's served rate (from source frame 0, every
+    ``frame_step``-th). Files in ``sample.to_resize`` (``--resize``) are stored re-encoded at the sample's
+    resolution instead.
     """
     files = sample.files
 
@@ -121,6 +144,9 @@ def sample_row(sample: ValidatedSample, layout: str, control_key: str) -> dict:
         mds.FPS: float(sample.fps),
         mds.NUM_FRAMES: int(sample.num_frames),
         mds.CONTROL_KEY: control_key,
+        mds.SOURCE_FPS: float(sample.source_fps),
+        mds.FRAME_START: 0,
+        mds.FRAME_STEP: float(sample.frame_step),
     }
     for camera in files.cameras:
         row[mds.video_column(camera)] = mp4(files.videos[camera])
@@ -129,6 +155,64 @@ def sample_row(sample: ValidatedSample, layout: str, control_key: str) -> dict:
                 files.controls[camera], CONTROL_INTERPOLATION.get(control_key, InterpolationMode.BILINEAR)
             )
     return row
+
+
+def window_rows(row: dict, window_frames: int, window_stride: int) -> list[dict]:
+    """``row`` cut into windows of ``window_frames`` served frames, one every ``window_stride`` served frames.
+
+    Window ``<name>@<start>`` starts at the source frame of the clip's served frame ``start`` (its
+    ``frame_start``) and selects from there at the clip's ``frame_step``: with an integer step these are
+    exactly the clip's served frames ``start .. start+window_frames-1``; with a fractional one the rounding
+    restarts at the window's first frame (same rate). The mp4 bytes are shared, not copied.
+    """
+    return [
+        {
+            **row,
+            mds.SAMPLE_NAME: f"{row[mds.SAMPLE_NAME]}@{start}",
+            mds.FRAME_START: source_frame_indices(row, start, 1)[0],
+            mds.NUM_FRAMES: window_frames,
+        }
+        for start in range(0, row[mds.NUM_FRAMES] - window_frames + 1, window_stride)
+    ]
+
+
+def convert_sample(
+    files: SampleFiles,
+    layout: str,
+    control_key: str,
+    min_frames: int,
+    report: ConversionReport,
+    resize: bool = False,
+    fps: float | None = None,
+    window_frames: int | None = None,
+    window_stride: int | None = None,
+    precomputer: Precomputer | None = None,
+) -> list[dict]:
+    """Validate one sample and build the MDS rows it gives: one, or one per window with ``window_stride``.
+
+    Records its empty caption, resized files, frame-rate change, windows and notes in ``report``, and
+    adds the ``precomputer``'s cached columns to each row. Raises
+    :class:`~cosmos_composer.data.layouts.InvalidSampleError` for an invalid sample (nothing recorded then).
+    """
+    sample = validate_sample(files, layout, min_frames, resize, fps)
+    if not sample.caption.strip():
+        # Kept: text dropout trains on empty text anyway, but the user should know.
+        report.empty_captions.append(f"sample '{files.name}': {files.caption}")
+        log.warning("sample '%s': %s has an empty caption; it trains on empty text", files.name, files.caption)
+    for path, (height, width) in sample.to_resize.items():
+        report.resized.append(f"{path}: {height}x{width} -> {sample.resolution[0]}x{sample.resolution[1]}")
+        log.info("sample '%s': resizing %s (--resize)", files.name, report.resized[-1])
+    rows = [sample_row(sample, layout, control_key)]
+    if window_stride is not None:
+        assert window_frames is not None, "window_stride needs window_frames"
+        rows = window_rows(rows[0], window_frames, window_stride)
+        report.windows[files.name] = len(rows)
+    if precomputer is not None:
+        for row in rows:
+            row.update(precomputer(row))
+    report.frame_rates[describe_change(sample.source_fps, sample.fps, sample.frame_step)] += 1
+    report.notes.extend(sample.notes)
+    return rows
 
 
 def convert_to_mds(
@@ -144,6 +228,9 @@ def convert_to_mds(
     precomputer: Precomputer | None = None,
     progress: bool = True,
     cameras: Sequence[str] | None = None,
+    fps: float | None = None,
+    window_stride: int | None = None,
+    window_frames: int | None = None,
 ) -> ConversionReport:
     """Validate every sample of ``input_dir`` and write the valid ones as MDS shards to ``output_dir``.
 
@@ -156,16 +243,46 @@ def convert_to_mds(
     ``cameras`` (multiview): the cameras to convert, in view order (None: the 7 official ones); an entry
     ``name=official`` (``cameras.parse_cameras``) converts camera ``name``. Each row records the names in its
     ``camera_names`` column and has one ``video_<camera>`` column per camera.
+
+    ``fps`` (``--fps``): serve every camera and control at this rate by frame selection
+    (:mod:`cosmos_composer.data.framerate`; the mp4 bytes are stored unchanged). Without it a source at
+    another rate than the layout's ``RECIPE_FPS`` (multiview: 10) is invalid; a rate above a source's is.
+    ``min_frames`` counts served frames.
+
+    ``window_stride`` (``--window-stride``): cut each clip into windows of ``window_frames`` served frames
+    (default: the layout's frames per view, 29 multiview, 93 single view), one starting every
+    ``window_stride`` served frames; each window is a sample of its own, named ``<clip>@<start>`` with
+    ``start`` the window's first served frame. A clip shorter than one window is invalid (too short).
     """
     control_key = normalize_control_key(control_key or DEFAULT_CONTROL_KEY[layout], layout)
+    if fps is not None and not fps > 0:
+        raise ValueError(f"--fps {fps} must be a positive frame rate, e.g. --fps 10")
+    if window_stride is not None:
+        window_frames = window_frames or DEFAULT_MIN_FRAMES[layout]
+        if window_stride < 1 or window_frames < 1:
+            raise ValueError(f"--window-stride {window_stride} and --num-frames {window_frames} must be at least 1")
+        if min_frames is not None and min_frames < window_frames:
+            raise ValueError(
+                f"--min-frames {min_frames} is below the {window_frames} frames of a window (--num-frames); a "
+                f"sample needs at least one window. Fix: leave out --min-frames, or pass --num-frames {min_frames}"
+            )
+        min_frames = min_frames or window_frames
+    elif window_frames is not None:
+        raise ValueError("window_frames is the window length of window_stride; pass window_stride too")
     min_frames = DEFAULT_MIN_FRAMES[layout] if min_frames is None else min_frames
     check_output_apart_from_input(input_dir, output_dir)
     check_output_dir(output_dir, overwrite)  # fail before the (possibly long) scan
-    if precomputer is not None and precomputer.latents and min_frames < precomputer.num_frames:
-        raise ValueError(
-            f"--min-frames {min_frames} is below the {precomputer.num_frames} frames per view to encode; every "
-            f"sample needs them. Fix: pass --min-frames {precomputer.num_frames} (or lower --num-frames)"
-        )
+    if precomputer is not None and precomputer.latents:
+        if window_stride is not None and window_frames < precomputer.num_frames:
+            raise ValueError(
+                f"the windows of {window_frames} frames are shorter than the {precomputer.num_frames} frames per "
+                f"view to encode. Fix: pass --num-frames once, for both"
+            )
+        if min_frames < precomputer.num_frames:
+            raise ValueError(
+                f"--min-frames {min_frames} is below the {precomputer.num_frames} frames per view to encode; "
+                f"every sample needs them. Fix: pass --min-frames {precomputer.num_frames} (or lower --num-frames)"
+            )
     if cameras and layout != MULTIVIEW_HDMAP:
         raise ValueError(f"--cameras {','.join(cameras)} is for --layout {MULTIVIEW_HDMAP}; single view has one camera")
     samples = find_samples(input_dir, layout, control_key, cameras)
@@ -173,7 +290,12 @@ def convert_to_mds(
         raise LayoutError(f"found no samples in {input_dir} for layout {layout}. Fix: check --input and --layout")
     cached = precomputer.cached_bytes_per_sample(len(samples[0].cameras)) if precomputer else CachedBytes()
     log.info(describe_dataset_size(sum(map(source_mp4_bytes, samples)) / len(samples), cached, len(samples)))
-    report = ConversionReport(output=Path(output_dir))
+    if window_stride:
+        log.info("with --window-stride every window is a sample of its own, storing its clip's mp4 files again")
+    report = ConversionReport(output=Path(output_dir), window_frames=window_frames, window_stride=window_stride)
+    recipe_fps = RECIPE_FPS[layout]
+    if fps is not None and recipe_fps is not None and abs(fps - recipe_fps) > FPS_TOLERANCE:
+        report.notes.append(f"--fps {fps:g} differs from the {layout} recipe's {recipe_fps:g} fps")
     ignored = ignored_files(input_dir, layout, control_key, cameras)
     if ignored:
         shown = ", ".join(str(path) for path in ignored[:10]) + (" ..." if len(ignored) > 10 else "")
@@ -204,7 +326,18 @@ def convert_to_mds(
             bar = tqdm(samples, desc=f"convert {layout}", unit="sample", disable=not progress)
             for files in bar:
                 try:
-                    sample = validate_sample(files, layout, min_frames, resize)
+                    rows = convert_sample(
+                        files,
+                        layout,
+                        control_key,
+                        min_frames,
+                        report,
+                        resize=resize,
+                        fps=fps,
+                        window_frames=window_frames,
+                        window_stride=window_stride,
+                        precomputer=precomputer,
+                    )
                 except InvalidSampleError as error:
                     if not skip_invalid:
                         raise ConversionError(
@@ -214,23 +347,9 @@ def convert_to_mds(
                     report.skipped[files.name] = str(error)
                     bar.write(f"skipping invalid sample: {error}")
                     continue
-                if not sample.caption.strip():
-                    # Kept: text dropout trains on empty text anyway, but the user should know.
-                    report.empty_captions.append(f"sample '{files.name}': {files.caption}")
-                    log.warning(
-                        "sample '%s': %s has an empty caption; it trains on empty text",
-                        files.name,
-                        files.caption,
-                    )
-                for path, (height, width) in sample.to_resize.items():
-                    report.resized.append(f"{path}: {height}x{width} -> {sample.resolution[0]}x{sample.resolution[1]}")
-                    log.info("sample '%s': resizing %s (--resize)", files.name, report.resized[-1])
-                row = sample_row(sample, layout, control_key)
-                if precomputer is not None:
-                    row.update(precomputer(row))
-                writer.write(row)
-                report.written.append(files.name)
-                report.notes.extend(sample.notes)
+                for row in rows:
+                    writer.write(row)
+                    report.written.append(row[mds.SAMPLE_NAME])
         if not report.written:
             raise ConversionError(
                 f"all {len(samples)} samples of {input_dir} are invalid, so there is nothing to write:\n"

@@ -20,8 +20,8 @@ key                                    type                        content
 ``camera_keys_selection``              list of V str               camera names (``[]`` single view)
 ``sample_n_views``                     int64 scalar                V
 ``num_video_frames_per_view``          int64 scalar                F
-``fps``                                float64 scalar              the clip's native fps
-``frame_indices``                      int64 ``[F]``               source frames used
+``fps``                                float64 scalar              the frame rate served (``--fps``)
+``frame_indices``                      int64 ``[F]``               source frames used (in the mp4)
 ``chunk_index``                        int64 scalar                0
 ``padding_mask``                       float32 ``[1, H, W]``       zeros (no padding)
 ``image_size``                         int64 ``[4]``               ``[H, W, H, W]``
@@ -31,6 +31,9 @@ key                                    type                        content
 =====================================  ==========================  =====================================
 
 ``video``, ``control_input_<key>`` and ``original_hw`` are present only with ``decode_video=True``.
+A row serves ``num_frames`` frames at ``fps``; served frame ``j`` is a source frame picked by
+:func:`~cosmos_composer.data.clip.source_frame_indices` (every ``frame_step``-th from ``frame_start``,
+see :mod:`~cosmos_composer.data.mds`). A clip cut into windows (``--window-stride``) is one row per window.
 The view id of a camera is its position in the run's camera list (``cameras``; default the 7 official
 ``DEFAULT_CAMERAS``, so the official ids). The views are served in that order; the shards may hold more
 cameras (or hold them in another order), but must hold every listed one.
@@ -58,7 +61,7 @@ from streaming.base.hashing import get_hash
 
 from cosmos_composer.data import mds
 from cosmos_composer.data.cameras import caption_camera, parse_cameras, view_captions
-from cosmos_composer.data.clip import load_clip, row_cameras
+from cosmos_composer.data.clip import load_clip, row_cameras, source_frame_indices
 from cosmos_composer.data.layouts import (
     DEFAULT_MIN_FRAMES,
     MULTIVIEW_HDMAP,
@@ -98,7 +101,8 @@ class TransferStreamingDataset(StreamingDataset):
         height, width: training resolution (default: 720 x 1280 multiview, 704 x 1280 single view).
         control_key: ``hdmap_bbox`` | ``depth`` | ``seg`` | ``edge`` | ``vis`` (``blur``); default: the
             stored control video of the shards, else ``edge`` (so ask for ``vis`` explicitly).
-        random_start: start each clip at a random frame instead of frame 0 (decoded video only).
+        random_start: start each clip at a random served frame of its row instead of frame 0 (decoded
+            video only; a window row of exactly ``num_frames`` frames always starts at 0).
         decode_video: decode the mp4s; set False to train from cached latents only.
         use_cached_latents, use_cached_text: serve the cached columns when the shards have them.
         random_control_params: random edge thresholds / blur parameters as in upstream training;
@@ -175,8 +179,9 @@ class TransferStreamingDataset(StreamingDataset):
             )
         if self.use_cached_latents and random_start:
             raise ValueError(
-                "random_start=True cannot be used with cached latents (they encode frames 0..F-1). Fix: set "
-                "random_start=False, or use_cached_latents=False to encode online"
+                "random_start=True cannot be used with cached latents (they encode each row's served frames "
+                "0..F-1). Fix: set random_start=False (convert with --window-stride to train on every part of "
+                "long clips), or use_cached_latents=False to encode online"
             )
         if self.control_key not in ON_THE_FLY_CONTROLS and decode_video:
             missing = [c for c in self._control_columns() if c not in columns]
@@ -325,7 +330,8 @@ class TransferStreamingDataset(StreamingDataset):
                 f"lower num_frames, or convert again with --min-frames {F} to leave out short clips"
             )
         rng = self._rng(index)
-        start = int(rng.integers(0, available - F + 1)) if self.random_start else 0
+        start = int(rng.integers(0, available - F + 1)) if self.random_start else 0  # a served frame of the row
+        frame_indices = source_frame_indices(row, start, F)
         view_ids = list(range(num_views))  # view id = position in the run's camera list
         caption = row[mds.CAPTION]
         if cameras != (None,):
@@ -338,8 +344,7 @@ class TransferStreamingDataset(StreamingDataset):
             clip = load_clip(
                 row if cameras == (None,) else {**row, mds.CAMERA_NAMES: list(cameras)},  # the served views
                 control_key=self.control_key,
-                start=start,
-                num_frames=F,
+                frame_indices=frame_indices,
                 height=H,
                 width=W,
                 rng=rng if self.random_control_params else None,
@@ -356,7 +361,7 @@ class TransferStreamingDataset(StreamingDataset):
                 "sample_n_views": torch.tensor(num_views, dtype=torch.int64),
                 "num_video_frames_per_view": torch.tensor(F, dtype=torch.int64),
                 "fps": torch.tensor(row[mds.FPS], dtype=torch.float64),
-                "frame_indices": torch.arange(start, start + F, dtype=torch.int64),
+                "frame_indices": torch.tensor(frame_indices, dtype=torch.int64),
                 "chunk_index": torch.tensor(0, dtype=torch.int64),
                 "padding_mask": torch.zeros(1, H, W, dtype=torch.float32),
                 "image_size": torch.tensor([H, W, H, W], dtype=torch.int64),

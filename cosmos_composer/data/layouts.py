@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cosmos_composer.data.cameras import camera_folder, caption_camera, parse_cameras
+from cosmos_composer.data.framerate import FPS_TOLERANCE, describe_change, frame_step, served_frame_count
 from cosmos_composer.data.video import VideoError, probe_video, read_video_size
 
 MULTIVIEW_HDMAP = "multiview-hdmap"
@@ -53,8 +54,13 @@ LAYOUT_CONTROL_KEYS = {
 DEFAULT_CONTROL_KEY = {MULTIVIEW_HDMAP: "hdmap_bbox", SINGLEVIEW: "edge"}
 # Frames per view the recipes train on (reference 4.6): 29 for multiview, 93 for single view.
 DEFAULT_MIN_FRAMES = {MULTIVIEW_HDMAP: 29, SINGLEVIEW: 93}
-# Two frame rates closer than this are the same (containers store rates as rationals).
-FPS_TOLERANCE = 1e-3
+# Frame rate each recipe trains at; a source at another rate must be resampled (--fps). Multiview: 10 fps
+# (cosmos-cookbook docs/recipes/post_training/transfer2_5/av_world_scenario_maps/post_training.md trains
+# "at 720p resolution, 10fps"; the released auto/multiview checkpoint's metadata says fps 10; upstream's
+# local loader reads frames 0..28 without subsampling, so the files must already be at 10 fps). Single view:
+# no fixed rate (None): upstream's SingleViewTransferDataset serves each video at its native fps and
+# docs/post-training_singleview.md accepts 10-60 fps.
+RECIPE_FPS: dict[str, float | None] = {MULTIVIEW_HDMAP: 10.0, SINGLEVIEW: None}
 
 
 class LayoutError(ValueError):
@@ -99,8 +105,10 @@ class ValidatedSample:
 
     files: SampleFiles
     caption: str
-    fps: float
-    num_frames: int  # frames every video and control of the sample has (the minimum over them)
+    source_fps: float  # frame rate of every video and control file
+    fps: float  # frame rate served (--fps; source_fps when unchanged)
+    frame_step: float  # source frames per served frame (1.0: unchanged), see cosmos_composer.data.framerate
+    num_frames: int  # served frames every video and control of the sample gives (the minimum over them)
     resolution: tuple[int, int]  # (height, width) of the sample's videos
     to_resize: dict[Path, tuple[int, int]] = field(default_factory=dict)  # file -> its own (height, width)
     notes: list[str] = field(default_factory=list)  # harmless oddities to tell the user about
@@ -261,13 +269,47 @@ def _check_resolutions(
     return resolution, others
 
 
-def validate_sample(files: SampleFiles, layout: str, min_frames: int, resize: bool = False) -> ValidatedSample:
+def _served_rate(
+    name: str, path: Path, what: str, source_fps: float, fps: float | None, layout: str
+) -> tuple[float, float]:
+    """(served fps, source frames per served frame) of a file at ``source_fps`` for ``--fps`` (None: unchanged).
+
+    Refuses upsampling, and a source at another rate than the layout's recipe rate when no ``--fps`` is given.
+    """
+    recipe = RECIPE_FPS[layout]
+    if fps is None:
+        if recipe is not None and abs(source_fps - recipe) > FPS_TOLERANCE:
+            raise InvalidSampleError(
+                name,
+                path,
+                f"{what} runs at {source_fps:g} fps, but the {layout} recipe trains at {recipe:g} fps",
+                f"pass --fps {recipe:g} to serve it at {recipe:g} fps by frame selection "
+                f"({describe_change(source_fps, recipe, frame_step(source_fps, recipe))})",
+            )
+        return source_fps, 1.0
+    if fps > source_fps + FPS_TOLERANCE:
+        raise InvalidSampleError(
+            name,
+            path,
+            f"{what} runs at {source_fps:g} fps, below --fps {fps:g}: frames are selected, never made up "
+            f"(upsampling is refused)",
+            f"pass --fps {source_fps:g} or lower, or convert this clip without --fps",
+        )
+    step = frame_step(source_fps, fps)
+    return (source_fps if step == 1.0 else fps), step
+
+
+def validate_sample(
+    files: SampleFiles, layout: str, min_frames: int, resize: bool = False, fps: float | None = None
+) -> ValidatedSample:
     """Check one sample completely; raise :class:`InvalidSampleError` on the first problem found.
 
     Checks: every video and control file exists; all have one resolution (read from the headers,
     before any decoding; with ``resize`` the others are listed in ``to_resize`` instead); each
-    decodes to the end and has at least ``min_frames`` frames; control fps equals video fps; all
-    views share one fps; the caption is a JSON object with a ``"caption"`` string.
+    decodes to the end; control fps equals video fps; all views share one fps; that fps can be served
+    at ``fps`` (``--fps``: no upsampling) or, without ``fps``, is the layout's ``RECIPE_FPS``; each file
+    gives at least ``min_frames`` frames at the served rate; the caption is a JSON object with a
+    ``"caption"`` string.
     """
     name = files.name
     caption = _read_caption(name, files.caption, layout, files.cameras)
@@ -285,7 +327,7 @@ def validate_sample(files: SampleFiles, layout: str, min_frames: int, resize: bo
         except VideoError as error:
             raise _unreadable(name, path, what, error) from error
     resolution, to_resize = _check_resolutions(name, sizes, list(files.videos.values()), resize)
-    fps: float | None = None
+    source_fps: float | None = None
     fps_source: Path | None = None
     fps_of: dict[Path, float] = {}
     counts: dict[Path, int] = {}
@@ -294,13 +336,6 @@ def validate_sample(files: SampleFiles, layout: str, min_frames: int, resize: bo
             info = probe_video(path)
         except VideoError as error:
             raise _unreadable(name, path, what, error) from error
-        if info.num_frames < min_frames:
-            raise InvalidSampleError(
-                name,
-                path,
-                f"{what} is too short: {info.num_frames} frames, at least {min_frames} needed (--min-frames)",
-                "use a longer clip, or set --min-frames to the number of frames per view you train on",
-            )
         counts[path], fps_of[path] = info.num_frames, info.fps
         video = files.videos[camera]  # probed before its control
         if abs(info.fps - fps_of[video]) > FPS_TOLERANCE:
@@ -311,29 +346,45 @@ def validate_sample(files: SampleFiles, layout: str, min_frames: int, resize: bo
                 f"{video} at {fps_of[video]:g} fps",
                 "render the control video at the video's frame rate (frames must correspond one to one)",
             )
-        if fps is None:
-            fps, fps_source = info.fps, path
-        elif abs(info.fps - fps) > FPS_TOLERANCE:
+        if source_fps is None:
+            source_fps, fps_source = info.fps, path
+        elif abs(info.fps - source_fps) > FPS_TOLERANCE:
             raise InvalidSampleError(
                 name,
                 path,
-                f"fps mismatch between views: {info.fps:g} fps here, {fps:g} fps in {fps_source}",
+                f"fps mismatch between views: {info.fps:g} fps here, {source_fps:g} fps in {fps_source}",
                 "all views of a sample must be recorded (or resampled) at one frame rate",
             )
-    num_frames = min(counts.values())
+        served_fps, step = _served_rate(name, path, what, info.fps, fps, layout)
+        served = served_frame_count(info.num_frames, step)
+        if served < min_frames:
+            given = f"{info.num_frames} frames"
+            if step != 1.0:
+                given += f" at {info.fps:g} fps, {served} at {served_fps:g} fps (--fps)"
+            raise InvalidSampleError(
+                name,
+                path,
+                f"{what} is too short: {given}, at least {min_frames} needed (--min-frames)",
+                "use a longer clip, or set --min-frames (with --window-stride: --num-frames) to the number of "
+                "frames per view you train on",
+            )
+    source_frames = min(counts.values())
     notes = []
     if len(set(counts.values())) > 1:
-        longer = ", ".join(f"{path} ({count})" for path, count in counts.items() if count > num_frames)
+        longer = ", ".join(f"{path} ({count})" for path, count in counts.items() if count > source_frames)
         notes.append(
-            f"sample '{name}': files have different frame counts; only the first {num_frames} frames "
+            f"sample '{name}': files have different frame counts; only the first {source_frames} frames "
             f"(the shortest file) are used from: {longer}"
         )
-    assert fps is not None
+    assert source_fps is not None
+    served_fps, step = _served_rate(name, checks[0][2], checks[0][1], source_fps, fps, layout)
     return ValidatedSample(
         files=files,
         caption=caption,
-        fps=fps,
-        num_frames=num_frames,
+        source_fps=source_fps,
+        fps=served_fps,
+        frame_step=step,
+        num_frames=served_frame_count(source_frames, step),
         resolution=resolution,
         to_resize=to_resize,
         notes=notes,

@@ -1,18 +1,26 @@
 """The MDS columns of a cosmos-composer dataset, all in one place.
 
-One MDS sample is one training clip (all views of it). Columns written by ``convert_to_mds.py``:
+One MDS sample is one training clip (all views of it), or one window of a clip (``--window-stride``).
+Columns written by ``convert_to_mds.py``:
 
 =============================  ===============  ==================================================
 column                         MDS encoding     content
 =============================  ===============  ==================================================
-``sample_name``                ``str``          the file stem in the source layout
+``sample_name``                ``str``          the file stem in the source layout; a window
+                                                (``--window-stride``) is ``<stem>@<start>``, start =
+                                                the window's first served frame in the clip
 ``layout``                     ``str``          ``multiview-hdmap`` or ``singleview``
 ``camera_names``               ``json``         list of V camera keys in view order (reference 1.5,
                                                 e.g. ``camera_front_wide_120fov``); ``[]`` for
                                                 single view, which has V = 1
 ``caption``                    ``str``          the caption text (multiview: the front_wide one)
-``fps``                        ``float64``      frame rate shared by every video and control
-``num_frames``                 ``int``          frames every view's video and control has
+``fps``                        ``float64``      frame rate served (``--fps``; else the source's)
+``num_frames``                 ``int``          served frames of the row, which every view's
+                                                video and control has (a window: its length)
+``source_fps``                 ``float64``      frame rate of every stored video and control
+``frame_start``                ``int``          source frame of the row's first served frame
+``frame_step``                 ``float64``      source frames per served frame (``source_fps /
+                                                fps``; 1.0: every frame)
 ``control_key``                ``str``          ``hdmap_bbox`` | ``depth`` | ``seg`` | ``edge`` | ``vis``
 ``video_<camera>``             ``bytes``        the source mp4, byte for byte (multiview, per camera)
 ``video``                      ``bytes``        the source mp4, byte for byte (single view)
@@ -23,6 +31,11 @@ column                         MDS encoding     content
 
 No control bytes are stored for ``edge`` and ``vis``: the dataset computes them from the video.
 
+Served frame ``j`` of a row is source frame ``frame_start + round(j * frame_step)`` (halves up), the rule of
+:mod:`cosmos_composer.data.framerate`, applied by :func:`cosmos_composer.data.clip.source_frame_indices`.
+Datasets converted before these three columns existed read as ``frame_start`` 0 and ``frame_step`` 1 (every
+frame from the first), with ``fps`` the source rate.
+
 Optional cached columns, written by ``convert_to_mds.py --precompute latents,text``
 (:mod:`cosmos_composer.data.precompute`); when present the dataset serves them:
 
@@ -30,7 +43,7 @@ Optional cached columns, written by ``convert_to_mds.py --precompute latents,tex
 ``video_latent``                  ``ndarray:float16``  normalised Wan2.1 VAE latent ``[16, V*t, h, w]``
                                                        (views concatenated along latent time)
 ``control_latent``                ``ndarray:float16``  the control's latent, same shape
-``latent_num_frames``             ``int``              pixel frames per view that were encoded (from 0)
+``latent_num_frames``             ``int``              served frames per view that were encoded (from 0)
 ``latent_height``                 ``int``              pixel height the views were resized to
 ``latent_width``                  ``int``              pixel width the views were resized to
 ``text_embedding``                ``ndarray:float16``  ``[V*512, D]``, one 512-token block per view;
@@ -52,6 +65,9 @@ CAPTION = "caption"
 FPS = "fps"
 NUM_FRAMES = "num_frames"
 CONTROL_KEY = "control_key"
+SOURCE_FPS = "source_fps"
+FRAME_START = "frame_start"
+FRAME_STEP = "frame_step"
 
 VIDEO_LATENT = "video_latent"
 CONTROL_LATENT = "control_latent"
@@ -76,6 +92,9 @@ BASE_COLUMNS: dict[str, str] = {
     FPS: "float64",
     NUM_FRAMES: "int",
     CONTROL_KEY: "str",
+    SOURCE_FPS: "float64",
+    FRAME_START: "int",
+    FRAME_STEP: "float64",
 }
 LATENT_COLUMNS: dict[str, str] = {
     VIDEO_LATENT: "ndarray:float16",

@@ -1,8 +1,9 @@
 """Cache what the frozen encoders compute into the MDS shards (``convert_to_mds.py --precompute``).
 
 * ``latents``: the normalised Wan2.1 VAE latents of the video and of the control, each
-  ``[16, V*t, h, w]`` float16, encoded view by view from frames ``0..num_frames-1`` resized to
-  ``(height, width)``, exactly the pixels the dataset would serve.
+  ``[16, V*t, h, w]`` float16, encoded view by view from the row's served frames ``0..num_frames-1``
+  (the source frames :func:`cosmos_composer.data.clip.source_frame_indices` picks: after ``--fps``, within
+  the row's window) resized to ``(height, width)``, exactly the pixels the dataset would serve.
 * ``text``: the Cosmos-Reason1 embedding of each view's caption (with the camera prefix for multiview,
   see :func:`cosmos_composer.data.cameras.view_captions`; a camera mapped to an official one gets that
   camera's prefix, as the dataset gives it), ``[V*512, D]`` float16. With a
@@ -34,7 +35,7 @@ from torch import nn
 
 from cosmos_composer.data import mds
 from cosmos_composer.data.cameras import view_captions
-from cosmos_composer.data.clip import load_clip, row_cameras
+from cosmos_composer.data.clip import load_clip, row_cameras, source_frame_indices
 from cosmos_composer.data.layouts import ON_THE_FLY_CONTROLS
 from cosmos_composer.data.output import human_size
 from cosmos_composer.encoders.vae import LATENT_CHANNELS, SPATIAL_COMPRESSION, latent_num_frames
@@ -239,8 +240,7 @@ class Precomputer:
             clip = load_clip(
                 row,
                 control_key=control_key,
-                start=0,
-                num_frames=self.num_frames,
+                frame_indices=source_frame_indices(row, 0, self.num_frames),
                 height=self.height,
                 width=self.width,
                 rng=rng,

@@ -1,4 +1,4 @@
-"""Video files with PyAV: write mp4 (H.264), probe, decode a frame range, resize.
+"""Video files with PyAV: write mp4 (H.264), probe, decode a frame range or a list of frames, resize.
 
 All frames handled here are RGB uint8. Decoded frames come back as ``[T, H, W, 3]`` numpy arrays (the
 layout PyAV produces); :func:`resize_video` works on ``[T, 3, H, W]`` torch tensors.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -112,15 +113,18 @@ def probe_video(source: VideoSource) -> VideoInfo:
     return VideoInfo(num_frames=num_frames, fps=fps, height=height, width=width, header_frames=header_frames)
 
 
-def decode_frames(source: VideoSource, start: int, count: int | None) -> tuple[np.ndarray, float]:
-    """Decode frames ``start .. start+count-1`` of ``source`` (``count=None``: to the end).
+def decode_frame_indices(source: VideoSource, indices: Sequence[int] | None) -> tuple[np.ndarray, float]:
+    """Decode the frames at the sorted source ``indices`` of ``source`` (``None``: every frame).
 
-    Returns ``(frames_T_H_W_3, fps)`` with uint8 RGB frames. Raises :class:`VideoError` when the video
-    has fewer than ``start + count`` frames.
+    Decoding stops after the last needed frame. Returns ``(frames_T_H_W_3, fps)`` with uint8 RGB frames,
+    one per index. Raises :class:`VideoError` when the video ends before the last index.
     """
+    if indices is not None and (not indices or any(b < a for a, b in zip(indices, indices[1:]))):
+        raise ValueError(f"frame indices must be a non-empty sorted list, got {list(indices)}")
     frames: list[np.ndarray] = []
     # One converter for the whole clip: frame.to_ndarray(format=...) would set up swscale per frame.
     to_rgb = VideoReformatter()
+    num_decoded = 0
     try:
         with _open(source) as container:
             stream = container.streams.video[0]
@@ -129,16 +133,43 @@ def decode_frames(source: VideoSource, start: int, count: int | None) -> tuple[n
             stream.thread_type = "SLICE"
             fps = _stream_fps(stream)
             for index, frame in enumerate(container.decode(stream)):
-                if index >= start:
-                    frames.append(to_rgb.reformat(frame, format="rgb24").to_ndarray())
-                if count is not None and len(frames) == count:
+                num_decoded = index + 1
+                if indices is not None and index < indices[len(frames)]:
+                    continue  # decoded (the codec needs it) but not converted
+                rgb_H_W_3 = to_rgb.reformat(frame, format="rgb24").to_ndarray()
+                frames.append(rgb_H_W_3)
+                while indices is not None and len(frames) < len(indices) and indices[len(frames)] == index:
+                    frames.append(rgb_H_W_3)  # a repeated index
+                if indices is not None and len(frames) == len(indices):
                     break
     except (av.FFmpegError, OSError, ValueError) as error:
         raise VideoError(f"{_describe(source)} cannot be decoded ({type(error).__name__}: {error})") from error
-    if len(frames) < (1 if count is None else count):
-        requested = f"{start}..(end)" if count is None else f"{start}..{start + count - 1}"
-        raise VideoError(f"{_describe(source)} has {start + len(frames)} frames; frames {requested} were requested")
+    if not frames or (indices is not None and len(frames) < len(indices)):
+        requested = "0..(end)" if indices is None else _describe_indices(indices)
+        raise VideoError(f"{_describe(source)} has {num_decoded} frames; frames {requested} were requested")
     return np.stack(frames), fps
+
+
+def _describe_indices(indices: Sequence[int]) -> str:
+    """``3..8`` for a run of consecutive indices, else ``0, 3, 6, ..., 27`` (the first three and the last)."""
+    if list(indices) == list(range(indices[0], indices[-1] + 1)):
+        return f"{indices[0]}..{indices[-1]}"
+    shown = ", ".join(str(index) for index in indices[:3])
+    return shown + (f", ..., {indices[-1]}" if len(indices) > 3 else "")
+
+
+def decode_frames(source: VideoSource, start: int, count: int | None) -> tuple[np.ndarray, float]:
+    """Decode frames ``start .. start+count-1`` of ``source`` (``count=None``: to the end).
+
+    Returns ``(frames_T_H_W_3, fps)`` with uint8 RGB frames. Raises :class:`VideoError` when the video
+    has fewer than ``start + count`` frames.
+    """
+    if count is not None:
+        return decode_frame_indices(source, range(start, start + count))
+    frames_T_H_W_3, fps = decode_frame_indices(source, None)
+    if start >= len(frames_T_H_W_3):
+        raise VideoError(f"{_describe(source)} has {len(frames_T_H_W_3)} frames; frames {start}..(end) were requested")
+    return frames_T_H_W_3[start:], fps
 
 
 def rgb_to_yuv420p(frame_H_W_3: np.ndarray) -> np.ndarray:
