@@ -16,9 +16,23 @@ Every sample is validated first (all files present, one resolution, decodable to
 frames, one fps for videos and controls). A bad sample stops the conversion with a message naming the
 file and the fix; --skip-invalid leaves it out instead and lists it at the end. A video or control at
 another resolution than the sample's videos is refused; --resize stores it resized instead. Empty
-captions are kept and reported. The shards are written, with their sha1 and xxh64 hashes, to a
-temporary folder beside --output and moved into place only when complete; a killed conversion's
-temporary folder is deleted by the next one. The mp4 files are stored unchanged (unless --resize).
+captions are kept and reported. The mp4 files are stored unchanged (unless --resize).
+
+Parts and resume: the samples (sorted by name) are converted in parts of --part-samples. Each part is
+written, with its shards' sha1 and xxh64 hashes, to its own folder part-NNNNN/ in the staging folder
+.<output name>.staging beside --output and finished by one rename. When every part is done, one index.json
+listing the shards of all parts is written and the folder is moved to --output; nothing is in --output
+before that. Run the same command again after a crash or a kill: it keeps the finished parts and converts
+the others ("resuming: 5 of 8 parts already converted"). After a stop on an invalid sample, the same
+command with --skip-invalid resumes too. A rerun with other options (input, layout, control key, frames,
+cameras, --resize, --part-samples, precompute settings) refuses the earlier parts; --overwrite discards
+them and starts over.
+
+Many GPUs: under a launcher, e.g. `composer -n 8 scripts/convert_to_mds.py ...` (same options), the parts
+go round robin to the processes, each on its own GPU (cuda:LOCAL_RANK, unless --device says otherwise)
+writing its own parts; rank 0 shows the progress of all (samples/s, time left), merges the parts and
+prints the summary. An error on one rank stops all, rank 0 prints it and exits 1. One process and eight
+write the same parts, so a conversion may be resumed with another number of processes.
 
 Frame rate: --fps F serves every camera and control at F frames per second by frame selection: served
 frame i of a clip is source frame round(i * source_fps / F), halves rounded up (30 -> 10 fps takes every 3rd
@@ -49,6 +63,8 @@ take (mp4 files, latents, text). With windows, each window's latents are encoded
 
 Examples:
     python scripts/convert_to_mds.py --layout multiview-hdmap --input my_dataset/ --output data/hdmap_mds
+    composer -n 8 scripts/convert_to_mds.py --layout multiview-hdmap --input my_dataset/ --output data/hdmap_mds \\
+        --precompute latents,text --vae tokenizer.pth --crossattn-proj model_ema_bf16.pt
     python scripts/convert_to_mds.py --layout multiview-hdmap --input rig/ --output data/rig_mds \\
         --cameras camera_front_wide_120fov,camera_cross_left_120fov,camera_cross_right_120fov
     python scripts/convert_to_mds.py --layout multiview-hdmap --input rig/ --output data/rig_mds \\
@@ -78,7 +94,14 @@ from cosmos_composer.checkpoint.load import CheckpointLoadError
 from cosmos_composer.checkpoint.network_weights import load_crossattn_proj
 from cosmos_composer.config import load_config
 from cosmos_composer.data.cameras import parse_cameras
-from cosmos_composer.data.convert import DEFAULT_SIZE_LIMIT, ConversionError, convert_to_mds
+from cosmos_composer.data.convert import (
+    DEFAULT_PART_SAMPLES,
+    DEFAULT_SIZE_LIMIT,
+    ConversionError,
+    check_frames_to_encode,
+    convert_to_mds,
+)
+from cosmos_composer.data.launch import Launch, StoppedByAnotherRank
 from cosmos_composer.data.layouts import (
     CONTROL_KEY_ALIASES,
     CONTROL_KEYS,
@@ -152,6 +175,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--overwrite", action="store_true", help="replace --output if it is not empty")
     parser.add_argument("--size-limit", default=DEFAULT_SIZE_LIMIT, help=f"shard size (default: {DEFAULT_SIZE_LIMIT})")
+    parser.add_argument(
+        "--part-samples",
+        type=int,
+        default=DEFAULT_PART_SAMPLES,
+        help=f"samples per part, the unit of work of a process and of a resume (default: {DEFAULT_PART_SAMPLES})",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     cache = parser.add_argument_group("precomputed columns (--precompute)")
@@ -193,7 +222,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="cache raw 100352-d text embeddings (686 MiB per 7-view sample) instead of projected ones, as a full "
         "fine-tune (model.train_base=true) needs",
     )
-    cache.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="encoder device")
+    cache.add_argument(
+        "--device",
+        default=None,
+        help="encoder device (default: cuda:LOCAL_RANK, the launch's GPU of this process, or cpu)",
+    )
     cache.add_argument("--dtype", choices=DTYPES, default=None, help="encoder dtype (default: bf16 on GPU, else fp32)")
     return parser.parse_args(argv)
 
@@ -233,40 +266,85 @@ def camera_list(args: argparse.Namespace) -> list[str] | None:
     return [c.strip() for c in args.cameras.split(",")] if args.cameras else None
 
 
-def build_precomputer(args: argparse.Namespace) -> Precomputer | None:
-    """The encoders of --precompute, loaded before any sample is read; None without --precompute."""
+def _wanted_precompute(args: argparse.Namespace) -> set[str]:
+    """The --precompute columns, with the checks that need no file: each known, latents with a --vae, and text
+    either projected (--crossattn-proj, or the load_path of --config) or explicitly raw (--raw-text)."""
     wanted = {item.strip() for item in args.precompute.split(",") if item.strip()}
     unknown = wanted - set(PRECOMPUTE_CHOICES)
     if unknown:
         raise ValueError(f"--precompute {args.precompute}: unknown {sorted(unknown)}; choose from {PRECOMPUTE_CHOICES}")
-    if not wanted:
-        return None
-    # The caption prefixes of the cached text; a bad list is refused here, before the encoders load.
-    rig = parse_cameras(camera_list(args), "--cameras")
     if "latents" in wanted and not args.vae:
         raise ValueError("--precompute latents needs --vae (the official tokenizer.pth or a diffusers VAE)")
     if args.raw_text and args.crossattn_proj:
         raise ValueError("--raw-text and --crossattn-proj contradict each other: cache text raw or projected")
-    dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
+    if "text" in wanted and not args.raw_text and crossattn_proj_source(args)[0] is None:
+        num_views = len(parse_cameras(camera_list(args), "--cameras").names) if args.layout == MULTIVIEW_HDMAP else 1
+        raise ValueError(f"--precompute text: {raw_text_refusal(text_embed_dim(args.text_encoder), num_views)}")
+    return wanted
+
+
+def _encode_size(args: argparse.Namespace) -> tuple[int, int, int]:
+    """(height, width, served frames per view) the cached columns are for: --num-frames, else the window length
+    of --window-stride (the recipe's frames per view), else --min-frames."""
+    default_height = 720 if args.layout == MULTIVIEW_HDMAP else 704
+    window_frames = DEFAULT_MIN_FRAMES[args.layout] if args.window_stride else None
+    min_frames = args.min_frames or DEFAULT_MIN_FRAMES[args.layout]
+    return args.height or default_height, args.width, args.num_frames or window_frames or min_frames
+
+
+def _encoder_dtype(args: argparse.Namespace) -> torch.dtype:
+    return DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
+
+
+def precompute_settings(args: argparse.Namespace) -> dict | None:
+    """What decides the cached columns, from the options alone (no encoder is loaded): part of the options a
+    resumed conversion must share with the finished parts it keeps. Checks the --precompute options."""
+    wanted = _wanted_precompute(args)
+    if not wanted:
+        return None
+    height, width, num_frames = _encode_size(args)
+    if "latents" in wanted:
+        check_frames_to_encode(args.min_frames or DEFAULT_MIN_FRAMES[args.layout], num_frames)
+
+    def where(name: str | None) -> str | None:  # a local file by its absolute path, a repo id or URI as given
+        return str(Path(name).resolve()) if name and Path(name).exists() else name
+
+    return {
+        "precompute": sorted(wanted),
+        "height": height,
+        "width": width,
+        "num_frames": num_frames,
+        "vae": where(args.vae) if "latents" in wanted else None,
+        "text_encoder": where(args.text_encoder) if "text" in wanted else None,
+        "crossattn_proj": where(crossattn_proj_source(args)[0]) if "text" in wanted and not args.raw_text else None,
+        "cameras": args.cameras,  # the caption prefixes of the cached text
+        "dtype": str(_encoder_dtype(args)),
+    }
+
+
+def build_precomputer(args: argparse.Namespace) -> Precomputer | None:
+    """The encoders of --precompute, loaded as training loads them (tiny, a path or an hf:// URI); None without
+    --precompute. A file that cannot be had is one line naming the flag."""
+    wanted = _wanted_precompute(args)
+    if not wanted:
+        return None
+    # The caption prefixes of the cached text; a bad list is refused here, before the encoders load.
+    rig = parse_cameras(camera_list(args), "--cameras")
+    dtype = _encoder_dtype(args)
     crossattn_proj = None
     if "text" in wanted and not args.raw_text:
         source, flag = crossattn_proj_source(args)
-        if source is None:
-            num_views = len(rig.names) if args.layout == MULTIVIEW_HDMAP else 1
-            raise ValueError(f"--precompute text: {raw_text_refusal(text_embed_dim(args.text_encoder), num_views)}")
         with reported_as(flag):
             crossattn_proj = load_crossattn_proj(source, flag, args.device, dtype)
     with reported_as("--vae"):
         vae, _ = build_encoders(args.vae if "latents" in wanted else None, None, args.device, dtype)
     with reported_as("--text-encoder"):
         _, text_embedder = build_encoders(None, args.text_encoder if "text" in wanted else None, args.device, dtype)
-    default_height = 720 if args.layout == MULTIVIEW_HDMAP else 704
-    min_frames = args.min_frames or DEFAULT_MIN_FRAMES[args.layout]
-    window_frames = DEFAULT_MIN_FRAMES[args.layout] if args.window_stride else None
+    height, width, num_frames = _encode_size(args)
     return Precomputer(
-        height=args.height or default_height,
-        width=args.width,
-        num_frames=args.num_frames or window_frames or min_frames,
+        height=height,
+        width=width,
+        num_frames=num_frames,
         vae=vae,
         text_embedder=text_embedder,
         crossattn_proj=crossattn_proj,
@@ -276,12 +354,30 @@ def build_precomputer(args: argparse.Namespace) -> Precomputer | None:
     )
 
 
+def encoder_device(device: str | None, local_rank: int) -> str:
+    """--device, by default this process's GPU of the launch (cuda:LOCAL_RANK) or the CPU; made the current GPU."""
+    device = device or (f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    try:
+        index = torch.device(device).index
+    except RuntimeError as error:
+        raise ValueError(f"--device {device}: {error}. Fix: pass cpu, cuda or cuda:<index>") from None
+    if index is not None and torch.cuda.is_available():
+        torch.cuda.set_device(index)  # what the encoders' libraries allocate by default goes there too
+    return device
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("cosmos_composer").setLevel(logging.INFO)
     try:
-        precomputer = build_precomputer(args)
+        launch = Launch.from_environment()
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    try:
+        args.device = encoder_device(args.device, launch.local_rank)
+        settings = precompute_settings(args)
         report = convert_to_mds(
             args.input,
             args.output,
@@ -292,17 +388,35 @@ def main(argv: list[str] | None = None) -> int:
             resize=args.resize,
             overwrite=args.overwrite,
             size_limit=args.size_limit,
-            precomputer=precomputer,
             progress=not args.no_progress,
             cameras=camera_list(args),
             fps=args.fps,
             window_stride=args.window_stride,
             window_frames=args.num_frames if args.window_stride else None,
+            part_samples=args.part_samples,
+            # The encoders load only in a process with parts left to convert, after the options are checked.
+            build_precomputer=(lambda: build_precomputer(args)) if settings else None,
+            precompute_settings=settings,
+            launch=launch,
         )
-    except (ConversionError, LayoutError, ValueError, FileExistsError, KeyError, DiskFullError) as error:
+    except (
+        StoppedByAnotherRank,
+        ConversionError,
+        LayoutError,
+        ValueError,
+        FileExistsError,
+        KeyError,
+        DiskFullError,
+    ) as error:
+        # Under a launcher rank 0 prints every error once and exits 1: it gets the other ranks' errors, and an
+        # error in the options is the same on every rank. A second message, or the launcher dumping the empty
+        # log of a rank that exited 1 first, would only hide it.
+        if not launch.is_rank_zero:
+            return 0
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(report.summary())
+    if launch.is_rank_zero:
+        print(report.summary())
     return 0
 
 

@@ -264,11 +264,11 @@ def test_singleview_missing_control_file(singleview: Path, tmp_path: Path):
 def test_failed_overwrite_keeps_the_old_dataset(multiview: Path, tmp_path: Path):
     output = tmp_path / "mds"
     convert_to_mds(multiview, output, "multiview-hdmap", min_frames=9, progress=False)
-    before = {p.name: p.read_bytes() for p in output.iterdir()}
+    before = {p.relative_to(output): p.read_bytes() for p in output.rglob("*") if p.is_file()}
     garbage_mp4(multiview)
     with pytest.raises(ConversionError):
         convert_to_mds(multiview, output, "multiview-hdmap", min_frames=9, overwrite=True, progress=False)
-    assert {p.name: p.read_bytes() for p in output.iterdir()} == before
+    assert {p.relative_to(output): p.read_bytes() for p in output.rglob("*") if p.is_file()} == before
 
 
 def test_different_frame_counts_are_reported(multiview: Path, tmp_path: Path):

@@ -28,7 +28,7 @@ def shards(tmp_path_factory) -> Path:
         size_limit=10_000,
         progress=False,
     )
-    assert len(list((root / "mds").glob("shard.*.mds"))) > 1
+    assert len(list((root / "mds").glob("part-*/shard.*.mds"))) > 1
     return root / "mds"
 
 
@@ -69,8 +69,8 @@ def test_s3_remote_on_a_loopback_server(shards: Path, tmp_path: Path, s3_server:
 
     client = boto3.client("s3", endpoint_url=s3_server)
     client.create_bucket(Bucket="cosmos-data")
-    for path in sorted(shards.iterdir()):
-        client.upload_file(str(path), "cosmos-data", f"demo/singleview/{path.name}")
+    for path in sorted(path for path in shards.rglob("*") if path.is_file()):  # the part folders too
+        client.upload_file(str(path), "cosmos-data", f"demo/singleview/{path.relative_to(shards).as_posix()}")
     local = tmp_path / "s3_cache"
     batches = read_all("s3://cosmos-data/demo/singleview", local)
     assert [b["sample_name"][0] for b in batches] == NAMES

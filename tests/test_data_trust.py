@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONVERT = ROOT / "scripts" / "convert_to_mds.py"
 FRONT = "ftheta_camera_front_wide_120fov"
 SMALL = dict(num_frames=9, height=64, width=96)
+FIRST_SHARD = "part-00000/shard.00000.mds"  # the converter writes its shards in part folders
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +213,7 @@ def test_shards_record_sha1_and_xxh64(converted):
 
 def test_a_truncated_shard_is_named_before_training(converted, tmp_path):
     folder = Path(shutil.copytree(converted, tmp_path / "mds"))
-    shard = folder / "shard.00000.mds"
+    shard = folder / FIRST_SHARD
     size = shard.stat().st_size
     shard.write_bytes(shard.read_bytes()[:1000])
     result = run_python(
@@ -232,16 +233,16 @@ def corrupt(shard: Path) -> None:
 
 def test_a_corrupt_local_shard_fails_on_its_first_read_naming_it(converted, tmp_path):
     folder = Path(shutil.copytree(converted, tmp_path / "mds"))
-    corrupt(folder / "shard.00000.mds")
+    corrupt(folder / FIRST_SHARD)
     dataset = TransferStreamingDataset(local=str(folder), batch_size=1, **SMALL)
     assert [stream.validate_hash for stream in dataset.streams] == ["xxh64"]  # what Streaming checks on download
-    with pytest.raises(ShardError, match=f"shard file {folder / 'shard.00000.mds'} is corrupt: its xxh64 hash"):
+    with pytest.raises(ShardError, match=f"shard file {folder / FIRST_SHARD} is corrupt: its xxh64 hash"):
         dataset[0]
 
 
 def test_a_corrupt_remote_shard_fails_on_download_naming_it(converted, tmp_path):
     remote = Path(shutil.copytree(converted, tmp_path / "remote"))
-    corrupt(remote / "shard.00000.mds")
+    corrupt(remote / FIRST_SHARD)
     result = run_python(
         "from cosmos_composer.data.dataset import TransferStreamingDataset\n"
         f"dataset = TransferStreamingDataset(remote={str(remote)!r}, local={str(tmp_path / 'cache')!r}, "
@@ -249,7 +250,7 @@ def test_a_corrupt_remote_shard_fails_on_download_naming_it(converted, tmp_path)
         "dataset[0]\n"
     )
     assert result.returncode == 1
-    assert f"Checksum failure: {tmp_path / 'cache' / 'shard.00000.mds'}" in result.stderr
+    assert f"Checksum failure: {tmp_path / 'cache' / FIRST_SHARD}" in result.stderr
 
 
 def test_a_dataset_without_hashes_stays_readable(converted, tmp_path, caplog):

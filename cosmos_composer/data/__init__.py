@@ -5,6 +5,8 @@
 * :mod:`~cosmos_composer.data.mds`: the MDS columns (documented there).
 * :mod:`~cosmos_composer.data.framerate`: which source frame each served frame is (``--fps``).
 * :mod:`~cosmos_composer.data.convert`: the conversion behind ``scripts/convert_to_mds.py``.
+* :mod:`~cosmos_composer.data.parts`: its parts and staging folder (resume).
+* :mod:`~cosmos_composer.data.launch`: the processes of a launch sharing one conversion.
 * :mod:`~cosmos_composer.data.dataset`: :class:`TransferStreamingDataset` and :func:`collate_samples`.
 * :mod:`~cosmos_composer.data.controls`: edge (Canny) and blur controls computed on the fly.
 * :mod:`~cosmos_composer.data.precompute`: cached VAE latents and text embeddings.

@@ -128,15 +128,23 @@ def atomic_output_dir(output: str | Path, overwrite: bool = False) -> Iterator[P
     temp = make_partial_dir(output)
     try:
         yield temp
-        old = None
-        if output.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{output.name}.old-", dir=output.parent))
-            os.replace(output, old / "content")
-        os.replace(temp, output)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        move_into_place(temp, output)
     finally:
         shutil.rmtree(temp, ignore_errors=True)  # already gone (renamed) after a success
+
+
+def move_into_place(folder: Path, output: Path) -> None:
+    """Rename the complete ``folder`` to ``output`` (a sibling), replacing an ``output`` that exists.
+
+    The old ``output`` is first renamed aside and deleted only after the new one is in place.
+    """
+    old = None
+    if output.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{output.name}.old-", dir=output.parent))
+        os.replace(output, old / "content")
+    os.replace(folder, output)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _disk_of(path: Path) -> tuple[int, Path]:
