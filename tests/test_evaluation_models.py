@@ -256,9 +256,16 @@ def test_depth_si_rmse_end_to_end_with_a_tiny_depth_anything(tiny):
 
 
 def test_hf_uris_load_from_an_offline_cache(tiny, offline_hub):
-    put_in_cache(offline_hub, "tiny-org/tiny-depth", tiny["depth"])
-    loaded = load_metric_models(["depth_si_rmse"], depth_model="hf://tiny-org/tiny-depth")
-    assert loaded.paths["depth_model"].startswith(str(offline_hub))
+    for name, folder in tiny.items():
+        put_in_cache(offline_hub, f"tiny-org/tiny-{name}", folder)
+    loaded = load_metric_models(
+        ["depth_si_rmse", "mask_miou"],
+        depth_model="hf://tiny-org/tiny-depth",
+        grounding_model="hf://tiny-org/tiny-grounding@main",
+        sam2_model=f"hf://tiny-org/tiny-sam2@{'d' * 40}",
+    )
+    assert all(path.startswith(str(offline_hub)) for path in loaded.paths.values()) and len(loaded.paths) == 3
+    assert loaded.masks.sam2_model.mask_decoder.pred_obj_score_head.proj_out.bias.item() == 10.0  # the saved weights
     assert np.isfinite(depth.depth_si_rmse(random_video(1), random_video(2), loaded.depth))
 
 
@@ -485,6 +492,41 @@ def test_a_torchscript_i3d_loads_only_when_trusted(tmp_path):
         check_metric_models(["fvd"], {"fvd_model": str(tmp_path / "state.pt")}, trust_torchscript=True)
     with pytest.raises(MetricModelError, match="i3d_torchscript.pt is not a state dict file"):
         check_metric_models(["fid"], {"fid_model": str(path)})
+
+
+def test_transformers_models_as_fid_and_fvd_features(tmp_path):
+    from transformers import (
+        BitImageProcessor,
+        Dinov2Config,
+        Dinov2Model,
+        VideoMAEConfig,
+        VideoMAEImageProcessor,
+        VideoMAEModel,
+    )
+
+    torch.manual_seed(0)
+    small = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16)
+    Dinov2Model(Dinov2Config(image_size=28, patch_size=14, **small)).save_pretrained(tmp_path / "dinov2")
+    BitImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}).save_pretrained(
+        tmp_path / "dinov2"
+    )
+    VideoMAEModel(VideoMAEConfig(image_size=32, patch_size=16, num_frames=4, **small)).save_pretrained(
+        tmp_path / "videomae"
+    )
+    VideoMAEImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
+        tmp_path / "videomae"
+    )
+    loaded = load_metric_models(
+        ["fid", "fvd"], fid_model=str(tmp_path / "dinov2"), fvd_model=str(tmp_path / "videomae")
+    )
+    assert not loaded.fid.comparable and not loaded.fvd.comparable and loaded.fvd.clip_frames == 4
+    generated = [random_video(seed, frames=8) for seed in range(3)]
+    darker = [video // 3 for video in generated]
+    assert loaded.fid.frame_features(generated[0]).shape == (8, 16)
+    assert loaded.fvd.clip_features(frechet.video_clips(generated[0], 4)).shape == (2, 16)
+    assert frechet.fid(generated, generated, loaded.fid) == pytest.approx(0.0, abs=1e-6)
+    assert frechet.fvd(generated, generated, loaded.fvd) == pytest.approx(0.0, abs=1e-6)
+    assert frechet.fid(generated, darker, loaded.fid) > 0 and frechet.fvd(generated, darker, loaded.fvd) > 0
 
 
 # ----------------------------------------------------------------------------- checking before loading

@@ -10,15 +10,16 @@ model's output on the reference video, not a sensor depth. Per frame:
 - RMSE of (reference - scaled prediction), in the model's output units, not in log space (the benchmark's
   default `compute_in_log_space=False`).
 
-The score is the mean over frames (lower is better). The benchmark's model is Video-Depth-Anything-Small, whose
-output, like Depth Anything V2's, is relative inverse depth (disparity); the RMSE is taken on that output as is,
-because inverting it would blow up where the disparity is near 0. Here Depth Anything V2 (transformers'
-`AutoModelForDepthEstimation`) runs frame by frame: the per-frame median scaling removes the scale that video
-depth models keep consistent across frames, so the frame-wise model measures the same thing.
+The score is the mean over frames (lower is better). The benchmark's model is Video-Depth-Anything-Small
+(`transfer/get_checkpoint.sh` fetches the relative `video_depth_anything_vits.pth`; its wrapper module is not in the
+repository). Like Depth Anything V2, which it extends, it predicts relative inverse depth (disparity), and the RMSE
+is taken on that output as is: inverting it would blow up where the disparity is near 0. Here Depth Anything V2
+(transformers' `AutoModelForDepthEstimation`) runs frame by frame; the per-frame median scaling removes the scale
+that a video depth model keeps consistent across frames, so the frame-wise model measures the same thing.
 
-Two choices beyond the benchmark's code: each residual is clipped to +-`RESIDUAL_CLIP` (the benchmark's code has no
-clip; the Transfer2.5 definition we were given has it), and a frame without a valid pixel is left out of the mean
-(the benchmark counts it as 0).
+Beyond the benchmark's code: each residual is clipped to +-`RESIDUAL_CLIP` (the benchmark's
+`compute_depth_error_video_sirmse` has no clip; `residual_clip=None` reproduces it), and a frame without a valid
+pixel is left out of the mean (the benchmark counts it as 0, which would lower the score of a broken video).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-# Residuals are clipped to this many depth-model output units (see the module docstring).
+# Residuals are clipped to this many depth-model output units (the metric's definition in this project).
 RESIDUAL_CLIP = 10.0
 
 

@@ -5,9 +5,12 @@ The benchmark (SHI-Labs/physical-ai-bench, `sam_single_task` and `mask_iou_singl
 `transfer/compute_metrics.py`, `calculate_mask_iou_and_recall` in
 `transfer/benchmark_pipelines/scores/transfer_bench/segmentation_metrics.py`) segments each video on its own:
 
-1. Grounded SAM 2 on the video: GroundingDINO (`IDEA-Research/grounding-dino-tiny`) finds the caption's objects in
-   the video's first frame, and SAM 2 propagates a mask for each box through the video. The prediction is segmented
-   from its own first frame, not from the reference's boxes, which is why the objects are matched afterwards.
+1. Grounded SAM 2 on the video, with the caption as the text prompt: GroundingDINO (`IDEA-Research/grounding-dino-tiny`)
+   finds the caption's objects in the video's first frame, and SAM 2 (`sam2_hiera_large.pt` in
+   `transfer/get_checkpoint.sh`) propagates a mask for each box through the video. The prediction is segmented from
+   its own first frame, not from the reference's boxes, which is why the objects are matched afterwards. (The
+   benchmark's wrapper, `models/grounded_sam_v2`, is not in its repository; frame 0 and box prompts are what the
+   Grounded-SAM-2 tracking demos it vendors do.)
 2. Instance map: the object masks are painted in detection order, a later object covering an earlier one.
 3. One mask per phrase: the instances with the same detected phrase are united.
 4. IoU of every reference phrase mask with every prediction phrase mask, over the whole `[T, H, W]` volume.
@@ -27,8 +30,9 @@ from scipy.optimize import linear_sum_assignment
 
 from .depth import check_same_video_shape
 
-# GroundingDINO thresholds of the benchmark (Grounded SAM 2's defaults): a box is kept when its best text token
-# scores above BOX_THRESHOLD; the tokens above TEXT_THRESHOLD make its phrase.
+# GroundingDINO thresholds (those of Grounded-Segment-Anything's demos; the benchmark's own are in its missing
+# wrapper): a box is kept when its best text token scores above BOX_THRESHOLD; its tokens above TEXT_THRESHOLD make
+# its phrase.
 BOX_THRESHOLD = 0.3
 TEXT_THRESHOLD = 0.25
 # A matched pair counts when its IoU is above this.
