@@ -29,10 +29,11 @@ from __future__ import annotations
 from typing import Any, Protocol, Sequence
 
 import numpy as np
-import scipy.linalg
 import torch
 import torch.nn.functional as F
 from torchvision.models.inception import Inception3, InceptionA, InceptionC, InceptionE
+
+from cosmos_composer.evaluation.metrics import feature_statistics, frechet_distance
 
 # pytorch-fid's Inception (the TF graph of published FIDs) classifies into 1008 classes; torchvision's into 1000.
 TF_INCEPTION_CLASSES = 1008
@@ -60,33 +61,12 @@ class ClipFeatures(Protocol):
 
 
 # ----------------------------------------------------------------------------- Fréchet distance
-# TODO(lead): evaluation/metrics.py brings the one `frechet_distance` / `feature_statistics`; these private copies
-# stand in until the merge.
-def _feature_statistics(features_N_D: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and covariance (float64) of N feature vectors."""
-    features = np.asarray(features_N_D, dtype=np.float64)
-    return features.mean(axis=0), np.cov(features, rowvar=False)
-
-
-def _frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
-    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2), in float64."""
-    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
-    sigma1, sigma2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
-    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
-    if not np.isfinite(covmean).all():  # a singular product (fewer samples than dimensions): regularise slightly
-        offset = np.eye(len(sigma1)) * 1e-6
-        covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
-    diff = mu1 - mu2
-    # The product of two PSD matrices has real, non-negative eigenvalues; an imaginary part is rounding.
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean.real))
-
-
 def frechet_distance_of_features(features_a_N_D: np.ndarray, features_b_M_D: np.ndarray) -> float:
     """Fréchet distance between the Gaussians fitted to two feature sets (at least 2 vectors each)."""
     for name, features in (("first", features_a_N_D), ("second", features_b_M_D)):
         if features.ndim != 2 or len(features) < 2:
             raise ValueError(f"the {name} feature set needs at least 2 vectors [N, D], got shape {features.shape}")
-    return _frechet_distance(*_feature_statistics(features_a_N_D), *_feature_statistics(features_b_M_D))
+    return frechet_distance(*feature_statistics(features_a_N_D), *feature_statistics(features_b_M_D))
 
 
 # ----------------------------------------------------------------------------- FID and FVD

@@ -91,10 +91,19 @@ def _as_views(video: np.ndarray | Sequence[np.ndarray], what: str) -> list[np.nd
     return views
 
 
+def loaded_model(models: Mapping[str, Any] | Any | None, key: str) -> Any:
+    """The model under ``key`` (``DEPTH_MODEL``, ...) of ``models``: a mapping, or the
+    :class:`~cosmos_composer.evaluation.models.MetricModels` that ``load_metric_models`` returns (its fields are
+    named after the same keys); None when it holds no such model."""
+    if models is None:
+        return None
+    return models.get(key) if isinstance(models, Mapping) else getattr(models, key, None)
+
+
 def check_metrics_runnable(
     names: Sequence[str],
     num_views: int,
-    models: Mapping[str, Any] | None = None,
+    models: Mapping[str, Any] | Any | None = None,
     caption: str | None = None,
 ) -> None:
     """Raise ``ValueError`` when :func:`score_video` could not compute ``names`` for ``num_views`` views with these
@@ -109,11 +118,11 @@ def check_metrics_runnable(
         raise ValueError(f"cse compares cameras with each other and needs at least 2 views, got {num_views}")
     for name in names:
         key = METRICS[name].model
-        if key is not None and (models is None or key not in models):
-            given = sorted(models) if models else "none"
+        if key is not None and loaded_model(models, key) is None:
+            given = sorted(k for k in (DEPTH_MODEL, MASK_MODELS, FID_MODEL, FVD_MODEL) if loaded_model(models, k))
             raise ValueError(
-                f"{name} needs models[{key!r}] ({METRICS[name].description}); the models given: {given}. Load them "
-                "with cosmos_composer.evaluation.models or leave the metric out"
+                f"{name} needs models[{key!r}] ({METRICS[name].description}); the models given: {given or 'none'}. "
+                "Load them with cosmos_composer.evaluation.models or leave the metric out"
             )
     if "mask_miou" in names and not caption:
         raise ValueError("mask_miou needs the clip's caption (the objects to segment); pass caption=...")
@@ -123,7 +132,7 @@ def score_video(
     prediction: np.ndarray | Sequence[np.ndarray],
     reference: np.ndarray | Sequence[np.ndarray],
     names: str | Sequence[str],
-    models: Mapping[str, Any] | None = None,
+    models: Mapping[str, Any] | Any | None = None,
     *,
     caption: str | None = None,
     cameras: Sequence[str] | None = None,
@@ -177,14 +186,14 @@ def score_video(
     if "depth_si_rmse" in names:
         from cosmos_composer.evaluation import depth  # optional heavy dependencies (the depth model), only when asked
 
-        depth_model = models[DEPTH_MODEL]
+        depth_model = loaded_model(models, DEPTH_MODEL)
         values["depth_si_rmse"] = float(
             np.mean([depth.depth_si_rmse(predicted, actual, depth_model) for predicted, actual in views])
         )
     if "mask_miou" in names:
         from cosmos_composer.evaluation import masks  # optional heavy dependencies (the mask models), only when asked
 
-        mask_models = models[MASK_MODELS]
+        mask_models = loaded_model(models, MASK_MODELS)
         values["mask_miou"] = float(
             np.mean(
                 [masks.mask_miou(predicted, actual, caption, mask_models)["mask_miou"] for predicted, actual in views]

@@ -23,7 +23,7 @@ from cosmos_composer.evaluation.videos import VideoPair, check_sizes, read_pair
 def score_pairs(
     pairs: Sequence[VideoPair],
     names: Sequence[str],
-    models: Mapping[str, Any] | None = None,
+    models: Mapping[str, Any] | Any | None = None,
     cameras: Sequence[str] | None = None,
     threads: int | None = None,
     progress: bool = True,
