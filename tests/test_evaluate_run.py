@@ -109,9 +109,7 @@ def test_run_resumes_after_a_kill_and_reports_each_checkpoint(inputs, tmp_path, 
     first = output / "generations" / "base" / "seed2025"
     assert (first / "finished" / f"{names[0]}.json").is_file()
     assert not (first / "finished" / f"{names[1]}.json").exists()
-    finished_before = {
-        name: state for name, state in _files_state(first).items() if name.endswith(f"{names[0]}.mp4")
-    }
+    finished_before = {name: state for name, state in _files_state(first).items() if name.endswith(f"{names[0]}.mp4")}
     assert len(finished_before) == len(CAMERAS)
 
     # ---- the same command again: the finished video is reused as it is, the rest generated
@@ -132,8 +130,7 @@ def test_run_resumes_after_a_kill_and_reports_each_checkpoint(inputs, tmp_path, 
     for label in LABELS:
         for name in names:
             predictions = [
-                _decode(output / "generations" / label / "seed2025" / camera_folder(c) / f"{name}.mp4")
-                for c in CAMERAS
+                _decode(output / "generations" / label / "seed2025" / camera_folder(c) / f"{name}.mp4") for c in CAMERAS
             ]
             references = [_decode(demo / "videos" / camera_folder(c) / f"{name}.mp4") for c in CAMERAS]
             expected[label, name] = score_video(predictions, references, ["blur_ssim", "edge_f1"], cameras=CAMERAS)

@@ -31,8 +31,8 @@ from streaming.base.format import reader_from_json
 
 from cosmos_composer.data import mds
 from cosmos_composer.data.cameras import FOLDER_PREFIX
-from cosmos_composer.data.controls import compute_control
 from cosmos_composer.data.clip import load_clip, row_cameras
+from cosmos_composer.data.controls import compute_control
 from cosmos_composer.data.layouts import (
     CONTROL_FOLDERS,
     DEFAULT_CONTROL_KEY,

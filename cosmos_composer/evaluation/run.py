@@ -41,13 +41,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime
-import sys
 import dataclasses
+import datetime
 import io
 import json
 import math
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,7 +65,7 @@ from cosmos_composer.config_file import atomic_write_text
 from cosmos_composer.data.cameras import camera_folder, caption_camera
 from cosmos_composer.data.video import write_mp4_atomic
 from cosmos_composer.evaluation.heldout import HeldOutClip, HeldOutSet
-from cosmos_composer.evaluation.models import MODEL_OPTIONS, check_metric_models, load_metric_models
+from cosmos_composer.evaluation.models import MODEL_OPTIONS, check_metric_models, load_metric_models, required_models
 from cosmos_composer.evaluation.registry import (
     DEPTH_MODEL,
     MASK_MODELS,
@@ -97,6 +97,7 @@ from cosmos_composer.generation.outputs import to_uint8
 PER_ITEM_FIELDS = ("checkpoint", "control", "sample", "prompt", "text_embedding", "input", "output", "seed", "fps")
 # Fields that do not change the generated video: left out of settings.json.
 SETTINGS_IGNORED = ("device", "progress")
+PER_VIDEO_METRICS = tuple(name for name, metric in METRICS.items() if not metric.per_set)
 DEFAULT_SEEDS = (GenerateOptions.__dataclass_fields__["seed"].default,)  # 2025, the official inference's
 
 FINISHED, SCORES = "finished", "scores"
@@ -115,7 +116,7 @@ class RunOptions:
     seeds: Sequence[int] = DEFAULT_SEEDS
     control_key: Optional[str] = None  # default: the control the data stores (multiview hdmap_bbox; else edge)
     metric_models: Mapping[str, Optional[str]] = field(default_factory=dict)  # models.MODEL_OPTIONS key -> source
-    trust_torchscript: bool = False
+    threads: Optional[int] = None  # threads over frames while scoring (None: this process's share of the CPUs)
 
 
 @dataclass(frozen=True)
@@ -400,6 +401,9 @@ class _Scorer:
 
     def __init__(self, options: RunOptions, names: Sequence[str], device: torch.device) -> None:
         self.options, self.names, self.device = options, list(names), device
+        # The processes of a node share its CPUs.
+        node_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        self.threads = options.threads or max(1, (os.cpu_count() or 1) // node_processes)
         self._models: Optional[dict[str, Any]] = None
 
     def models(self) -> dict[str, Any]:
@@ -407,12 +411,7 @@ class _Scorer:
             if not any(METRICS[name].model for name in self.names):
                 self._models = {}
             else:
-                loaded = load_metric_models(
-                    self.names,
-                    **self.options.metric_models,
-                    device=str(self.device),
-                    trust_torchscript=self.options.trust_torchscript,
-                )
+                loaded = load_metric_models(self.names, **self.options.metric_models, device=str(self.device))
                 self._models = {
                     key: value
                     for key, value in ((DEPTH_MODEL, loaded.depth), (MASK_MODELS, loaded.masks))
@@ -438,6 +437,7 @@ class _Scorer:
                 self.models() if needs_models else None,
                 caption=clip.caption,
                 cameras=geometry.cameras,
+                threads=self.threads,
             )
         )
         _write_scores(item.scores_path(output), scores)
@@ -611,7 +611,7 @@ def run_evaluation(options: RunOptions) -> RunSummary:
         )
     if "cse" in names and not heldout.multiview:
         raise EvaluationInputError("cse compares the cameras of a multiview clip; --data holds single-view clips")
-    check_metric_models(names, options.metric_models, options.trust_torchscript)
+    check_metric_models(names, options.metric_models)
     check_checkpoints(options.checkpoints)
     labels = checkpoint_labels(options.checkpoints, options.labels)
     if not options.seeds:
@@ -701,7 +701,7 @@ def add_run_arguments(subparsers) -> None:
     evaluation.add_argument(
         "--metrics",
         default=None,
-        help=f"comma-separated, of {', '.join(n for n in METRICS if not METRICS[n].per_set)} (default: the "
+        help=f"comma-separated, of {', '.join(PER_VIDEO_METRICS)} (default: the "
         f"model-free ones, {','.join(default_metrics(True))}; without tse,cse for single view)",
     )
     evaluation.add_argument(
@@ -714,12 +714,16 @@ def add_run_arguments(subparsers) -> None:
         default=None,
         help="the control to condition on (default: the one the data stores; edge for single view without one)",
     )
-    for option in MODEL_OPTIONS.values():
+    for key in required_models(PER_VIDEO_METRICS):  # the models of the per-video metrics
+        option = MODEL_OPTIONS[key]
         evaluation.add_argument(
-            option.flag, dest=option.key, default=None, help=f"{option.expects} (default: {option.default})"
+            option.flag, dest=key, default=None, help=f"{option.expects} (default: {option.default})"
         )
     evaluation.add_argument(
-        "--trust-torchscript", action="store_true", help="load a TorchScript --fvd-model (it can run code)"
+        "--threads",
+        type=int,
+        default=None,
+        help="threads over frames while scoring (default: the CPUs of each process)",
     )
     add_generate_arguments(parser, exclude=PER_ITEM_FIELDS)
     parser.set_defaults(run=run_command)
@@ -737,8 +741,8 @@ def run_command(args: argparse.Namespace) -> int:
         metrics=args.metrics,
         seeds=parse_seeds(args.seeds),
         control_key=args.control_key,
-        metric_models={key: getattr(args, key) for key in MODEL_OPTIONS},
-        trust_torchscript=args.trust_torchscript,
+        metric_models={key: getattr(args, key) for key in required_models(PER_VIDEO_METRICS)},
+        threads=args.threads,
     )
     try:
         summary = run_evaluation(options)
