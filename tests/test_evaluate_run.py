@@ -1,5 +1,6 @@
 """`scripts/evaluate.py run` end to end on CPU: two tiny multiview checkpoints, a 2-clip demo MDS set (2 cameras,
-5 frames at 32x48), tiny encoders and 2 sampling steps; a run stopped midway, resumed, then run once more."""
+5 frames at 32x48), tiny encoders and 2 sampling steps; a run stopped midway, resumed, run once more
+(everything reused) and with a model-based metric added."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import av
 import numpy as np
 import pytest
 import torch
+from test_evaluation_models import save_tiny_depth_anything  # a tiny Depth Anything V2 folder
 
 from cosmos_composer.data.cameras import camera_folder
 from cosmos_composer.data.convert import convert_to_mds
@@ -182,6 +184,19 @@ def test_run_resumes_after_a_kill_and_reports_each_checkpoint(inputs, tmp_path, 
     assert "0 videos generated, 4 reused, 0 scored" in out
     assert _files_state(first) == after
 
+    # ---- a model-based metric added later: its model loads, only it is computed, the videos are reused
+    depth_model = save_tiny_depth_anything(tmp_path / "tiny_depth")
+    code, out, err = _run([*args, "--metrics", "blur_ssim,depth_si_rmse", "--depth-model", str(depth_model)], capsys)
+    assert code == 0, err
+    assert "0 videos generated, 4 reused, 4 scored" in out and "metric model depth_model" in out
+    with_depth = json.loads((output / "metrics.json").read_text())
+    for label in LABELS:
+        for name in names:
+            scores = with_depth["checkpoints"][label]["videos"][f"seed2025/{name}"]
+            assert scores["blur_ssim"] == document["checkpoints"][label]["videos"][f"seed2025/{name}"]["blur_ssim"]
+            assert np.isfinite(scores["depth_si_rmse"]) and scores["depth_si_rmse"] >= 0
+    assert "| depth_si_rmse | lower |" in (output / "metrics.md").read_text()
+
     # ---- other generation settings are refused, not mixed with the videos there
     code, out, err = _run([*args, "--steps", "3"], capsys)
     assert code == 2 and "steps: 2 then, 3 now" in err and len(err.strip().splitlines()) == 1, err
@@ -211,3 +226,22 @@ def test_bad_inputs_stop_in_one_line_before_any_model_loads(inputs, tmp_path, ca
         assert code == 2, case
         assert message in err, (case, err)
         assert len(err.strip().splitlines()) == 1 and err.startswith("error: "), (case, err)
+
+
+def test_labels_tell_the_checkpoints_apart_and_the_table_bolds_the_better_direction():
+    labels = run_module.checkpoint_labels(
+        ["runs/a/model_ema_bf16.pt", "runs/b/model_ema_bf16.pt", "hf://nvidia/repo/released/model_ema_bf16.pt@f00"]
+    )
+    assert labels == ["a/model_ema_bf16", "b/model_ema_bf16", "released/model_ema_bf16"]
+    assert run_module.checkpoint_labels(["x/one.pt", "y/two.pt"], ["base", "tuned"]) == ["base", "tuned"]
+    with pytest.raises(ValueError, match="more than once"):
+        run_module.checkpoint_labels(["x.pt", "x.pt"])
+
+    summaries = {
+        "base": {"blur_ssim": {"mean": 0.5, "count": 2}, "tse": {"mean": 2.0, "count": 2}},
+        "tuned": {"blur_ssim": {"mean": 0.7, "count": 2}, "tse": {"mean": 1.5, "count": 1}},
+    }
+    rows = run_module.markdown_table(summaries, ["blur_ssim", "tse"], videos=2).splitlines()
+    assert rows[0] == "| metric | better | base | tuned |"
+    assert rows[2] == "| blur_ssim | higher | 0.5000 | **0.7000** |"
+    assert rows[3] == "| tse | lower | 2.0000 | **1.5000** (1 of 2) |"

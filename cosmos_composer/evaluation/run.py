@@ -34,7 +34,7 @@ label stops with the settings that differ, instead of mixing videos of two setti
 Several processes (``composer -n N scripts/evaluate.py run ...``, ``torchrun``): the clips are split over the
 ranks (clip i to rank i mod N); each rank loads every network on its own device, generates, scores and tiles
 its clips, and rank 0 writes the reports once all are done. Unlike ``scripts/generate.py`` (which samples one
-video with context parallelism), this needs no communication while sampling, so N GPUs finish N times sooner.
+video with context parallelism), the ranks do not communicate while sampling: the work divides over them.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from cosmos_composer.checkpoint.hf import HfResolveError, is_hf_uri, resolve
+from cosmos_composer.checkpoint.hf import HfResolveError, is_hf_uri, parse_hf_uri, resolve
 from cosmos_composer.checkpoint.load import CheckpointLoadError
 from cosmos_composer.checkpoint.network_weights import load_network
 from cosmos_composer.config_file import atomic_write_text
@@ -148,6 +148,12 @@ class RunSummary:
 # ---------------------------------------------------------------------------------------------------------------
 # Checks before anything is loaded
 # ---------------------------------------------------------------------------------------------------------------
+def _hf_path(uri: str) -> str:
+    """``hf://org/repo/dir/file.pt@rev`` -> ``org/repo/dir/file.pt``."""
+    parsed = parse_hf_uri(uri)
+    return "/".join(part for part in (parsed.repo_id, parsed.filename) if part)
+
+
 def checkpoint_labels(checkpoints: Sequence[str], labels: Optional[Sequence[str]] = None) -> list[str]:
     """One label per checkpoint: ``labels`` when given, else each path's last component without ``.pt``, with as
     many parent folders as it takes to tell them apart (``runA/model_ema_bf16`` and ``runB/model_ema_bf16``)."""
@@ -156,7 +162,8 @@ def checkpoint_labels(checkpoints: Sequence[str], labels: Optional[Sequence[str]
             raise EvaluationInputError(f"--labels gives {len(labels)} labels for {len(checkpoints)} checkpoints")
         chosen = list(labels)
     else:
-        parts = [str(checkpoint).removeprefix("hf://").rstrip("/").split("/") for checkpoint in checkpoints]
+        paths = [_hf_path(c) if is_hf_uri(c) else str(c) for c in checkpoints]
+        parts = [path.rstrip("/").split("/") for path in paths]
         parts = [[*p[:-1], p[-1].removesuffix(".pt")] for p in parts]
         depth = 1
         while depth < max(len(p) for p in parts) and len({"/".join(p[-depth:]) for p in parts}) < len(parts):
@@ -310,7 +317,10 @@ class _Generator:
             )
         native = self.heldout.native()
         num_frames, height, width, _ = resolve_geometry(
-            options, net.config, (native.height, native.width, native.fps, native.num_frames), self.heldout.root
+            options,
+            net.config,
+            (native.height, native.width, native.fps, native.num_frames),
+            f"the first clip of {self.heldout.root}",
         )
         geometry = Geometry(cameras, num_frames, height, width)
         if self.geometry is None:
@@ -623,6 +633,13 @@ def run_evaluation(options: RunOptions) -> RunSummary:
 
     rank, world_size = _launch()
     show_progress = options.generation.progress and rank == 0
+    if rank == 0:
+        print(
+            f"data: {heldout.root}: {len(heldout)} clips ({'MDS' if heldout.is_mds else 'official layout'}, "
+            f"{heldout.layout}, control {heldout.control_key}); {len(labels)} checkpoint(s) x {len(options.seeds)} "
+            f"seed(s); metrics {', '.join(names)}; {world_size} process(es)",
+            flush=True,
+        )
     mine = list(range(rank, len(heldout), world_size))  # clip i goes to rank i mod N
     summary = RunSummary(output, labels)
 
@@ -663,7 +680,7 @@ RUN_EXAMPLES = """\
 Generate every clip of a held-out set with each checkpoint (same prompts, controls and seeds), score the
 videos against the ground truth and compare the checkpoints:
 
-    python scripts/evaluate.py run --checkpoint hf://nvidia/Cosmos-Transfer2.5-2B/auto/multiview/<file>.pt \\
+    python scripts/evaluate.py run --checkpoint released_ema_bf16.pt \\
         --checkpoint exported/model_ema_bf16.pt --labels released,post-trained \\
         --data data/heldout_mds --output outputs/eval
 
