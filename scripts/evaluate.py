@@ -18,6 +18,16 @@ Metrics (default: the model-free ones; single view without tse and cse):
   cse             cross-view Sampson error in pixels (neighbouring cameras, needs --cameras), lower is better
 depth_si_rmse, mask_miou, fid and fvd need their models (cosmos_composer.evaluation.models); definitions in
 cosmos_composer/evaluation/metrics.py.
+
+run: generate a held-out set with each checkpoint (same prompts, controls and seeds) and score it.
+
+    python scripts/evaluate.py run --checkpoint released.pt --checkpoint exported/model_ema_bf16.pt \
+        --labels released,post-trained --data data/heldout_mds --output outputs/eval
+
+--data is an MDS folder from convert_to_mds.py or a dataset in the official layout. OUT gets metrics.md (a
+column per checkpoint), metrics.json, per_sample.csv, side_by_side/<seed>/<clip>.mp4 and generations/; the same
+command resumes an interrupted run. `composer -n N scripts/evaluate.py run ...` splits the clips over N
+processes. `python scripts/evaluate.py run --help` lists the generation flags (those of generate.py).
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ from cosmos_composer.evaluation.report import (  # noqa: E402
     score_pairs,
     write_scores_json,
 )
+from cosmos_composer.evaluation.run import add_run_arguments  # noqa: E402
 from cosmos_composer.evaluation.videos import EvaluationInputError, match_videos  # noqa: E402
 
 
@@ -92,8 +103,9 @@ def run_score(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="{score}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="{score,run}")
     add_score_arguments(subparsers)
+    add_run_arguments(subparsers)
     return parser
 
 
