@@ -19,9 +19,11 @@ The training callback ``callbacks/sample_videos.py`` samples with the same piece
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import logging
 import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -30,6 +32,7 @@ import torch
 
 from .checkpoint.keys import EMA_WEIGHTS, WEIGHT_CHOICES
 from .checkpoint.network_weights import load_network, read_checkpoint_state, select_network_weights  # noqa: F401
+from .config_file import parse_set_items
 from .data.cameras import DEFAULT_CAMERAS
 from .diffusion import sampler
 from .encoders import build_encoders
@@ -48,9 +51,22 @@ from .generation.prompts import (
 )
 from .models.network import CosmosTransferNet
 from .models.parallelize import apply_context_parallel
-from .models.presets import PRESETS
+from .models.presets import PRESETS, NetworkConfig
 
-__all__ = ["GenerateOptions", "GenerationError", "generate", "option_flag"]
+__all__ = [
+    "GenerateOptions",
+    "GenerationError",
+    "add_generate_arguments",
+    "build_generation_encoders",
+    "check_options",
+    "device_and_dtype",
+    "generate",
+    "option_flag",
+    "options_from_args",
+    "resolve_geometry",
+    "sample_latents",
+    "text_contexts",
+]
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +227,65 @@ def option_flag(option: dataclasses.Field) -> str:
     return option.metadata.get("flag") or "--" + option.name.replace("_", "-")
 
 
-def _check_options(options: GenerateOptions) -> None:
+def _parse_overrides(items: list[str]) -> dict:
+    """The --set items, read as export_checkpoint.py and train.py read values (`config_file.parse_set_items`)."""
+    try:
+        return parse_set_items(items)
+    except ValueError as error:
+        raise GenerationError(str(error)) from None
+
+
+def _value_type(hint) -> type:
+    """``int`` for ``Optional[int]``, ``dict`` for ``dict[str, Any]``: the type a field's value has when given."""
+    given = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+    if typing.get_origin(hint) is typing.Union and len(given) == 1:
+        hint = given[0]
+    return typing.get_origin(hint) or hint
+
+
+def add_generate_arguments(parser: argparse.ArgumentParser, exclude: Sequence[str] = ()) -> None:
+    """Add one flag per field of :class:`GenerateOptions` (but those named in ``exclude``) to ``parser``, with
+    the field's default, help, group and choices; :func:`options_from_args` reads them back."""
+    groups = {name: parser.add_argument_group(name) for name in OPTION_GROUPS}
+    options = {option.name: option for option in dataclasses.fields(GenerateOptions) if option.name not in exclude}
+    exclusive = {}
+    for names, required in EXCLUSIVE_OPTIONS.items():
+        names = [name for name in names if name in options]
+        if names:
+            group = groups[options[names[0]].metadata["group"]].add_mutually_exclusive_group(required=required)
+            exclusive.update(dict.fromkeys(names, group))
+    hints = typing.get_type_hints(GenerateOptions)
+    for name, option in options.items():
+        meta = option.metadata
+        kwargs = {"dest": name, "help": meta["help"]}
+        value_type = _value_type(hints[name])
+        if value_type is bool:  # --flag turns a False default on, --no-flag a True default off
+            kwargs["action"] = "store_false" if option.default else "store_true"
+        elif value_type is dict:  # --set KEY=VALUE, repeatable; read by _parse_overrides
+            kwargs.update(action="append", default=[])
+        elif option.default is dataclasses.MISSING:
+            kwargs["required"] = True
+        else:
+            kwargs["default"] = option.default
+        if value_type in (int, float):
+            kwargs["type"] = value_type
+        kwargs.update({key: meta[key] for key in ("type", "choices", "metavar") if key in meta})
+        (exclusive.get(name) or groups[meta["group"]]).add_argument(option_flag(option), **kwargs)
+
+
+def options_from_args(args: argparse.Namespace, **values: Any) -> GenerateOptions:
+    """The :class:`GenerateOptions` of parsed flags (see :func:`add_generate_arguments`); ``values`` gives the
+    fields that have no flag."""
+    for option in dataclasses.fields(GenerateOptions):
+        if option.name not in values and hasattr(args, option.name):
+            values[option.name] = getattr(args, option.name)
+    if isinstance(values.get("overrides"), list):
+        values["overrides"] = _parse_overrides(values["overrides"])
+    return GenerateOptions(**values)
+
+
+def check_options(options: GenerateOptions) -> None:
+    """Refuse options that exclude each other or lack what they need (cheap: nothing is read)."""
     fields = {option.name: option for option in dataclasses.fields(GenerateOptions)}
     for names, required in EXCLUSIVE_OPTIONS.items():
         given = [name for name in names if getattr(options, name) != fields[name].default]
@@ -232,7 +306,8 @@ def _check_options(options: GenerateOptions) -> None:
         raise GenerationError(f"--dtype must be one of {list(DTYPES)}, got {options.dtype!r}")
 
 
-def _device_and_dtype(options: GenerateOptions) -> tuple[torch.device, torch.dtype]:
+def device_and_dtype(options: GenerateOptions) -> tuple[torch.device, torch.dtype]:
+    """The device (a launch's GPU by default) and the dtype (bf16 on GPUs, fp32 on CPU by default)."""
     default = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"  # a launch's GPU
     device = torch.device(options.device or default)
     # Upstream runs the network, the VAE and the text encoder in bf16 on GPUs.
@@ -240,10 +315,12 @@ def _device_and_dtype(options: GenerateOptions) -> tuple[torch.device, torch.dty
     return device, DTYPES[options.dtype or default_dtype]
 
 
-def _check_geometry(options: GenerateOptions, net: CosmosTransferNet, first_video: Path) -> tuple[int, int, int, float]:
-    """(num_frames, height, width, fps) from the options, defaulting to the network and the control video."""
-    config = net.config
-    native_h, native_w, native_fps, available = probe_size(first_video)
+def resolve_geometry(
+    options: GenerateOptions, config: NetworkConfig, native: tuple[int, int, float, int], first_video: str | Path
+) -> tuple[int, int, int, float]:
+    """(num_frames, height, width, fps) from the options, defaulting to the network and the control video:
+    ``native`` is that video's (height, width, fps, frames), ``first_video`` names it in messages."""
+    native_h, native_w, native_fps, available = native
     num_frames = options.num_frames or pixel_num_frames(config.state_t)
     if not options.num_frames and not config.is_multiview and available < num_frames:
         # Single view takes any 1 + 4k frames: default to as many as the control has, up to the native length.
@@ -328,8 +405,8 @@ def join_launch_as_context_parallel(device: torch.device, num_heads: int):
 def generate(options: GenerateOptions) -> list[Path]:
     """Run one generation as ``scripts/generate.py`` does; returns the mp4 files written (by rank 0 under a
     launcher of several processes, which sample with context parallelism: see `join_launch_as_context_parallel`)."""
-    _check_options(options)
-    device, dtype = _device_and_dtype(options)
+    check_options(options)
+    device, dtype = device_and_dtype(options)
     net, report = load_network(
         options.checkpoint,
         options.preset,
@@ -349,30 +426,69 @@ def generate(options: GenerateOptions) -> list[Path]:
 
     # ---- videos
     cameras = select_cameras(options.cameras, net.config.view_cameras) if is_multiview else None
-    camera_origins = dict(net.config.camera_origins)  # the prefixes it was trained with (network.json)
     control_files = video_files(options.control, cameras, "--control", options.sample)
-    num_frames, height, width, fps = _check_geometry(options, net, control_files[0])
+    num_frames, height, width, fps = resolve_geometry(
+        options, net.config, probe_size(control_files[0]), control_files[0]
+    )
     control_3_VT_H_W = read_views(control_files, num_frames, height, width, "--control")
     num_views = len(control_files)
-    n_cond = conditioning_frames_to_latents(options.num_conditional_frames)
     input_3_VT_H_W = None
-    if n_cond:
+    if options.num_conditional_frames > 0:
         input_files = video_files(options.input, cameras, "--input", options.sample)
-        # The causal VAE encodes the first n latent frames from the first 1 + 4(n - 1) frames alone.
-        input_3_VT_H_W = read_views(input_files, pixel_num_frames(n_cond), height, width, "--input")
+        input_3_VT_H_W = read_views(input_files, conditioning_pixel_frames(options), height, width, "--input")
 
     # ---- text
-    need_text_encoder = options.prompt is not None or (
-        options.use_negative_prompt and options.negative_text_embedding is None
+    vae, text_embedder = build_generation_encoders(options, device, dtype)
+    context, uncond_context = text_contexts(options, net, text_embedder, cameras, num_views)
+    if text_embedder is not None:  # free the text encoder (7B) before sampling
+        del text_embedder
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    # ---- sample
+    latents = sample_latents(
+        options, net, vae, control_3_VT_H_W, context, uncond_context, cameras, input_3_VT_H_W, is_rank_zero
     )
-    vae, text_embedder = build_encoders(options.vae, options.text_encoder if need_text_encoder else None, device, dtype)
+    return write_sample(vae, latents, num_views, options.output, fps, cameras) if is_rank_zero else []
+
+
+def conditioning_pixel_frames(options: GenerateOptions) -> int:
+    """Frames of ``--input`` to read for the conditioning frames: the causal VAE encodes the first n latent
+    frames from the first 1 + 4(n - 1) frames alone."""
+    return pixel_num_frames(conditioning_frames_to_latents(options.num_conditional_frames))
+
+
+def needs_text_encoder(options: GenerateOptions) -> bool:
+    """Whether the options name text to embed: the prompt, or the negative prompt when no embedding of it is given."""
+    return options.prompt is not None or (options.use_negative_prompt and options.negative_text_embedding is None)
+
+
+def build_generation_encoders(options: GenerateOptions, device: torch.device, dtype: torch.dtype):
+    """``(vae, text_embedder)`` of the options; the text encoder only when there is text to embed (else None)."""
+    vae, text_embedder = build_encoders(
+        options.vae, options.text_encoder if needs_text_encoder(options) else None, device, dtype
+    )
     if vae is None:
         raise GenerationError("--vae is required: the control video is encoded and the sample decoded with it")
-    if need_text_encoder and text_embedder is None:
+    if needs_text_encoder(options) and text_embedder is None:
         raise GenerationError(
             "a text encoder is needed to embed the prompt or the negative prompt. Fix: pass --text-encoder "
             "(tiny, a path or an hf:// URI), or --text-embedding with --negative-text-embedding or --no-negative-prompt"
         )
+    return vae, text_embedder
+
+
+def text_contexts(
+    options: GenerateOptions,
+    net: CosmosTransferNet,
+    text_embedder,
+    cameras: Optional[Sequence[str]],
+    num_views: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The text contexts ``[1, V*512, D]`` of the prompt (or ``--text-embedding``) and of the unconditional
+    branch: the negative prompt (the official one by default), its cached embedding, or training's zero text.
+    A rig's cameras get the caption prefixes it was trained with (``camera_origins`` of its network.json)."""
+    camera_origins = dict(net.config.camera_origins)
     if options.prompt is not None:
         context = prompt_context(text_embedder, options.prompt, cameras, options.caption_mode, camera_origins)
     else:
@@ -382,7 +498,7 @@ def generate(options: GenerateOptions) -> list[Path]:
     else:
         negative = options.negative_prompt
         if negative is None and options.use_negative_prompt:
-            negative = NEGATIVE_PROMPT_MULTIVIEW if is_multiview else NEGATIVE_PROMPT_SINGLEVIEW
+            negative = NEGATIVE_PROMPT_MULTIVIEW if net.config.is_multiview else NEGATIVE_PROMPT_SINGLEVIEW
         uncond_context = negative_context(
             net, text_embedder, context, negative, cameras, options.caption_mode, camera_origins
         )
@@ -390,16 +506,31 @@ def generate(options: GenerateOptions) -> list[Path]:
         raise GenerationError(
             f"the negative text embedding has {uncond_context.shape[1]} tokens, the prompt's {context.shape[1]}"
         )
-    if text_embedder is not None:  # free the text encoder (7B) before sampling
-        del text_embedder
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+    return context, uncond_context
 
-    # ---- sample
+
+@torch.no_grad()
+def sample_latents(
+    options: GenerateOptions,
+    net: CosmosTransferNet,
+    vae,
+    control_3_VT_H_W: torch.Tensor,
+    context: torch.Tensor,
+    uncond_context: torch.Tensor,
+    cameras: Optional[Sequence[str]],
+    input_3_VT_H_W: Optional[torch.Tensor] = None,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Encode the control (and the conditioning frames of ``input_3_VT_H_W``, views along time) and run the
+    sampler with the options' guidance, steps, shift, seed and control weight: the latents ``[1, 16, V*t, h, w]``.
+    ``progress``: this process may show the bar (``options.progress`` must allow it too)."""
+    device = next(net.parameters()).device
+    num_views = len(cameras) if cameras else 1
+    n_cond = conditioning_frames_to_latents(options.num_conditional_frames)
     control_latents = vae.encode_views(control_3_VT_H_W[None].to(device), num_views)
     latent_frames = control_latents.shape[2] // num_views
     condition_latents = None
-    if input_3_VT_H_W is not None:
+    if n_cond:
         cond_1_C_Vn_h_w = vae.encode_views(input_3_VT_H_W[None].to(device), num_views)
         # Each view's first n latent frames in place, the rest zero: the layout of the control latents.
         condition_latents = torch.zeros_like(control_latents)
@@ -418,13 +549,12 @@ def generate(options: GenerateOptions) -> list[Path]:
         num_conditional_frames=n_cond,
         control_weight=options.control_weight,
     )
-    latents = sampler.sample(
+    return sampler.sample(
         net,
         conditioning,
         guidance=options.guidance,
         num_steps=options.steps,
         shift=options.shift,
-        seed=sampler.official_inference_seed(options.seed, is_multiview),  # the official inference's noise
-        progress=options.progress and is_rank_zero,
+        seed=sampler.official_inference_seed(options.seed, net.config.is_multiview),  # the official inference's noise
+        progress=options.progress and progress,
     )
-    return write_sample(vae, latents, num_views, options.output, fps, cameras) if is_rank_zero else []

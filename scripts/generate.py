@@ -29,9 +29,7 @@ network's native length (93 single view, 29 multiview) and the size and fps are 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
-import typing
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,71 +39,24 @@ if str(REPO) not in sys.path:  # run from a checkout without installing
 from cosmos_composer.checkpoint.hf import HfResolveError  # noqa: E402
 from cosmos_composer.checkpoint.load import CheckpointLoadError  # noqa: E402
 from cosmos_composer.checkpoint.network_config import NetworkConfigError  # noqa: E402
-from cosmos_composer.config_file import parse_set_items  # noqa: E402
 from cosmos_composer.encoders import EncoderLoadError  # noqa: E402
 from cosmos_composer.generate import (  # noqa: E402
-    EXCLUSIVE_OPTIONS,
-    OPTION_GROUPS,
-    GenerateOptions,
     GenerationError,
+    add_generate_arguments,
     generate,
-    option_flag,
+    options_from_args,
 )
-
-
-def _parse_overrides(items: list[str]) -> dict:
-    """The --set items, read as export_checkpoint.py and train.py read values (`config_file.parse_set_items`)."""
-    try:
-        return parse_set_items(items)
-    except ValueError as error:
-        raise GenerationError(str(error)) from None
-
-
-def _value_type(hint) -> type:
-    """``int`` for ``Optional[int]``, ``dict`` for ``dict[str, Any]``: the type a field's value has when given."""
-    given = [arg for arg in typing.get_args(hint) if arg is not type(None)]
-    if typing.get_origin(hint) is typing.Union and len(given) == 1:
-        hint = given[0]
-    return typing.get_origin(hint) or hint
 
 
 def build_parser() -> argparse.ArgumentParser:
     """One flag per field of `GenerateOptions`, with the field's default, help, group and choices."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    groups = {name: parser.add_argument_group(name) for name in OPTION_GROUPS}
-    options = {option.name: option for option in dataclasses.fields(GenerateOptions)}
-    exclusive = {}
-    for names, required in EXCLUSIVE_OPTIONS.items():
-        group = groups[options[names[0]].metadata["group"]].add_mutually_exclusive_group(required=required)
-        exclusive.update(dict.fromkeys(names, group))
-    hints = typing.get_type_hints(GenerateOptions)
-    for name, option in options.items():
-        meta = option.metadata
-        kwargs = {"dest": name, "help": meta["help"]}
-        value_type = _value_type(hints[name])
-        if value_type is bool:  # --flag turns a False default on, --no-flag a True default off
-            kwargs["action"] = "store_false" if option.default else "store_true"
-        elif value_type is dict:  # --set KEY=VALUE, repeatable; read by _parse_overrides
-            kwargs.update(action="append", default=[])
-        elif option.default is dataclasses.MISSING:
-            kwargs["required"] = True
-        else:
-            kwargs["default"] = option.default
-        if value_type in (int, float):
-            kwargs["type"] = value_type
-        kwargs.update({key: meta[key] for key in ("type", "choices", "metavar") if key in meta})
-        (exclusive.get(name) or groups[meta["group"]]).add_argument(option_flag(option), **kwargs)
+    add_generate_arguments(parser)
     return parser
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return build_parser().parse_args(argv)
-
-
-def options_from_args(args: argparse.Namespace) -> GenerateOptions:
-    values = {option.name: getattr(args, option.name) for option in dataclasses.fields(GenerateOptions)}
-    values["overrides"] = _parse_overrides(args.overrides)
-    return GenerateOptions(**values)
 
 
 def main(argv: list[str] | None = None) -> int:

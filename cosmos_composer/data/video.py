@@ -228,6 +228,20 @@ def write_mp4(
             container.mux(packet)
 
 
+def write_mp4_atomic(path: str | Path, frames_T_H_W_3: np.ndarray, fps: float, crf: int = DEFAULT_CRF) -> Path:
+    """:func:`write_mp4` to a temporary file beside ``path``, flushed to disk, then renamed over ``path``: a
+    killed writer leaves no half-written ``path`` (only a hidden ``.<name>.tmp-<pid>`` file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(temporary, "wb") as file:
+        write_mp4(file, frames_T_H_W_3, fps, crf)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)
+    return path
+
+
 def resize_video(
     frames_T_3_H_W: torch.Tensor,
     height: int,
