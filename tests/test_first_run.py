@@ -16,10 +16,15 @@ from pathlib import Path
 
 import pytest
 from helpers import QUICKSTART, REPO, train_env
+from matplotlib.image import imread
 from omegaconf import OmegaConf
 
+from cosmos_composer.callbacks.loss_plot import DPI, LOSS_PANEL_HEIGHT_IN, METRIC_PANEL_HEIGHT_IN, LossPlot
 from cosmos_composer.config import load_config
 from cosmos_composer.config_file import REDACTED, write_json_or_yaml
+
+# The sample scores of the quickstart (its YAML leaves out TSE and CSE, which 32x48 frames are too small for).
+SCORES = ("blur_ssim", "edge_f1", "edge_precision", "edge_recall")
 
 # Printed by the libraries on every quickstart run before, and silenced or avoided now.
 SILENCED = [
@@ -101,6 +106,28 @@ def test_metrics_jsonl_has_each_step_once_across_the_resume(runs):
     train_steps = [r["step"] for r in records if "loss/train/total" in r]
     assert train_steps == [0, 1, 2, 3]
     assert [r["step"] for r in records if "metrics/eval/loss_fixed_sigmas" in r] == [2, 4]
+
+
+def test_the_samples_are_scored_at_each_sample_call_and_plotted_under_the_loss(runs, tmp_path):
+    root, *_ = runs
+    folder = _folder(root)
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    for name in ("metrics/samples/blur_ssim", "metrics/samples/edge_f1"):
+        logged = [(record["step"], record[name], record[f"{name}_std"]) for record in records if name in record]
+        assert [step for step, *_ in logged] == [2, 4], logged  # each sample call's batch, once (rank 0 alone)
+        for _, mean, spread in logged:  # a non-finite value would be the string "nan"
+            assert isinstance(mean, float) and 0 <= mean <= 1 and isinstance(spread, float) and spread >= 0, logged
+    assert len(list((folder / "samples" / "ba4").glob("*.mp4"))) == 2 * 8  # the 2 held-out items, 7 views + overview
+    # loss.png has the loss panel and, below it, the panel of the sample scores: the plot of the same file
+    # has those panels, and loss.png is that tall.
+    redrawn = LossPlot(str(tmp_path / "loss.png"))
+    redrawn.draw_file(folder / "metrics.jsonl")
+    assert redrawn.panels[1:] == [[f"metrics/samples/{name}" for name in SCORES]]
+    assert (
+        imread(folder / "loss.png").shape[0]
+        == imread(redrawn.path).shape[0]
+        == ((LOSS_PANEL_HEIGHT_IN + METRIC_PANEL_HEIGHT_IN) * DPI)
+    )
 
 
 def test_the_summary_says_where_the_run_started_and_where_its_files_are(runs):

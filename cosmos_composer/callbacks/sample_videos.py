@@ -1,16 +1,28 @@
 """Sample videos during training, as the official recipe's sample callbacks do (upstream's experiment config
-``transfer2_auto_multiview_post_train_example`` samples every 200 iterations, 35 steps, guidance 7).
+``transfer2_auto_multiview_post_train_example`` samples every 200 iterations, 35 steps, guidance 7), and score
+them against their clips, so a run shows whether post-training makes the model follow its controls.
 
 Every ``every_n_batches`` batches the EMA network (``model.net_ema``; ``model.net`` when the EMA is off)
-generates videos for a few training items with fixed prompts and seeds, with the prompts, sampler and video
-writer of ``scripts/generate.py`` (:mod:`cosmos_composer.generation`). Each call takes different dataset items
-(call k uses items ``k * num_samples ... k * num_samples + num_samples - 1``, modulo the dataset size),
-so over a run the samples cover the data while prompts and seeds stay fixed. The files go to
-``<output_dir>/ba<batch>/`` (a training run sets ``<run folder>/samples``), one mp4 per item and seed
-(multiview: one per view plus the tiled overview), and to W&B when a W&B logger is configured.
+generates videos for a FIXED held-out set, ``num_samples`` items x ``seeds``, with the prompts, sampler and
+video writer of ``scripts/generate.py`` (:mod:`cosmos_composer.generation`). The items are the first
+``num_samples`` items of the eval loader's dataset when the run has one, else of the train dataset; every call
+samples the same items with the same seeds and prompts, so the numbers of one call compare with the next. The
+files go to ``<output_dir>/ba<batch>/`` (a training run sets ``<run folder>/samples``), one mp4 per item and
+seed (multiview: one per view plus the tiled overview), and to W&B when a W&B logger is configured.
+
+Each sample is scored against its clip's ground truth with the metrics that need no model
+(:mod:`cosmos_composer.evaluation`): Blur SSIM and Edge F1 / precision / recall for every control, and for
+multiview TSE and CSE (Sampson errors in pixels, measured on the generated views). The ground truth is the
+item's own video at the sampled resolution and length, decoded from the shard's mp4 also when training reads
+cached latents (:meth:`TransferStreamingDataset.reference_video`); the sample is the VAE-decoded frames as
+written to the mp4 (before its lossy encoding). Both are uint8 RGB ``[T, H, W, 3]`` per view. The mean over
+the held-out items and seeds is logged as ``metrics/samples/<name>`` and their standard deviation as
+``metrics/samples/<name>_std``, at the batch of the call, to every logger (``metrics.jsonl``, W&B), and
+``loss.png`` is redrawn with them. A non-finite value (TSE / CSE when no frame pair has enough keypoint
+matches) is logged as it is, so the mean is non-finite too, and warned about once per metric, naming the item.
 
 Under FSDP2 every rank runs the same sampling (each network forward gathers the sharded parameters,
-a collective); only rank 0 decodes, writes and logs.
+a collective); only rank 0 decodes, writes, scores and logs.
 
 YAML::
 
@@ -20,14 +32,20 @@ YAML::
         every_n_batches: 200
         guidance: 7.0
         steps: 35
+        num_samples: 2          # held-out items (the eval loader's when there is one)
+        seeds: [0]
+        metrics: null           # null: every model-free metric; [] scores nothing
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
+import numpy as np
 import torch
 from composer.core import Callback, State
 from composer.core.precision import get_precision_context
@@ -35,10 +53,13 @@ from composer.loggers import Logger, WandBLogger
 from composer.utils import dist
 from torch.nn.parallel import DistributedDataParallel
 
+from ..data.dataset import collate_samples
 from ..diffusion import sampler
-from ..generation.outputs import write_sample
+from ..evaluation.registry import METRICS, MODEL_FREE_METRICS, default_metrics, parse_metric_names, score_video
+from ..generation.outputs import decode_sample, write_frames
 from ..generation.prompts import negative_context, prompt_context
 from ..models.parallelize import ema_weights
+from .loss_plot import SAMPLES_PREFIX, SPREAD_SUFFIX, LossPlot
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +68,49 @@ def _unwrap(model):
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
+def held_out_dataset(state: State) -> tuple[Any, str]:
+    """The dataset the samples come from and which it is: the eval loader's (``"eval"``) when the run has
+    one, else the train loader's (``"train"``)."""
+    for evaluator in state.evaluators or []:
+        dataset = getattr(evaluator.dataloader.dataloader, "dataset", None)
+        if dataset is not None:
+            return dataset, "eval"
+    return getattr(state.train_dataloader, "dataset", None), "train"
+
+
+def dataset_size(dataset) -> int:
+    """Items of the whole dataset (a StreamingDataset's ``num_samples``; ``len`` is one rank's share)."""
+    return int(getattr(dataset, "num_samples", None) or len(dataset))
+
+
+def reference_frames(dataset, index: int, item: dict[str, Any]) -> np.ndarray:
+    """The ground truth of item ``index``: its own video, uint8 ``[V*F, H, W, 3]`` (views one after another).
+
+    The item's decoded ``video`` when the dataset serves it, else the frames its cached latents encode, decoded
+    from the shard's mp4 (:meth:`TransferStreamingDataset.reference_video`).
+    """
+    video_3_VF_H_W = item["video"] if "video" in item else dataset.reference_video(index)
+    return video_3_VF_H_W.permute(1, 2, 3, 0).numpy()
+
+
+def score_sample(
+    generated_VT_H_W_3: np.ndarray,
+    reference_VT_H_W_3: np.ndarray,
+    num_views: int,
+    names: Optional[Sequence[str]] = None,
+    cameras: Optional[Sequence[str]] = None,
+) -> dict[str, float]:
+    """``{metric: value}`` of one generated sample against its ground truth, both uint8 ``[V*T, H, W, 3]`` with
+    the views one after another; ``names`` None: every model-free metric for ``num_views`` (TSE and CSE only for
+    multiview). ``cameras`` name the views, for CSE's neighbouring camera pairs."""
+    names = names or default_metrics(multiview=num_views > 1)
+    generated_views = np.split(generated_VT_H_W_3, num_views, axis=0)
+    reference_views = np.split(reference_VT_H_W_3, num_views, axis=0)
+    return score_video(generated_views, reference_views, names, cameras=cameras)
+
+
 class SampleVideos(Callback):
-    """Write sample videos every ``every_n_batches`` batches.
+    """Write and score sample videos of a fixed held-out set every ``every_n_batches`` batches.
 
     Args:
         every_n_batches: sampling interval in batches (the official recipe: 200).
@@ -58,7 +120,8 @@ class SampleVideos(Callback):
         guidance: classifier-free guidance, ``cond + guidance * (cond - uncond)`` (the recipe: 7).
         steps: UniPC steps (the recipe: 35).
         shift: sigma shift of the schedule (5).
-        num_samples: dataset items per call.
+        num_samples: held-out items per call: the first ``num_samples`` items of the eval loader's dataset, else
+            of the train dataset; the same items at every call.
         negative_prompt: text of the unconditional branch; None uses training's dropped text (zeros), as
             the official sample callbacks do by default. Needs ``encoders.text``.
         num_conditional_frames: latent frames per view taken from the item's own video (0: pure transfer).
@@ -69,6 +132,9 @@ class SampleVideos(Callback):
             (``train.py`` sets ``<run folder>/samples``).
         log_to_wandb: also log the videos to W&B when a W&B logger is configured.
         progress: show a progress bar over the sampling steps (rank 0).
+        metrics: the metrics each sample is scored with, of ``MODEL_FREE_METRICS`` (``blur_ssim``, ``edge_f1``,
+            ``edge_precision``, ``edge_recall``, ``tse``, ``cse``); None: all of them for the run's views (TSE
+            and CSE for multiview only); an empty list scores nothing.
     """
 
     def __init__(
@@ -88,6 +154,7 @@ class SampleVideos(Callback):
         output_dir: Optional[str] = None,
         log_to_wandb: bool = True,
         progress: bool = False,
+        metrics: Optional[Sequence[str]] = None,
     ):
         if every_n_batches < 1:
             raise ValueError(f"callbacks.sample_videos.every_n_batches must be >= 1, got {every_n_batches}")
@@ -116,7 +183,10 @@ class SampleVideos(Callback):
         self.output_dir = output_dir
         self.log_to_wandb = log_to_wandb
         self.progress = progress
+        self.metrics = _check_metric_names(metrics)  # None: the defaults for the sample's views
+        self.scoring = self.metrics != []
         self.written: list[Path] = []  # every file this callback wrote (rank 0)
+        self.warned_nonfinite: set[str] = set()  # metrics whose non-finite value was warned about (rank 0)
 
     # ------------------------------------------------------------------ checks
     def fit_start(self, state: State, logger: Logger) -> None:
@@ -132,10 +202,24 @@ class SampleVideos(Callback):
                 "callbacks.sample_videos.prompts / negative_prompt need a text encoder: set `encoders.text`, or "
                 "drop them to sample with each item's own (cached) caption embedding and zero negative text"
             )
-        dataset = getattr(state.train_dataloader, "dataset", None)
+        if self.metrics and "cse" in self.metrics and not model.net.config.is_multiview:
+            raise ValueError(
+                "callbacks.sample_videos.metrics has cse, which compares cameras with each other, but the model is "
+                "single view; leave cse out"
+            )
+        dataset, which = held_out_dataset(state)
         if dataset is None or not hasattr(dataset, "__getitem__"):
             raise ValueError(
-                "callbacks.sample_videos takes its control videos from the train dataset, which has no items"
+                f"callbacks.sample_videos takes its control videos from the {which} dataset, which has no items"
+            )
+        size = dataset_size(dataset)
+        if size < self.num_samples and dist.get_global_rank() == 0:
+            log.warning(
+                "sample_videos: num_samples=%d but the %s dataset has %d items; every call samples all %d",
+                self.num_samples,
+                which,
+                size,
+                size,
             )
 
     # ------------------------------------------------------------------ where files go
@@ -163,9 +247,9 @@ class SampleVideos(Callback):
         with torch.random.fork_rng(devices=devices):
             self._sample(state, logger, batch_index)
 
-    def _item_indices(self, batch_index: int, dataset_size: int) -> list[int]:
-        call = batch_index // self.every_n_batches - 1
-        return [(call * self.num_samples + i) % dataset_size for i in range(self.num_samples)]
+    def held_out_items(self, size: int) -> list[int]:
+        """The dataset items every call samples: the first ``num_samples`` (all of them in a smaller dataset)."""
+        return list(range(min(self.num_samples, size)))
 
     @torch.no_grad()
     def _sample(self, state: State, logger: Logger, batch_index: int) -> None:
@@ -175,17 +259,16 @@ class SampleVideos(Callback):
             self._sample_items(state, logger, batch_index, model, net)
 
     def _sample_items(self, state: State, logger: Logger, batch_index: int, model, net) -> None:
-        from ..data.dataset import collate_samples
-
         vae, text_embedder = model.encoders.vae, model.encoders.text_embedder
-        dataset = state.train_dataloader.dataset
-        dataset_size = int(getattr(dataset, "num_samples", None) or len(dataset))
+        dataset, _ = held_out_dataset(state)
         is_rank_zero = dist.get_global_rank() == 0
         folder = self._output_dir(state) / f"ba{batch_index}"
         written: list[Path] = []
         camera_origins = dict(model.net.config.camera_origins)  # the caption prefixes of the rig's cameras
+        scores: dict[str, dict[str, float]] = {}  # {sample: {metric: value}}, rank 0
+        scoring_s = 0.0
 
-        for sample_number, index in enumerate(self._item_indices(batch_index, dataset_size)):
+        for sample_number, index in enumerate(self.held_out_items(dataset_size(dataset))):
             item = dataset[index]
             batch = state.device.batch_to_device(collate_samples([item]))
             inputs = model.encode_batch(batch)
@@ -211,6 +294,7 @@ class SampleVideos(Callback):
             )
             fps = self.fps or float(item["fps"])
             name = str(item.get("sample_name", f"item{index}"))
+            reference_VF_H_W_3 = None
             for seed in self.seeds:
                 with get_precision_context(state.precision):
                     latents = sampler.sample(
@@ -225,12 +309,68 @@ class SampleVideos(Callback):
                 if not is_rank_zero:
                     continue
                 output = folder / f"{index:05d}_{_safe(name)}_seed{seed}.mp4"
-                written += write_sample(vae, latents, num_views, output, fps, cameras)
+                generated_VT_H_W_3 = decode_sample(vae, latents, num_views)
+                written += write_frames(generated_VT_H_W_3, output, fps, cameras)
                 self._log_to_wandb(logger, output, batch_index, sample_number, seed)
+                if not self.scoring:
+                    continue
+                started = time.perf_counter()
+                if reference_VF_H_W_3 is None:
+                    reference_VF_H_W_3 = reference_frames(dataset, index, item)
+                scores[f"item {index} ({name}) seed {seed}"] = score_sample(
+                    generated_VT_H_W_3, reference_VF_H_W_3, num_views, self.metrics, cameras
+                )
+                scoring_s += time.perf_counter() - started
         if is_rank_zero:
             self.written += written
             log.info("sample_videos: wrote %d files to %s", len(written), folder)
+            if scores:
+                started = time.perf_counter()
+                self._log_scores(state, logger, batch_index, scores)
+                scoring_s += time.perf_counter() - started
+                log.info("sample_videos: scored %d samples and redrew the plot in %.1f s", len(scores), scoring_s)
         dist.barrier()
+
+    # ------------------------------------------------------------------ metrics
+    def _log_scores(self, state: State, logger: Logger, batch_index: int, scores: dict[str, dict[str, float]]) -> None:
+        """Log the mean and spread of each metric over the samples, warn once per metric about a non-finite
+        value, and redraw ``loss.png`` with them."""
+        names = list(dict.fromkeys(name for sample_scores in scores.values() for name in sample_scores))
+        logged = {}
+        for name in names:
+            values = {sample: sample_scores[name] for sample, sample_scores in scores.items()}
+            array = np.array(list(values.values()), dtype=np.float64)
+            # As is: a non-finite value makes the mean non-finite rather than leaving the sample out, so a
+            # degenerate sample (no keypoints to match) cannot make the error of the others look like the set's.
+            mean, spread = float(array.mean()), float(array.std())
+            logged[f"{SAMPLES_PREFIX}{name}"] = mean
+            logged[f"{SAMPLES_PREFIX}{name}{SPREAD_SUFFIX}"] = spread
+            self._warn_nonfinite(name, values, batch_index, mean)
+        logger.log_metrics(logged, step=batch_index)
+        for callback in state.callbacks:
+            if isinstance(callback, LossPlot):
+                callback.draw(logger)
+
+    def _warn_nonfinite(self, name: str, values: dict[str, float], batch_index: int, mean: float) -> None:
+        if name in self.warned_nonfinite:
+            return
+        for sample, value in values.items():
+            if not math.isfinite(value):
+                self.warned_nonfinite.add(name)
+                log.warning(
+                    "sample_videos: %s of %s at batch %d is %s%s; logged as is (%s%s = %s), and later non-finite %s "
+                    "values are not warned about",
+                    name,
+                    sample,
+                    batch_index,
+                    value,
+                    " (no frame pair had enough keypoint matches)" if name in ("tse", "cse") else "",
+                    SAMPLES_PREFIX,
+                    name,
+                    mean,
+                    name,
+                )
+                return
 
     def _log_to_wandb(self, logger: Logger, video_path: Path, batch_index: int, sample_number: int, seed: int) -> None:
         if not self.log_to_wandb:
@@ -243,6 +383,28 @@ class SampleVideos(Callback):
                     {f"samples/item{sample_number}_seed{seed}": wandb.Video(str(video_path), format="mp4")},
                     step=batch_index,
                 )
+
+
+def _check_metric_names(names: Optional[Sequence[str]]) -> Optional[list[str]]:
+    """The callback's metric names, each one the callback can compute (no model, one value per video)."""
+    if names is None:
+        return None
+    if isinstance(names, str):
+        names = [names]
+    if not names:
+        return []
+    try:
+        parsed = parse_metric_names(list(names))
+    except ValueError as error:
+        raise ValueError(f"callbacks.sample_videos.metrics: {error}") from None
+    needs_more = [name for name in parsed if name not in MODEL_FREE_METRICS]
+    if needs_more:
+        raise ValueError(
+            f"callbacks.sample_videos.metrics={list(names)}: {', '.join(needs_more)} "
+            f"({'; '.join(METRICS[name].description for name in needs_more)}) need a model and are computed by "
+            f"scripts/evaluate.py, not during training; the callback computes {', '.join(MODEL_FREE_METRICS)}"
+        )
+    return list(parsed)
 
 
 def _safe(name: str) -> str:

@@ -316,21 +316,52 @@ class TransferStreamingDataset(StreamingDataset):
         (`replication`: consecutive ranks share each sample) it counts each sample `replication` times."""
         return super().state_dict(num_samples // (self.replication or 1), from_beginning)
 
-    def get_item(self, index: int) -> dict[str, Any]:
+    def _read_row(self, index: int) -> dict[str, Any]:
+        """The MDS row of ``index`` (its shard verified on first read), with enough frames for ``num_frames``."""
         shard_id, _ = self.spanner[index]
         if shard_id in self._unverified_shards:
             self._verify_shard(shard_id)
         row = super().get_item(index)
+        available = row[mds.NUM_FRAMES]
+        if available < self.num_frames:
+            raise ValueError(
+                f"sample '{row[mds.SAMPLE_NAME]}' has {available} frames per view, fewer than num_frames="
+                f"{self.num_frames}. Fix: lower num_frames, or convert again with --min-frames {self.num_frames} to "
+                f"leave out short clips"
+            )
+        return row
+
+    def _start_frame(self, row: dict[str, Any], rng: np.random.Generator) -> int:
+        """The clip's first served frame: 0, or random with ``random_start`` (the first draw of the item's
+        ``rng``)."""
+        return int(rng.integers(0, row[mds.NUM_FRAMES] - self.num_frames + 1)) if self.random_start else 0
+
+    def _served_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        """``row`` with the run's cameras as its views, for :func:`load_clip`."""
+        return row if self.cameras == (None,) else {**row, mds.CAMERA_NAMES: list(self.cameras)}
+
+    def reference_video(self, index: int) -> torch.Tensor:
+        """The frames of item ``index`` as ``get_item`` serves them with ``decode_video=True``: uint8
+        ``[3, V*F, H, W]``, the served views at the training size, decoded from the shard's mp4 even when the
+        dataset serves cached latents (those encode exactly these frames). The sample-video callback scores
+        its samples against them."""
+        row = self._read_row(index)
+        start = self._start_frame(row, self._rng(index))
+        clip = load_clip(
+            self._served_row(row),
+            control_key=None,
+            frame_indices=source_frame_indices(row, start, self.num_frames),
+            height=self.height,
+            width=self.width,
+        )
+        return clip.video_3_VF_H_W
+
+    def get_item(self, index: int) -> dict[str, Any]:
+        row = self._read_row(index)
         cameras = self.cameras
         num_views, F, H, W = len(cameras), self.num_frames, self.height, self.width
-        available = row[mds.NUM_FRAMES]
-        if available < F:
-            raise ValueError(
-                f"sample '{row[mds.SAMPLE_NAME]}' has {available} frames per view, fewer than num_frames={F}. Fix: "
-                f"lower num_frames, or convert again with --min-frames {F} to leave out short clips"
-            )
         rng = self._rng(index)
-        start = int(rng.integers(0, available - F + 1)) if self.random_start else 0  # a served frame of the row
+        start = self._start_frame(row, rng)  # a served frame of the row
         frame_indices = source_frame_indices(row, start, F)
         view_ids = list(range(num_views))  # view id = position in the run's camera list
         caption = row[mds.CAPTION]
@@ -342,7 +373,7 @@ class TransferStreamingDataset(StreamingDataset):
         sample: dict[str, Any] = {"sample_name": row[mds.SAMPLE_NAME]}
         if self.decode_video:
             clip = load_clip(
-                row if cameras == (None,) else {**row, mds.CAMERA_NAMES: list(cameras)},  # the served views
+                self._served_row(row),
                 control_key=self.control_key,
                 frame_indices=frame_indices,
                 height=H,

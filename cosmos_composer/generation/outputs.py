@@ -53,12 +53,14 @@ def view_output_path(output: Path, camera: str) -> Path:
     return output.with_name(f"{output.stem}_{camera}{output.suffix}")
 
 
-def write_videos(
-    video_3_VT_H_W: torch.Tensor, output: str | os.PathLike, fps: float, cameras: Optional[Sequence[str]] = None
+def write_frames(
+    frames_VT_H_W_3: np.ndarray, output: str | os.PathLike, fps: float, cameras: Optional[Sequence[str]] = None
 ) -> list[Path]:
-    """Write a decoded video ([-1, 1], views one after another along time) as mp4; returns the paths written."""
+    """Write uint8 frames (views one after another along time) as mp4; returns the paths written.
+
+    Single view (no ``cameras``): the file itself. Multiview: one file per view and the tiled overview at ``output``.
+    """
     output = Path(output)
-    frames_VT_H_W_3 = to_uint8(video_3_VT_H_W)
     if not cameras:
         write_mp4(output, frames_VT_H_W_3, fps)
         return [output]
@@ -72,7 +74,20 @@ def write_videos(
     return [*written, output]
 
 
+def write_videos(
+    video_3_VT_H_W: torch.Tensor, output: str | os.PathLike, fps: float, cameras: Optional[Sequence[str]] = None
+) -> list[Path]:
+    """Write a decoded video ([-1, 1], views one after another along time) as mp4; returns the paths written."""
+    return write_frames(to_uint8(video_3_VT_H_W), output, fps, cameras)
+
+
 @torch.no_grad()
+def decode_sample(vae, latents_B_C_VT_H_W: torch.Tensor, num_views: int) -> np.ndarray:
+    """The first sample of sampled latents decoded, each view on its own: uint8 frames ``[V*T, H, W, 3]``."""
+    video_B_3_VT_H_W = vae.decode_views(latents_B_C_VT_H_W[:1], num_views)
+    return to_uint8(video_B_3_VT_H_W[0])
+
+
 def write_sample(
     vae,
     latents_B_C_VT_H_W: torch.Tensor,
@@ -81,6 +96,5 @@ def write_sample(
     fps: float,
     cameras: Optional[Sequence[str]] = None,
 ) -> list[Path]:
-    """Decode the first sample of sampled latents, each view on its own, and write it (see `write_videos`)."""
-    video_B_3_VT_H_W = vae.decode_views(latents_B_C_VT_H_W[:1], num_views)
-    return write_videos(video_B_3_VT_H_W[0], output, fps, cameras)
+    """Decode the first sample of sampled latents, each view on its own, and write it (see `write_frames`)."""
+    return write_frames(decode_sample(vae, latents_B_C_VT_H_W, num_views), output, fps, cameras)
