@@ -16,8 +16,11 @@ Metrics (default: the model-free ones; single view without tse and cse):
   edge_f1         F1 of the Canny edge pixels against the reference's; edge_precision, edge_recall too
   tse             temporal Sampson error in pixels (consecutive frames of each camera), lower is better
   cse             cross-view Sampson error in pixels (neighbouring cameras, needs --cameras), lower is better
-depth_si_rmse, mask_miou, fid and fvd need their models (cosmos_composer.evaluation.models); definitions in
-cosmos_composer/evaluation/metrics.py.
+  depth_si_rmse   scale-invariant RMSE of the depth of --depth-model (default Depth Anything V2 Small), lower
+  fid, fvd        Fréchet distances of the frame (--fid-model) or clip (--fvd-model) features of all videos
+                  against all references, every view: one value for the set (in "metrics" only), lower is better
+mask_miou needs each clip's caption: `run` computes it. Definitions in cosmos_composer/evaluation/metrics.py,
+the models in cosmos_composer/evaluation/models.py.
 
 run: generate a held-out set with each checkpoint (same prompts, controls and seeds) and score it.
 
@@ -40,6 +43,13 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(REPO))
 
+from cosmos_composer.evaluation.models import (  # noqa: E402
+    add_metric_model_arguments,
+    check_metric_models,
+    load_metric_models,
+    metric_model_sources,
+    required_models,
+)
 from cosmos_composer.evaluation.registry import METRICS, default_metrics, parse_metric_names  # noqa: E402
 from cosmos_composer.evaluation.report import (  # noqa: E402
     details_summary,
@@ -77,27 +87,36 @@ def add_score_arguments(subparsers) -> None:
     score.add_argument("--json", type=Path, default=None, help="write the scores to this JSON file")
     score.add_argument("--threads", type=int, default=None, help="threads over frames (default: every CPU)")
     score.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_metric_model_arguments(score.add_argument_group("metric models (for the metrics that need them)"))
     score.set_defaults(run=run_score)
 
 
 def run_score(args: argparse.Namespace) -> int:
     cameras = _cameras(args.cameras)
     names = parse_metric_names(args.metrics) if args.metrics else default_metrics(multiview=len(cameras or ()) >= 2)
-    needs_models = [name for name in names if METRICS[name].model is not None]
-    if needs_models:
+    if "mask_miou" in names:
         raise EvaluationInputError(
-            f"score computes the model-free metrics only; {', '.join(needs_models)} need models "
-            f"(cosmos_composer.evaluation.models): leave them out of --metrics"
+            "mask_miou segments the objects of each clip's caption and score has no captions; `evaluate.py run` "
+            "computes it with the caption of each held-out clip: leave it out of --metrics"
         )
     if "cse" in names and len(cameras or ()) < 2:
         raise EvaluationInputError("cse compares cameras with each other: give at least two with --cameras")
+    sources = metric_model_sources(args)
+    check_metric_models(names, sources, args.trust_torchscript)  # before any video is read
     pairs = match_videos(args.prediction, args.reference, cameras)
-    per_video, details = score_pairs(pairs, names, cameras=cameras, threads=args.threads, progress=not args.no_progress)
-    print(format_table(per_video))
+    models = (
+        load_metric_models(names, **sources, device=args.device, trust_torchscript=args.trust_torchscript)
+        if required_models(names)
+        else None
+    )
+    per_video, per_set, details = score_pairs(
+        pairs, names, models, cameras=cameras, threads=args.threads, progress=not args.no_progress
+    )
+    print(format_table(per_video, per_set))
     for line in details_summary(details):
         print(line)
     if args.json:
-        print(f"wrote {write_scores_json(args.json, per_video, details)}")
+        print(f"wrote {write_scores_json(args.json, per_video, details, per_set)}")
     return 0
 
 

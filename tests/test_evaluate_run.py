@@ -1,6 +1,6 @@
 """`scripts/evaluate.py run` end to end on CPU: two tiny multiview checkpoints, a 2-clip demo MDS set (2 cameras,
 5 frames at 32x48), tiny encoders and 2 sampling steps; a run stopped midway, resumed, run once more
-(everything reused) and with a model-based metric added."""
+(everything reused) and with model-based metrics added (depth si-RMSE per video, FID per checkpoint)."""
 
 from __future__ import annotations
 
@@ -14,12 +14,14 @@ import av
 import numpy as np
 import pytest
 import torch
-from test_evaluation_models import save_tiny_depth_anything  # a tiny Depth Anything V2 folder
+from test_evaluation_models import save_tiny_depth_anything, save_tiny_dinov2  # tiny depth and FID models
 
 from cosmos_composer.data.cameras import camera_folder
 from cosmos_composer.data.convert import convert_to_mds
 from cosmos_composer.data.demo import make_demo_dataset
+from cosmos_composer.evaluation import frechet
 from cosmos_composer.evaluation import run as run_module
+from cosmos_composer.evaluation.models import load_metric_models
 from cosmos_composer.evaluation.registry import score_video
 from cosmos_composer.evaluation.side_by_side import title_band_height
 from cosmos_composer.models import build_network
@@ -184,18 +186,42 @@ def test_run_resumes_after_a_kill_and_reports_each_checkpoint(inputs, tmp_path, 
     assert "0 videos generated, 4 reused, 0 scored" in out
     assert _files_state(first) == after
 
-    # ---- a model-based metric added later: its model loads, only it is computed, the videos are reused
+    # ---- model-based metrics added later: their models load, only they are computed, the videos are reused;
+    # FID is one value per checkpoint over all its videos (both clips, both views) against the ground truths
     depth_model = save_tiny_depth_anything(tmp_path / "tiny_depth")
-    code, out, err = _run([*args, "--metrics", "blur_ssim,depth_si_rmse", "--depth-model", str(depth_model)], capsys)
+    fid_model = save_tiny_dinov2(tmp_path / "tiny_dinov2")
+    models = ["--depth-model", str(depth_model), "--fid-model", str(fid_model)]
+    code, out, err = _run([*args, "--metrics", "blur_ssim,depth_si_rmse,fid", *models], capsys)
     assert code == 0, err
     assert "0 videos generated, 4 reused, 4 scored" in out and "metric model depth_model" in out
+    assert "metric model fid_model" in out
     with_depth = json.loads((output / "metrics.json").read_text())
     for label in LABELS:
         for name in names:
             scores = with_depth["checkpoints"][label]["videos"][f"seed2025/{name}"]
             assert scores["blur_ssim"] == document["checkpoints"][label]["videos"][f"seed2025/{name}"]["blur_ssim"]
             assert np.isfinite(scores["depth_si_rmse"]) and scores["depth_si_rmse"] >= 0
-    assert "| depth_si_rmse | lower |" in (output / "metrics.md").read_text()
+            assert "fid" not in scores
+    extractor = load_metric_models(["fid"], fid_model=str(fid_model)).fid
+    truths = [_decode(demo / "videos" / camera_folder(c) / f"{name}.mp4") for name in names for c in CAMERAS]
+    fids = []
+    for label in LABELS:
+        generated = [
+            _decode(output / "generations" / label / "seed2025" / camera_folder(c) / f"{name}.mp4")
+            for name in names
+            for c in CAMERAS
+        ]
+        fids.append(frechet.fid(generated, truths, extractor))
+        assert with_depth["checkpoints"][label]["metrics"]["fid"] == pytest.approx(fids[-1], rel=1e-6)
+    assert fids[0] != pytest.approx(fids[1], rel=1e-3)
+    table = (output / "metrics.md").read_text()
+    assert "| depth_si_rmse | lower |" in table
+    fid_row = next(line for line in table.splitlines() if line.startswith("| fid | lower |"))
+    cells = [cell.strip() for cell in fid_row.strip("|").split("|")][2:]
+    assert [float(cell.strip("*")) for cell in cells] == pytest.approx(fids, abs=1e-4)
+    assert cells[int(np.argmin(fids))].startswith("**")  # the lower FID is the better one
+    with open(output / "per_sample.csv") as file:
+        assert next(csv.reader(file)) == ["sample", "seed", "checkpoint", "blur_ssim", "depth_si_rmse"]
 
     # ---- other generation settings are refused, not mixed with the videos there
     code, out, err = _run([*args, "--steps", "3"], capsys)
@@ -214,7 +240,7 @@ def test_bad_inputs_stop_in_one_line_before_any_model_loads(inputs, tmp_path, ca
         "empty data": ([*good[:3], str(empty), *good[4:]], "holds no clip"),
         "not a dataset": ([*good[:3], str(tmp_path), *good[4:]], "neither index.json"),
         "unknown metric": ([*good, "--metrics", "blur_ssim,sharpness"], "unknown metric(s) sharpness"),
-        "set-level metric": ([*good, "--metrics", "fid"], "fid compare sets of videos"),
+        "set-level metric without its model": ([*good, "--metrics", "fid"], "fid needs --fid-model (fid_model)"),
         "missing metric model": (
             [*good, "--metrics", "depth_si_rmse", "--depth-model", str(tmp_path / "no_depth")],
             "no_depth does not exist",

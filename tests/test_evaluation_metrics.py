@@ -504,8 +504,8 @@ def test_score_errors_name_the_file_and_the_shapes(tmp_path, capsys):
 
     assert evaluate.main([*argv, "--metrics", "blur_ssim,sharpness"]) == 2
     assert "unknown metric(s) sharpness; the metrics are blur_ssim" in capsys.readouterr().err
-    assert evaluate.main([*argv, "--metrics", "depth_si_rmse"]) == 2
-    assert "depth_si_rmse need models" in capsys.readouterr().err
+    assert evaluate.main([*argv, "--metrics", "depth_si_rmse", "--depth-model", str(tmp_path / "no_depth")]) == 2
+    assert "--depth-model" in (error := capsys.readouterr().err) and "no_depth does not exist" in error
 
 
 def test_the_benchmark_section_times_both_metrics(capsys):

@@ -4,24 +4,46 @@ Nothing is downloaded: the depth, GroundingDINO, SAM 2 and feature models are ti
 models built from their configs and saved as folders (and into a hand-built offline Hugging Face cache for hf://).
 The pure parts are checked against independent implementations written here: a per-frame numpy si-RMSE, a
 brute-force assignment over all permutations, and the Fréchet distance through eigenvalues instead of a matrix
-square root.
+square root. `scripts/evaluate.py score` with FID is checked against `frechet.fid` on the videos decoded with PyAV.
 """
 
+import importlib.util
 import itertools
+import json
 import socket
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import torch
 from huggingface_hub import constants
 from test_hf import write_hf_cache
 
-from cosmos_composer.evaluation import depth, frechet, masks
+from cosmos_composer.data.video import write_mp4
+from cosmos_composer.evaluation import depth, frechet, masks, videos
 from cosmos_composer.evaluation.models import MetricModelError, check_metric_models, load_metric_models
 
 HEIGHT, WIDTH = 32, 48
 CAPTION = "A red car on the road next to a tree"
+
+
+def _load_evaluate_script():
+    spec = importlib.util.spec_from_file_location(
+        "evaluate_script", Path(__file__).resolve().parents[1] / "scripts" / "evaluate.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+EVALUATE = _load_evaluate_script()
+
+
+def decode(path: Path) -> np.ndarray:
+    """All frames [T, H, W, 3] of an mp4, read with PyAV (independently of the project's reader)."""
+    with av.open(str(path)) as container:
+        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
 
 
 def random_video(seed: int, frames: int = 3) -> np.ndarray:
@@ -411,6 +433,16 @@ def test_fid_and_fvd_use_every_frame_and_clip_of_both_sets():
         frechet.fvd([random_video(0, frames=3)], references, extractor)
     with pytest.raises(ValueError, match="fid: no prediction videos"):
         frechet.fid([], references, extractor)
+    # Pair by pair, multiview: every view's frames and clips join the sets, as if each view were a video.
+    gathered = frechet.FrechetFeatures({"fid": extractor, "fvd": extractor})
+    gathered.add(generated[:2], references)  # one video of two views and its two reference views
+    gathered.add(generated[2], references[0])  # a single-view pair
+    assert gathered.distances() == {
+        "fid": pytest.approx(frechet.fid(generated, [*references, references[0]], extractor), abs=1e-9),
+        "fvd": pytest.approx(frechet.fvd(generated, [*references, references[0]], extractor), abs=1e-9),
+    }
+    with pytest.raises(ValueError, match=r"fid: prediction video 2 view 1 must be RGB uint8"):
+        gathered.add([generated[0], generated[1].astype(np.float32)], references)
 
 
 def random_state_dict(module_class, **kwargs) -> dict[str, torch.Tensor]:
@@ -494,22 +526,24 @@ def test_a_torchscript_i3d_loads_only_when_trusted(tmp_path):
         check_metric_models(["fid"], {"fid_model": str(path)})
 
 
-def test_transformers_models_as_fid_and_fvd_features(tmp_path):
-    from transformers import (
-        BitImageProcessor,
-        Dinov2Config,
-        Dinov2Model,
-        VideoMAEConfig,
-        VideoMAEImageProcessor,
-        VideoMAEModel,
-    )
+TINY_FEATURES = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16)
+
+
+def save_tiny_dinov2(folder: Path) -> Path:
+    """A tiny random DINOv2 image model folder (16-d features of 28x28 frames): an --fid-model."""
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
 
     torch.manual_seed(0)
-    small = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16)
-    Dinov2Model(Dinov2Config(image_size=28, patch_size=14, **small)).save_pretrained(tmp_path / "dinov2")
-    BitImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}).save_pretrained(
-        tmp_path / "dinov2"
-    )
+    Dinov2Model(Dinov2Config(image_size=28, patch_size=14, **TINY_FEATURES)).save_pretrained(folder)
+    BitImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}).save_pretrained(folder)
+    return folder
+
+
+def test_transformers_models_as_fid_and_fvd_features(tmp_path):
+    from transformers import VideoMAEConfig, VideoMAEImageProcessor, VideoMAEModel
+
+    save_tiny_dinov2(tmp_path / "dinov2")
+    small = TINY_FEATURES
     VideoMAEModel(VideoMAEConfig(image_size=32, patch_size=16, num_frames=4, **small)).save_pretrained(
         tmp_path / "videomae"
     )
@@ -527,6 +561,53 @@ def test_transformers_models_as_fid_and_fvd_features(tmp_path):
     assert frechet.fid(generated, generated, loaded.fid) == pytest.approx(0.0, abs=1e-6)
     assert frechet.fvd(generated, generated, loaded.fvd) == pytest.approx(0.0, abs=1e-6)
     assert frechet.fid(generated, darker, loaded.fid) > 0 and frechet.fvd(generated, darker, loaded.fvd) > 0
+
+
+# ----------------------------------------------------------------------------- scripts/evaluate.py score
+def test_score_computes_fid_over_all_pairs_with_a_tiny_image_model(tmp_path, capsys):
+    generated = {f"clip_{i}.mp4": random_video(i, frames=8) for i in range(3)}
+    references = {name: (video // 2 + 60).astype(np.uint8) for name, video in generated.items()}
+    for side, side_videos in (("generated", generated), ("reference", references)):
+        for name, frames in side_videos.items():
+            write_mp4(tmp_path / side / name, frames, fps=10)
+    fid_model = save_tiny_dinov2(tmp_path / "dinov2")
+    out = tmp_path / "scores.json"
+    argv = ["score", "--prediction", str(tmp_path / "generated"), "--reference", str(tmp_path / "reference")]
+    argv += ["--metrics", "blur_ssim,fid", "--fid-model", str(fid_model), "--device", "cpu"]
+    assert EVALUATE.main([*argv, "--json", str(out), "--no-progress"]) == 0
+    document = json.loads(out.read_text())
+    # The same FID from the decoded videos (PyAV, not the project's reader) through frechet.fid directly.
+    names = sorted(generated)
+    extractor = load_metric_models(["fid"], fid_model=str(fid_model)).fid
+    decoded_generated = [decode(tmp_path / "generated" / name) for name in names]
+    decoded_references = [decode(tmp_path / "reference" / name) for name in names]
+    expected = frechet.fid(decoded_generated, decoded_references, extractor)
+    assert list(document["metrics"]) == ["blur_ssim", "fid"]
+    assert document["metrics"]["fid"] == pytest.approx(expected, rel=1e-9) and expected > 0
+    # and the closed form over the features of all frames at once (not through frechet's gathering)
+    all_features = lambda videos: extractor.frame_features(np.concatenate(videos))  # noqa: E731
+    assert expected == pytest.approx(
+        reference_frechet(all_features(decoded_generated), all_features(decoded_references)), rel=1e-5
+    )
+    assert all(list(scores) == ["blur_ssim"] for scores in document["videos"].values())  # no FID per video
+    table = capsys.readouterr().out
+    assert f"set metrics over all 3 videos: fid {expected:.4f}" in table
+    assert "higher is better: blur_ssim; lower is better: fid" in table
+
+
+def test_score_without_the_fid_model_stops_before_reading_any_video(tmp_path, capsys, monkeypatch):
+    def no_reading(*args, **kwargs):
+        raise AssertionError("a video was read before the models were checked")
+
+    monkeypatch.setattr(EVALUATE, "match_videos", no_reading)
+    monkeypatch.setattr(videos, "decode_frames", no_reading)
+    argv = ["score", "--prediction", str(tmp_path / "generated"), "--reference", str(tmp_path / "reference")]
+    assert EVALUATE.main([*argv, "--metrics", "blur_ssim,fid"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: fid needs --fid-model (fid_model): an Inception-v3 state dict")
+    assert len(err.strip().splitlines()) == 1
+    assert EVALUATE.main([*argv, "--metrics", "mask_miou"]) == 2
+    assert "score has no captions; `evaluate.py run` computes it" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- checking before loading

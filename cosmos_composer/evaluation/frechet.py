@@ -26,7 +26,7 @@ and a video shorter than one clip is an error.
 
 from __future__ import annotations
 
-from typing import Any, Protocol, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -39,6 +39,7 @@ from cosmos_composer.evaluation.metrics import feature_statistics, frechet_dista
 TF_INCEPTION_CLASSES = 1008
 INCEPTION_SIZE = 299
 I3D_CLIP_FRAMES = 16
+SET_METRICS = ("fid", "fvd")  # the metrics of this module, one value per set of videos
 
 
 class FrameFeatures(Protocol):
@@ -70,14 +71,16 @@ def frechet_distance_of_features(features_a_N_D: np.ndarray, features_b_M_D: np.
 
 
 # ----------------------------------------------------------------------------- FID and FVD
+def _check_video(video: np.ndarray, what: str, metric: str) -> None:
+    if video.ndim != 4 or video.shape[-1] != 3 or video.dtype != np.uint8:
+        raise ValueError(f"{metric}: {what} must be RGB uint8 [T, H, W, 3], got {video.dtype} {video.shape}")
+
+
 def _check_videos(videos: Sequence[np.ndarray], which: str, metric: str) -> None:
     if len(videos) == 0:
         raise ValueError(f"{metric}: no {which} videos")
     for index, video in enumerate(videos):
-        if video.ndim != 4 or video.shape[-1] != 3 or video.dtype != np.uint8:
-            raise ValueError(
-                f"{metric}: {which} video {index} must be RGB uint8 [T, H, W, 3], got {video.dtype} {video.shape}"
-            )
+        _check_video(video, f"{which} video {index}", metric)
 
 
 def video_clips(video_T_H_W_3: np.ndarray, clip_frames: int) -> np.ndarray:
@@ -88,30 +91,113 @@ def video_clips(video_T_H_W_3: np.ndarray, clip_frames: int) -> np.ndarray:
     return video_T_H_W_3[: num_clips * clip_frames].reshape(num_clips, clip_frames, *video_T_H_W_3.shape[1:])
 
 
+def _views(video: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
+    """One video's views: a single-view ``[T, H, W, 3]`` is one view."""
+    return [video] if isinstance(video, np.ndarray) and video.ndim == 4 else list(video)
+
+
+class FeatureSet:
+    """The FID frame features and FVD clip features of a set of videos, gathered one video at a time.
+
+    ``extractors`` maps ``"fid"`` to a :class:`FrameFeatures` and/or ``"fvd"`` to a :class:`ClipFeatures`. Only the
+    feature vectors are kept, never the frames. Every view of a multiview video counts: its frames (FID) and its
+    clips (FVD) join the set like those of another video.
+    """
+
+    def __init__(self, extractors: Mapping[str, FrameFeatures | ClipFeatures], which: str) -> None:
+        unknown = sorted(set(extractors) - set(SET_METRICS))
+        if unknown:
+            raise ValueError(f"no feature set for {unknown}; the set-level metrics are {', '.join(SET_METRICS)}")
+        self.extractors, self.which = dict(extractors), which  # which: "prediction" or "reference", for messages
+        self.videos = 0
+        self._features: dict[str, list[np.ndarray]] = {metric: [] for metric in self.extractors}
+
+    def add(self, video: np.ndarray | Sequence[np.ndarray]) -> None:
+        """Add the features of one video: RGB uint8 ``[T, H, W, 3]``, or a list of them (its views)."""
+        views = _views(video)
+        for metric in self.extractors:
+            for index, view in enumerate(views):
+                where = f" view {index}" if len(views) > 1 else ""
+                _check_video(view, f"{self.which} video {self.videos}{where}", metric)
+        for metric, extractor in self.extractors.items():
+            for view_T_H_W_3 in views:
+                if metric == "fid":
+                    features_N_D = extractor.frame_features(view_T_H_W_3)
+                else:
+                    features_N_D = extractor.clip_features(video_clips(view_T_H_W_3, extractor.clip_frames))
+                self._features[metric].append(features_N_D)
+        self.videos += 1
+
+    def features(self, metric: str) -> np.ndarray:
+        """All feature vectors of ``metric`` gathered so far, ``[N, D]``."""
+        if not self._features[metric]:
+            raise ValueError(f"{metric}: no {self.which} videos")
+        return np.concatenate(self._features[metric])
+
+
+def frechet_distances(predictions: FeatureSet, references: FeatureSet) -> dict[str, float]:
+    """``{metric: distance}`` between the generated and the reference feature sets, for each metric of
+    ``predictions`` (lower is better)."""
+    distances = {}
+    for metric in predictions.extractors:
+        try:
+            distances[metric] = frechet_distance_of_features(predictions.features(metric), references.features(metric))
+        except ValueError as error:  # too few frames or clips: say which metric and how many videos
+            raise ValueError(
+                f"{metric} of {predictions.videos} prediction and {references.videos} reference videos: {error}"
+            ) from None
+    return distances
+
+
+class FrechetFeatures:
+    """FID and/or FVD of pairs of videos given one pair at a time: ``add(prediction_views, reference_views)`` for
+    each, then ``distances()`` -> ``{"fid": ..., "fvd": ...}`` (the metrics of ``extractors``)."""
+
+    def __init__(self, extractors: Mapping[str, FrameFeatures | ClipFeatures]) -> None:
+        self.predictions = FeatureSet(extractors, "prediction")
+        self.references = FeatureSet(extractors, "reference")
+
+    def add(
+        self, prediction_views: np.ndarray | Sequence[np.ndarray], reference_views: np.ndarray | Sequence[np.ndarray]
+    ) -> None:
+        self.predictions.add(prediction_views)
+        self.references.add(reference_views)
+
+    def distances(self) -> dict[str, float]:
+        return frechet_distances(self.predictions, self.references)
+
+
+def _set_distance(
+    metric: str,
+    prediction_videos: Sequence[np.ndarray],
+    reference_videos: Sequence[np.ndarray],
+    extractor: FrameFeatures | ClipFeatures,
+) -> float:
+    _check_videos(prediction_videos, "prediction", metric)
+    _check_videos(reference_videos, "reference", metric)
+    predictions, references = (
+        FeatureSet({metric: extractor}, "prediction"),
+        FeatureSet({metric: extractor}, "reference"),
+    )
+    for video in prediction_videos:
+        predictions.add(video)
+    for video in reference_videos:
+        references.add(video)
+    return frechet_distances(predictions, references)[metric]
+
+
 def fid(
     prediction_videos: Sequence[np.ndarray], reference_videos: Sequence[np.ndarray], extractor: FrameFeatures
 ) -> float:
     """FID between all frames of the generated videos and all frames of the reference videos."""
-    _check_videos(prediction_videos, "prediction", "fid")
-    _check_videos(reference_videos, "reference", "fid")
-    prediction = np.concatenate([extractor.frame_features(video) for video in prediction_videos])
-    reference = np.concatenate([extractor.frame_features(video) for video in reference_videos])
-    return frechet_distance_of_features(prediction, reference)
+    return _set_distance("fid", prediction_videos, reference_videos, extractor)
 
 
 def fvd(
     prediction_videos: Sequence[np.ndarray], reference_videos: Sequence[np.ndarray], extractor: ClipFeatures
 ) -> float:
     """FVD between the clips of the generated videos and the clips of the reference videos."""
-    _check_videos(prediction_videos, "prediction", "fvd")
-    _check_videos(reference_videos, "reference", "fvd")
-    prediction = np.concatenate(
-        [extractor.clip_features(video_clips(v, extractor.clip_frames)) for v in prediction_videos]
-    )
-    reference = np.concatenate(
-        [extractor.clip_features(video_clips(v, extractor.clip_frames)) for v in reference_videos]
-    )
-    return frechet_distance_of_features(prediction, reference)
+    return _set_distance("fvd", prediction_videos, reference_videos, extractor)
 
 
 # ----------------------------------------------------------------------------- Inception-v3 (FID)

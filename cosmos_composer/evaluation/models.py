@@ -13,6 +13,7 @@ the option, the source and the fix (`hf download <repo>` for a model missing fro
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import zipfile
@@ -218,6 +219,32 @@ def check_metric_models(
     if problems:
         raise MetricModelError(f"{len(problems)} metric models are missing or unusable:\n  " + "\n  ".join(problems))
     return paths
+
+
+# ----------------------------------------------------------------------------- command-line flags
+def add_metric_model_arguments(parser, device: bool = True) -> None:
+    """The flags of every metric model (``MODEL_OPTIONS``: --depth-model, ..., --fid-model, --fvd-model),
+    --trust-torchscript and, unless the command has its own (``device=False``), --device. ``parser``: an
+    argparse parser or argument group; :func:`metric_model_sources` reads the models back."""
+    for option in MODEL_OPTIONS.values():
+        default = f"default: {option.default}" if option.default else "no default"
+        parser.add_argument(option.flag, dest=option.key, default=None, help=f"{option.expects} ({default})")
+    parser.add_argument(
+        "--trust-torchscript",
+        action="store_true",
+        help="load a TorchScript --fvd-model (the published i3d_torchscript.pt); TorchScript can run code when loaded",
+    )
+    if device:
+        parser.add_argument(
+            "--device",
+            default="cuda" if torch.cuda.is_available() else "cpu",
+            help="where the metric models run (default: cuda when available, else cpu)",
+        )
+
+
+def metric_model_sources(args: argparse.Namespace) -> dict[str, Optional[str]]:
+    """The ``--*-model`` flags of :func:`add_metric_model_arguments`: option key -> source (None: the default)."""
+    return {key: getattr(args, key) for key in MODEL_OPTIONS}
 
 
 # ----------------------------------------------------------------------------- loading

@@ -10,7 +10,7 @@ multiview benchmark (``tse``, ``cse``; CSE needs at least two views, TSE runs on
 multiview: a list of per-camera ``[T, H, W, 3]`` in view order) against its reference clip. The model-based
 ones call :mod:`cosmos_composer.evaluation.depth` and :mod:`cosmos_composer.evaluation.masks` with
 ``models[DEPTH_MODEL]`` and ``models[MASK_MODELS]``; the set-level ``fid`` and ``fvd`` are computed by
-:mod:`cosmos_composer.evaluation.frechet`, not here.
+:mod:`cosmos_composer.evaluation.frechet` (its ``FrechetFeatures``, with :func:`set_metric_extractors`), not here.
 """
 
 from __future__ import annotations
@@ -100,6 +100,26 @@ def loaded_model(models: Mapping[str, Any] | Any | None, key: str) -> Any:
     return models.get(key) if isinstance(models, Mapping) else getattr(models, key, None)
 
 
+def _check_models(names: Sequence[str], models: Mapping[str, Any] | Any | None) -> None:
+    for name in names:
+        key = METRICS[name].model
+        if key is not None and loaded_model(models, key) is None:
+            given = sorted(k for k in (DEPTH_MODEL, MASK_MODELS, FID_MODEL, FVD_MODEL) if loaded_model(models, k))
+            raise ValueError(
+                f"{name} needs models[{key!r}] ({METRICS[name].description}); the models given: {given or 'none'}. "
+                "Load them with cosmos_composer.evaluation.models or leave the metric out"
+            )
+
+
+def set_metric_extractors(names: Sequence[str], models: Mapping[str, Any] | Any | None) -> dict[str, Any]:
+    """``{name: feature extractor}`` for the set-level metrics among ``names`` (``fid``, ``fvd``), taken from
+    ``models`` (see :func:`loaded_model`), for :class:`cosmos_composer.evaluation.frechet.FrechetFeatures`; a
+    missing model is a ``ValueError``."""
+    per_set = [name for name in names if METRICS[name].per_set]
+    _check_models(per_set, models)
+    return {name: loaded_model(models, METRICS[name].model) for name in per_set}
+
+
 def check_metrics_runnable(
     names: Sequence[str],
     num_views: int,
@@ -116,14 +136,7 @@ def check_metrics_runnable(
         )
     if "cse" in names and num_views < 2:
         raise ValueError(f"cse compares cameras with each other and needs at least 2 views, got {num_views}")
-    for name in names:
-        key = METRICS[name].model
-        if key is not None and loaded_model(models, key) is None:
-            given = sorted(k for k in (DEPTH_MODEL, MASK_MODELS, FID_MODEL, FVD_MODEL) if loaded_model(models, k))
-            raise ValueError(
-                f"{name} needs models[{key!r}] ({METRICS[name].description}); the models given: {given or 'none'}. "
-                "Load them with cosmos_composer.evaluation.models or leave the metric out"
-            )
+    _check_models(names, models)
     if "mask_miou" in names and not caption:
         raise ValueError("mask_miou needs the clip's caption (the objects to segment); pass caption=...")
 

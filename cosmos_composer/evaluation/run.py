@@ -5,16 +5,19 @@ same prompt (the clip's caption), control and seeds, through the generation libr
 :func:`~cosmos_composer.generate.text_contexts`, :func:`~cosmos_composer.generate.sample_latents`, the same
 defaults as ``scripts/generate.py``). Each checkpoint's network is loaded once; the VAE and the text encoder
 once per process. Each generated video is then scored against its clip with
-:func:`~cosmos_composer.evaluation.registry.score_video`.
+:func:`~cosmos_composer.evaluation.registry.score_video`; the set-level ``fid`` and ``fvd`` compare all the videos
+of a checkpoint (every clip, seed and view) with the ground truths (:func:`set_scores`, on rank 0 when the reports
+are written).
 
 What ``--output OUT`` holds::
 
     OUT/metrics.json         {"checkpoints": {label: {"checkpoint": source, "metrics": {name: mean},
                               "std": {name: std}, "count": {name: videos with a value},
-                              "videos": {"seed<S>/<clip>": {name: value}}}},
+                              "videos": {"seed<S>/<clip>": {name: value}}}},  (fid, fvd: in "metrics" only)
                               "higher_is_better": {name: bool}, "data": ..., "clips": N, "seeds": [...]}
                              (a value that could not be measured, and the mean of a metric without any, is null)
-    OUT/per_sample.csv       one row per clip, seed and checkpoint: sample, seed, checkpoint, one column per metric
+    OUT/per_sample.csv       one row per clip, seed and checkpoint: sample, seed, checkpoint, one column per
+                             per-video metric
     OUT/metrics.md           one row per metric with its direction, one column per checkpoint, the best in bold
     OUT/side_by_side/seed<S>/<clip>.mp4   ground truth | control | each checkpoint, each under its title
                                          (multiview: the front-wide camera, else the first)
@@ -27,8 +30,9 @@ What ``--output OUT`` holds::
 Resuming: every video is written atomically and a clip's generation counts as finished once its
 ``finished/<clip>.json`` is written after all its views; a rerun of the same command reuses every finished one
 (and says how many), generates the rest and loads no network when nothing is left to generate. Scores are
-cached per video and metric, computed again only when the video is generated again (or a metric is new); the
-side-by-side videos and the reports are written again each run. A rerun with other generation settings for a
+cached per video and metric, computed again only when the video is generated again (or a metric is new); FID and
+FVD are computed again from the videos each run (they depend on the whole set), and the side-by-side videos and
+the reports are written again. A rerun with other generation settings for a
 label stops with the settings that differ, instead of mixing videos of two settings.
 
 Several processes (``composer -n N scripts/evaluate.py run ...``, ``torchrun``): the clips are split over the
@@ -64,16 +68,22 @@ from cosmos_composer.checkpoint.network_weights import load_network
 from cosmos_composer.config_file import atomic_write_text
 from cosmos_composer.data.cameras import camera_folder, caption_camera
 from cosmos_composer.data.video import write_mp4_atomic
+from cosmos_composer.evaluation.frechet import FeatureSet, frechet_distances
 from cosmos_composer.evaluation.heldout import HeldOutClip, HeldOutSet
-from cosmos_composer.evaluation.models import MODEL_OPTIONS, check_metric_models, load_metric_models, required_models
+from cosmos_composer.evaluation.models import (
+    MetricModels,
+    add_metric_model_arguments,
+    check_metric_models,
+    load_metric_models,
+    metric_model_sources,
+)
 from cosmos_composer.evaluation.registry import (
-    DEPTH_MODEL,
-    MASK_MODELS,
     METRICS,
     aggregate,
     default_metrics,
     parse_metric_names,
     score_video,
+    set_metric_extractors,
 )
 from cosmos_composer.evaluation.report import scores_json
 from cosmos_composer.evaluation.side_by_side import side_by_side
@@ -97,7 +107,6 @@ from cosmos_composer.generation.outputs import to_uint8
 PER_ITEM_FIELDS = ("checkpoint", "control", "sample", "prompt", "text_embedding", "input", "output", "seed", "fps")
 # Fields that do not change the generated video: left out of settings.json.
 SETTINGS_IGNORED = ("device", "progress")
-PER_VIDEO_METRICS = tuple(name for name, metric in METRICS.items() if not metric.per_set)
 DEFAULT_SEEDS = (GenerateOptions.__dataclass_fields__["seed"].default,)  # 2025, the official inference's
 
 FINISHED, SCORES = "finished", "scores"
@@ -116,6 +125,7 @@ class RunOptions:
     seeds: Sequence[int] = DEFAULT_SEEDS
     control_key: Optional[str] = None  # default: the control the data stores (multiview hdmap_bbox; else edge)
     metric_models: Mapping[str, Optional[str]] = field(default_factory=dict)  # models.MODEL_OPTIONS key -> source
+    trust_torchscript: bool = False  # load a TorchScript --fvd-model (the published I3D)
     threads: Optional[int] = None  # threads over frames while scoring (None: this process's share of the CPUs)
 
 
@@ -410,23 +420,21 @@ class _Scorer:
     """Scores the generated videos of one clip against its ground truth; loads the metric models on first need."""
 
     def __init__(self, options: RunOptions, names: Sequence[str], device: torch.device) -> None:
-        self.options, self.names, self.device = options, list(names), device
+        self.options, self.device = options, device
+        self.names = [name for name in names if not METRICS[name].per_set]  # FID / FVD: set_scores
         # The processes of a node share its CPUs.
         node_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         self.threads = options.threads or max(1, (os.cpu_count() or 1) // node_processes)
-        self._models: Optional[dict[str, Any]] = None
+        self._models: Optional[MetricModels] = None
 
-    def models(self) -> dict[str, Any]:
+    def models(self) -> MetricModels:
         if self._models is None:
-            if not any(METRICS[name].model for name in self.names):
-                self._models = {}
-            else:
-                loaded = load_metric_models(self.names, **self.options.metric_models, device=str(self.device))
-                self._models = {
-                    key: value
-                    for key, value in ((DEPTH_MODEL, loaded.depth), (MASK_MODELS, loaded.masks))
-                    if value is not None
-                }
+            self._models = load_metric_models(
+                self.names,
+                **self.options.metric_models,
+                device=str(self.device),
+                trust_torchscript=self.options.trust_torchscript,
+            )
         return self._models
 
     def score(
@@ -501,6 +509,41 @@ def _score_and_tile(
 # ---------------------------------------------------------------------------------------------------------------
 # Reports
 # ---------------------------------------------------------------------------------------------------------------
+def set_scores(
+    output: Path,
+    options: RunOptions,
+    labels: list[str],
+    names: Sequence[str],
+    heldout: HeldOutSet,
+    show_progress: bool = True,
+) -> dict[str, dict[str, float]]:
+    """``{label: {"fid": ..., "fvd": ...}}``: the set-level metrics among ``names`` of each checkpoint, all its
+    generated videos (every clip, seed and view) against the ground truth of every clip (each clip once; every
+    seed generates from the same clip). Read from the generated mp4s one clip at a time (only the features are
+    kept), so a rerun computes them again; ``{}`` when no set-level metric is asked for."""
+    per_set_names = [name for name in names if METRICS[name].per_set]
+    if not per_set_names:
+        return {}
+    device = str(device_and_dtype(options.generation)[0])
+    models = load_metric_models(
+        per_set_names, **options.metric_models, device=device, trust_torchscript=options.trust_torchscript
+    )
+    extractors = set_metric_extractors(per_set_names, models)
+    references = FeatureSet(extractors, "reference")
+    predictions = {label: FeatureSet(extractors, f"{label} prediction") for label in labels}
+    for index, name in enumerate(tqdm(heldout.names, desc="fid/fvd features", unit="clip", disable=not show_progress)):
+        geometry = read_finished(Item(labels[0], options.seeds[0], index, name), output)
+        if geometry is None:
+            raise RuntimeError(f"clip {name} seed {options.seeds[0]} was not generated by {labels[0]}")
+        clip = heldout.read(index, geometry.cameras, geometry.num_frames, geometry.height, geometry.width)
+        references.add(clip.views(clip.video_3_VF_H_W, geometry.num_views))
+        for label in labels:
+            for seed in options.seeds:
+                item = Item(label, seed, index, name)
+                predictions[label].add([read_video(path) for path in item.files(output, geometry.cameras)])
+    return {label: frechet_distances(predictions[label], references) for label in labels}
+
+
 def _cell(value: Optional[float]) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{value:.4f}"
 
@@ -532,9 +575,17 @@ def markdown_table(summaries: Mapping[str, Mapping[str, dict]], names: Sequence[
 
 
 def write_reports(
-    output: Path, options: RunOptions, labels: list[str], names: Sequence[str], heldout: HeldOutSet
+    output: Path,
+    options: RunOptions,
+    labels: list[str],
+    names: Sequence[str],
+    heldout: HeldOutSet,
+    per_set: Optional[Mapping[str, Mapping[str, float]]] = None,
 ) -> str:
-    """metrics.json, per_sample.csv and metrics.md from the cached scores; returns the markdown table."""
+    """metrics.json, per_sample.csv and metrics.md from the cached scores and ``per_set`` (:func:`set_scores`: FID /
+    FVD per label, in metrics.json's "metrics" and metrics.md only); returns the markdown table."""
+    per_set = per_set or {label: {} for label in labels}
+    per_video_names = [name for name in names if not METRICS[name].per_set]
     per_label: dict[str, dict[str, dict[str, float]]] = {label: {} for label in labels}
     rows = []
     for index, name in enumerate(heldout.names):
@@ -542,8 +593,8 @@ def write_reports(
             for label in labels:
                 item = Item(label, seed, index, name)
                 scores = _read_scores(item.scores_path(output))
-                per_label[label][item.key] = {metric: scores.get(metric, math.nan) for metric in names}
-                rows.append([name, seed, label, *(per_label[label][item.key][metric] for metric in names)])
+                per_label[label][item.key] = {metric: scores.get(metric, math.nan) for metric in per_video_names}
+                rows.append([name, seed, label, *(per_label[label][item.key][metric] for metric in per_video_names)])
     summaries = {label: aggregate(per_label[label]) for label in labels}
     document = {
         "data": str(options.data),
@@ -553,7 +604,7 @@ def write_reports(
         "checkpoints": {},
     }
     for label, checkpoint in zip(labels, options.checkpoints):
-        scores = scores_json(per_label[label])
+        scores = scores_json(per_label[label], per_set=per_set[label])
         document["checkpoints"][label] = {
             "checkpoint": str(checkpoint),
             "metrics": scores["metrics"],
@@ -565,12 +616,14 @@ def write_reports(
 
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["sample", "seed", "checkpoint", *names])
+    writer.writerow(["sample", "seed", "checkpoint", *per_video_names])
     for row in rows:
         writer.writerow([*row[:3], *("" if math.isnan(value) else repr(value) for value in row[3:])])
     atomic_write_text(output / "per_sample.csv", buffer.getvalue())
 
     videos = len(heldout) * len(options.seeds)
+    for label in labels:  # a set metric's one value stands in the table as a mean over all the videos
+        summaries[label].update({name: {"mean": value, "count": videos} for name, value in per_set[label].items()})
     table = markdown_table(summaries, names, videos)
     sources = "\n".join(f"- {label}: `{checkpoint}`" for label, checkpoint in zip(labels, options.checkpoints))
     atomic_write_text(
@@ -613,15 +666,9 @@ def run_evaluation(options: RunOptions) -> RunSummary:
     # ---- checks: nothing heavy runs before these pass
     heldout = HeldOutSet(options.data, options.control_key)
     names = parse_metric_names(options.metrics) if options.metrics else default_metrics(heldout.multiview)
-    per_set = [name for name in names if METRICS[name].per_set]
-    if per_set:
-        raise EvaluationInputError(
-            f"{', '.join(per_set)} compare sets of videos and have no value per video; `run` computes the per-video "
-            "metrics: leave them out of --metrics"
-        )
     if "cse" in names and not heldout.multiview:
         raise EvaluationInputError("cse compares the cameras of a multiview clip; --data holds single-view clips")
-    check_metric_models(names, options.metric_models)
+    check_metric_models(names, options.metric_models, options.trust_torchscript)
     check_checkpoints(options.checkpoints)
     labels = checkpoint_labels(options.checkpoints, options.labels)
     if not options.seeds:
@@ -665,10 +712,12 @@ def run_evaluation(options: RunOptions) -> RunSummary:
     summary.generated, summary.reused, summary.scored = _sum_over_ranks(
         [summary.generated, summary.reused, summary.scored], world_size
     )
+    del scorer  # its metric models: the FID / FVD models load next
 
-    # ---- reports, from every rank's cached scores
+    # ---- reports, from every rank's cached scores and, for FID / FVD, every generated video
     if rank == 0:
-        summary.table = write_reports(output, options, labels, names, heldout)
+        per_set = set_scores(output, options, labels, names, heldout, show_progress)
+        summary.table = write_reports(output, options, labels, names, heldout, per_set)
     _barrier(world_size)
     return summary
 
@@ -718,8 +767,8 @@ def add_run_arguments(subparsers) -> None:
     evaluation.add_argument(
         "--metrics",
         default=None,
-        help=f"comma-separated, of {', '.join(PER_VIDEO_METRICS)} (default: the "
-        f"model-free ones, {','.join(default_metrics(True))}; without tse,cse for single view)",
+        help=f"comma-separated, of {', '.join(METRICS)} (default: the model-free ones, "
+        f"{','.join(default_metrics(True))}; without tse,cse for single view); fid and fvd: one value per checkpoint",
     )
     evaluation.add_argument(
         "--seeds",
@@ -731,11 +780,7 @@ def add_run_arguments(subparsers) -> None:
         default=None,
         help="the control to condition on (default: the one the data stores; edge for single view without one)",
     )
-    for key in required_models(PER_VIDEO_METRICS):  # the models of the per-video metrics
-        option = MODEL_OPTIONS[key]
-        evaluation.add_argument(
-            option.flag, dest=key, default=None, help=f"{option.expects} (default: {option.default})"
-        )
+    add_metric_model_arguments(evaluation, device=False)  # the metric models run on the generation's --device
     evaluation.add_argument(
         "--threads",
         type=int,
@@ -758,7 +803,8 @@ def run_command(args: argparse.Namespace) -> int:
         metrics=args.metrics,
         seeds=parse_seeds(args.seeds),
         control_key=args.control_key,
-        metric_models={key: getattr(args, key) for key in required_models(PER_VIDEO_METRICS)},
+        metric_models=metric_model_sources(args),
+        trust_torchscript=args.trust_torchscript,
         threads=args.threads,
     )
     try:
