@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import socket
 import subprocess
@@ -11,6 +12,15 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "yamls" / "quickstart.yaml"
+
+
+def load_script(name: str):
+    """The module of ``scripts/<name>.py`` (the scripts are files, not a package), imported afresh."""
+    spec = importlib.util.spec_from_file_location(f"{name}_script", REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses of the script resolve their module by name
+    spec.loader.exec_module(module)
+    return module
 
 
 def train_env(root: Path, **extra: str) -> dict:

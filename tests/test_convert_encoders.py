@@ -14,7 +14,6 @@ CPU).
 
 from __future__ import annotations
 
-import importlib.util
 import socket
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,7 +21,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from helpers import QUICKSTART, REPO, use_offline_hf_cache, write_hf_cache
+from helpers import QUICKSTART, load_script, use_offline_hf_cache, write_hf_cache
 from omegaconf import OmegaConf
 from streaming import StreamingDataset
 from torch import nn
@@ -38,14 +37,7 @@ COMMIT = "c" * 40
 TINY_TEXT_DIM, PROJECTED_DIM = 96, 32  # Reason1TextEmbedder.tiny(): 3 layers x 32; the tiny presets' 32
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("convert_to_mds", REPO / "scripts" / "convert_to_mds.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-convert = _script()
+convert = load_script("convert_to_mds")
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ after a kill. Read back with Streaming's own reader."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch.distributed as dist
-from helpers import train_env
+from helpers import load_script, train_env
 from streaming import StreamingDataset
 
 from cosmos_composer.data import mds
@@ -31,13 +30,6 @@ CONVERT = ROOT / "scripts" / "convert_to_mds.py"
 F, H, W = 5, 32, 48
 NAMES = [f"demo_{index:04d}" for index in range(6)]  # parts of 2: (0, 1), (2, 3), (4, 5)
 BROKEN = ("demo_0001", "demo_0003")  # one in part 0 (rank 0's), one in part 1 (rank 1's)
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 convert_script = load_script("convert_to_mds")

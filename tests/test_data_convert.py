@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import load_script
 from streaming import StreamingDataset
 
 from cosmos_composer.data import mds
@@ -17,16 +17,8 @@ from cosmos_composer.data.convert import ConversionError, convert_to_mds
 from cosmos_composer.data.demo import make_demo_dataset
 from cosmos_composer.data.video import write_mp4
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(samples=3, frames=9, height=64, width=96, progress=False)
 FRONT = "ftheta_camera_front_wide_120fov"
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 convert_script = load_script("convert_to_mds")

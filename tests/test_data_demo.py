@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import load_script
 
 from cosmos_composer.data.cameras import DEFAULT_CAMERAS
 from cosmos_composer.data.demo import make_demo_dataset, make_scene, render_clip
 from cosmos_composer.data.video import decode_frames, probe_video
 
 SMALL = dict(samples=2, frames=9, height=64, width=96, progress=False)
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def all_bytes(root: Path) -> dict[str, bytes]:

@@ -6,7 +6,6 @@ expectation is computed with numpy from those arrays, independently of the selec
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -15,6 +14,7 @@ import av
 import numpy as np
 import pytest
 import torch
+from helpers import load_script
 from streaming import MDSWriter
 from streaming.base.format import reader_from_json
 
@@ -31,16 +31,8 @@ from cosmos_composer.encoders.vae import WanVAE
 from cosmos_composer.models import build_network
 from cosmos_composer.models.composer_model import CosmosTransferModel
 
-ROOT = Path(__file__).resolve().parents[1]
 H, W = 32, 48
 CAMERAS = ("camera_front_wide_120fov", "camera_cross_right_120fov")
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 convert_script = load_script("convert_to_mds")

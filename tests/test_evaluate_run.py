@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -14,6 +13,7 @@ import av
 import numpy as np
 import pytest
 import torch
+from helpers import load_script
 from test_evaluation_models import save_tiny_depth_anything, save_tiny_dinov2  # tiny depth and FID models
 
 from cosmos_composer.data.cameras import camera_folder
@@ -33,14 +33,7 @@ TINY = ["--vae", "tiny", "--text-encoder", "tiny", "--steps", "2", "--num-frames
 TINY += ["--cameras", ",".join(CAMERAS)]
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("evaluate_script", REPO / "scripts" / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-SCRIPT = _load_script()
+SCRIPT = load_script("evaluate")
 
 
 def _decode(path: Path) -> np.ndarray:

@@ -7,7 +7,6 @@ scikit-image and numpy calls and the definition's literal constants, never the l
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from helpers import load_script
 from skimage.metrics import structural_similarity
 
 from cosmos_composer.data.video import decode_frames, write_mp4
@@ -34,16 +34,6 @@ from cosmos_composer.evaluation import (
     temporal_sampson_error,
     view_neighbours,
 )
-
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-
-
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_script", SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def texture(height: int, width: int, seed: int = 0, sigma: float = 2.0) -> np.ndarray:
@@ -429,7 +419,7 @@ def test_score_writes_the_table_and_json_of_two_folders(tmp_path, capsys):
     generated = {name: add_noise(frames, 10 + 10 * i) for i, (name, frames) in enumerate(references.items())}
     _write_clips(tmp_path / "reference", references)
     _write_clips(tmp_path / "generated", generated)
-    evaluate = _load_script("evaluate")
+    evaluate = load_script("evaluate")
     out = tmp_path / "scores.json"
     argv = ["score", "--prediction", str(tmp_path / "generated"), "--reference", str(tmp_path / "reference")]
     assert evaluate.main([*argv, "--json", str(out), "--no-progress"]) == 0
@@ -473,7 +463,7 @@ def test_score_of_multiview_folders_with_tse_and_cse(tmp_path):
     out = tmp_path / "scores.json"
     argv = ["score", "--prediction", str(tmp_path / "generated"), "--reference", str(tmp_path / "reference")]
     assert (
-        _load_script("evaluate").main([*argv, "--cameras", ",".join(cameras), "--json", str(out), "--no-progress"]) == 0
+        load_script("evaluate").main([*argv, "--cameras", ",".join(cameras), "--json", str(out), "--no-progress"]) == 0
     )
     document = json.loads(out.read_text())
     scores = document["videos"]["clip.mp4"]
@@ -484,7 +474,7 @@ def test_score_of_multiview_folders_with_tse_and_cse(tmp_path):
 
 
 def test_score_errors_name_the_file_and_the_shapes(tmp_path, capsys):
-    evaluate = _load_script("evaluate")
+    evaluate = load_script("evaluate")
     clip = panning_video(3, 32, 48)
     _write_clips(tmp_path / "reference", {"a.mp4": clip, "b.mp4": clip})
     _write_clips(tmp_path / "generated", {"a.mp4": clip})
@@ -509,7 +499,7 @@ def test_score_errors_name_the_file_and_the_shapes(tmp_path, capsys):
 
 
 def test_the_benchmark_section_times_both_metrics(capsys):
-    benchmark = _load_script("benchmark")
+    benchmark = load_script("benchmark")
     benchmark.main(
         ["--section", "evaluate", "--evaluate-frames", "2", "--evaluate-height", "32", "--evaluate-width", "48"]
     )

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import zlib
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import load_script
 
 from cosmos_composer import generate as gen
 from cosmos_composer.checkpoint.load import load_consolidated_into_network
@@ -64,13 +64,6 @@ def expected_captions(caption: str) -> list[str]:
         DEFAULT_CAPTION_PREFIXES["camera_cross_left_120fov"] + " ",
         GENERIC_CAPTION_PREFIX + " ",
     ]
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # ----------------------------------------------------------------------------- the parser
@@ -243,7 +236,7 @@ def test_mapped_prefixes_in_dataset_captions_and_cached_text_are_the_official_on
 
     embedder = CaptionCodeEmbedder()
     monkeypatch.setattr(Reason1TextEmbedder, "from_pretrained", classmethod(lambda cls, *a, **kw: embedder))
-    code = _script("convert_to_mds").main(
+    code = load_script("convert_to_mds").main(
         ["--layout", "multiview-hdmap", "--input", str(raw), "--output", str(out), "--min-frames", str(F),
          "--cameras", ",".join(RIG), "--precompute", "text", "--raw-text", "--text-encoder", "fake", "--device", "cpu",
          "--no-progress"]
