@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import QUICKSTART, REPO, train_env
+from helpers import QUICKSTART, REPO, load_script, train_env
 from matplotlib.image import imread
 from omegaconf import OmegaConf
 
@@ -128,6 +128,36 @@ def test_the_samples_are_scored_at_each_sample_call_and_plotted_under_the_loss(r
         == imread(redrawn.path).shape[0]
         == ((LOSS_PANEL_HEIGHT_IN + METRIC_PANEL_HEIGHT_IN) * DPI)
     )
+
+
+def test_evaluate_run_compares_the_quickstarts_two_checkpoints_and_reuses_them_on_a_rerun(runs, tmp_path, capsys):
+    """`evaluate.py run` on the run's batch-2 and batch-4 checkpoints (Composer folders, network.json inside) and the
+    quickstart's own data: the table with a column per checkpoint, the CSV and the side-by-side videos."""
+    root, *_ = runs
+    checkpoints = _folder(root) / "checkpoints"
+    first, last = (next(checkpoints.glob(f"ep*-ba{batch}")) for batch in (2, 4))
+    output = tmp_path / "eval"
+    argv = ["run", "--checkpoint", str(first), "--checkpoint", str(last), "--labels", "ba2,ba4"]
+    argv += ["--data", str(root / "data" / "quickstart_mds"), "--output", str(output), "--vae", "tiny"]
+    argv += ["--text-encoder", "tiny", "--steps", "2", "--num-frames", "5", "--height", "32", "--width", "48"]
+    evaluate = load_script("evaluate")
+    assert evaluate.main([*argv, "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    table = (output / "metrics.md").read_text()
+    assert table.splitlines()[0] == "| metric | better | ba2 | ba4 |", table
+    assert {line.split(" | ")[0] for line in table.splitlines()[2:] if line.startswith("| ")} >= {
+        "| blur_ssim",
+        "| edge_f1",
+    }
+    clips = json.loads((output / "metrics.json").read_text())["clips"]
+    rows = (output / "per_sample.csv").read_text().splitlines()
+    assert rows[0].startswith("sample,seed,checkpoint,") and len(rows) == 1 + 2 * clips
+    assert len(list((output / "side_by_side").rglob("*.mp4"))) == clips
+    assert "0 of" in out  # the first run generated every video
+
+    assert evaluate.main([*argv, "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert f"ba2: {clips} of {clips} videos reused" in out and f"ba4: {clips} of {clips} videos reused" in out
 
 
 def test_the_summary_says_where_the_run_started_and_where_its_files_are(runs):

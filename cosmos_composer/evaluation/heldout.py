@@ -31,7 +31,7 @@ from streaming.base.format import reader_from_json
 
 from cosmos_composer.data import mds
 from cosmos_composer.data.cameras import FOLDER_PREFIX
-from cosmos_composer.data.clip import load_clip, row_cameras
+from cosmos_composer.data.clip import load_clip, row_cameras, source_frame_indices
 from cosmos_composer.data.controls import compute_control
 from cosmos_composer.data.layouts import (
     CONTROL_FOLDERS,
@@ -163,9 +163,14 @@ class HeldOutSet:
                 f"clip {name!r} of --data {self.root} has {row[mds.NUM_FRAMES]} frames per view, fewer than the "
                 f"{num_frames} to generate; pass --num-frames (1 + 4k) or leave the clip out"
             )
-        try:  # the training loader's decoding: frames from 0, resized, the control decoded or computed alike
+        try:  # the training loader's decoding: served frames from 0, resized, the control decoded or computed alike
             clip = load_clip(
-                row, control_key=self.control_key, start=0, num_frames=num_frames, height=height, width=width, rng=None
+                row,
+                control_key=self.control_key,
+                frame_indices=source_frame_indices(row, 0, num_frames),  # at the row's frame rate (--fps)
+                height=height,
+                width=width,
+                rng=None,
             )
         except (KeyError, VideoError) as error:
             raise EvaluationInputError(f"clip {name!r} of --data {self.root}: {error}") from None
