@@ -7,13 +7,11 @@ load options print what they drop; the EMA restarts from the loaded net; and tra
 file and an `hf://` URI from an offline HF cache; each FSDP2 rank maps the file and reads only its shard.
 """
 
-import hashlib
-import os
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_train
+from helpers import run_train, write_hf_cache
 
 from cosmos_composer.checkpoint import load as load_module
 from cosmos_composer.checkpoint.load import (
@@ -331,26 +329,13 @@ def test_the_report_is_printed_on_rank_0_only(model_and_file, monkeypatch, capsy
 
 
 # ----------------------------------------------------------------------------- hf:// (offline cache)
-def _write_hf_cache(cache: Path, repo_id: str, commit: str, files: dict[str, Path]) -> None:
-    repo_dir = cache / f"models--{repo_id.replace('/', '--')}"
-    for relpath, source in files.items():
-        data = source.read_bytes()
-        blob = repo_dir / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        blob.write_bytes(data)
-        link = repo_dir / "snapshots" / commit / relpath
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(os.path.relpath(blob, link.parent))
-    (repo_dir / "refs").mkdir(parents=True, exist_ok=True)
-    (repo_dir / "refs" / "main").write_text(commit)
-
-
 def test_hf_uri_loads_from_the_offline_cache(model_and_file, tmp_path, monkeypatch, capsys):
     from huggingface_hub import constants
 
     model, state, path = model_and_file
     commit = "c" * 40
-    _write_hf_cache(tmp_path / "hub", "nvidia/Cosmos-Transfer2.5-2B", commit, {"auto/multiview/x_ema_bf16.pt": path})
+    files = {"auto/multiview/x_ema_bf16.pt": path.read_bytes()}
+    write_hf_cache(tmp_path / "hub", "nvidia/Cosmos-Transfer2.5-2B", {commit: files}, {"main": commit})
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     uri = f"hf://nvidia/Cosmos-Transfer2.5-2B/auto/multiview/x_ema_bf16.pt@{commit}"
@@ -423,12 +408,8 @@ def test_train_py_loads_an_hf_uri_offline_with_a_partial_load(tmp_path, demo_mds
     state["net.blocks.0.self_attn.extra_gate.weight"] = torch.ones(3, dtype=torch.bfloat16)
     torch.save(state, tmp_path / "hub_file.pt")
     commit = "d" * 40
-    _write_hf_cache(
-        tmp_path / "hf_home" / "hub",
-        "nvidia/Cosmos-Transfer2.5-2B",
-        commit,
-        {"auto/multiview/4ecc66e9_ema_bf16.pt": tmp_path / "hub_file.pt"},
-    )
+    files = {"auto/multiview/4ecc66e9_ema_bf16.pt": (tmp_path / "hub_file.pt").read_bytes()}
+    write_hf_cache(tmp_path / "hf_home" / "hub", "nvidia/Cosmos-Transfer2.5-2B", {commit: files}, {"main": commit})
     uri = f"hf://nvidia/Cosmos-Transfer2.5-2B/auto/multiview/4ecc66e9_ema_bf16.pt@{commit}"
     env = {"HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1"}
 
