@@ -94,7 +94,7 @@ class NoNetworkModel:
 
     def __init__(self, names: list[str]):
         self.names = names
-        self.net = SimpleNamespace()
+        self.net = SimpleNamespace(config=SimpleNamespace(camera_origins=()))  # a rig without mapped cameras
         self.encoders = SimpleNamespace(vae=object(), text_embedder=None)
 
     def encode_batch(self, batch: dict) -> dict:
@@ -137,7 +137,9 @@ def run_callback(
 
     monkeypatch.setattr(sample_videos.sampler, "sample", sample)
     monkeypatch.setattr(sample_videos, "decode_sample", decode)
-    monkeypatch.setattr(sample_videos, "negative_context", lambda net, embedder, context, *_: torch.zeros_like(context))
+    monkeypatch.setattr(
+        sample_videos, "negative_context", lambda net, embedder, context, *_, **__: torch.zeros_like(context)
+    )
 
     metrics_file = tmp_path / "metrics.jsonl"
     jsonl = JSONLinesLogger(str(metrics_file))
