@@ -419,7 +419,7 @@ def check_dataset_paths(cfg: DictConfig) -> None:
 
 def check_context_parallel(cfg: DictConfig, world_size: int) -> None:
     """Refuse a context_parallel_size that cannot split the heads, the processes or the sample's latent frames."""
-    from .encoders.vae import TEMPORAL_COMPRESSION
+    from .latent_geometry import TEMPORAL_COMPRESSION, latent_num_frames
     from .models.context_parallel import check_context_parallel_size
 
     size = cfg.context_parallel_size
@@ -428,7 +428,7 @@ def check_context_parallel(cfg: DictConfig, world_size: int) -> None:
         check_context_parallel_size(size, config.num_heads, world_size)
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    latent_frames = 1 + (cfg.train_loader.dataset.num_frames - 1) // TEMPORAL_COMPRESSION
+    latent_frames = latent_num_frames(cfg.train_loader.dataset.num_frames)
     if not config.is_multiview and latent_frames % size:  # multiview: views x frames, checked at the first batch
         raise ConfigError(
             f"context_parallel_size={size} does not divide the {latent_frames} latent frames of "

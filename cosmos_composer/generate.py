@@ -35,9 +35,9 @@ from .checkpoint.network_weights import load_network, read_checkpoint_state, sel
 from .config_file import parse_set_items
 from .data.cameras import DEFAULT_CAMERAS
 from .diffusion import sampler
+from .dtypes import DTYPES, default_dtype
 from .encoders import build_encoders
 from .encoders.text import REASON1_REPO, REASON1_URI
-from .encoders.vae import SPATIAL_COMPRESSION, TEMPORAL_COMPRESSION, latent_num_frames, pixel_num_frames
 from .generation import GenerationError
 from .generation.inputs import largest_valid_frames, probe_size, read_views, select_cameras, video_files
 from .generation.outputs import write_sample
@@ -49,6 +49,7 @@ from .generation.prompts import (
     negative_context,
     prompt_context,
 )
+from .latent_geometry import SPATIAL_COMPRESSION, TEMPORAL_COMPRESSION, latent_num_frames, pixel_num_frames
 from .models.network import CosmosTransferNet
 from .models.parallelize import apply_context_parallel
 from .models.presets import PRESETS, NetworkConfig
@@ -73,8 +74,6 @@ log = logging.getLogger(__name__)
 # The weights of the frozen encoders that the official inference downloads (the recipe YAMLs use the same).
 DEFAULT_VAE = "hf://nvidia/Cosmos-Predict2.5-2B/tokenizer.pth@f176dc95b4a70f53ce01c4b302851595e7322b00"
 DEFAULT_TEXT_ENCODER = REASON1_URI
-
-DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 # =============================================================================================
@@ -311,8 +310,7 @@ def device_and_dtype(options: GenerateOptions) -> tuple[torch.device, torch.dtyp
     default = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"  # a launch's GPU
     device = torch.device(options.device or default)
     # Upstream runs the network, the VAE and the text encoder in bf16 on GPUs.
-    default_dtype = "bf16" if device.type == "cuda" else "fp32"
-    return device, DTYPES[options.dtype or default_dtype]
+    return device, default_dtype(device, options.dtype)
 
 
 def resolve_geometry(

@@ -114,10 +114,10 @@ from cosmos_composer.data.layouts import (
 )
 from cosmos_composer.data.output import DiskFullError
 from cosmos_composer.data.precompute import PRECOMPUTE_CHOICES, Precomputer, raw_text_refusal
+from cosmos_composer.dtypes import DTYPES, default_dtype
 from cosmos_composer.encoders import EncoderLoadError, build_encoders, text_embed_dim
 from cosmos_composer.encoders.text import REASON1_URI
 
-DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 # The default --config: the recipe YAML of each layout in this checkout (none where it is missing, e.g. when
 # the package is installed without the checkout).
 REPO = Path(__file__).resolve().parents[1]
@@ -293,7 +293,7 @@ def _encode_size(args: argparse.Namespace) -> tuple[int, int, int]:
 
 
 def _encoder_dtype(args: argparse.Namespace) -> torch.dtype:
-    return DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
+    return default_dtype(args.device, args.dtype)
 
 
 def precompute_settings(args: argparse.Namespace) -> dict | None:

@@ -39,14 +39,11 @@ import argparse
 import logging
 import sys
 
-import torch
-
 from cosmos_composer.checkpoint.export import FORMATS, ExportError, export
 from cosmos_composer.config_file import parse_set_items
 from cosmos_composer.data.output import DiskFullError
+from cosmos_composer.dtypes import DTYPES
 from cosmos_composer.models import PRESETS
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -63,6 +63,7 @@ from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from tqdm import tqdm
 
 from ..data.output import make_partial_dir, reporting_full_disk
+from ..latent_geometry import SPATIAL_COMPRESSION
 from ..models import NetworkConfig
 from ..models.lora import (
     LoraSettings,
@@ -505,7 +506,7 @@ def example_inputs(config: NetworkConfig, seed: int = 0) -> dict[str, Any]:
         crossattn_emb=torch.randn(1, 4, text_width, generator=generator),
         latent_control_input=torch.randn(1, config.in_channels, T, H, W, generator=generator),
         condition_video_input_mask_B_C_T_H_W=(torch.arange(T) < 1).float().view(1, 1, T, 1, 1).expand(1, 1, T, H, W),
-        padding_mask=torch.zeros(1, 1, 8 * H, 8 * W),
+        padding_mask=torch.zeros(1, 1, SPATIAL_COMPRESSION * H, SPATIAL_COMPRESSION * W),
     )
     if config.extra_image_context_dim is not None:
         inputs["img_context_emb"] = torch.randn(1, 4, config.extra_image_context_dim, generator=generator)

@@ -38,8 +38,8 @@ from cosmos_composer.data.cameras import view_captions
 from cosmos_composer.data.clip import load_clip, row_cameras, source_frame_indices
 from cosmos_composer.data.layouts import ON_THE_FLY_CONTROLS
 from cosmos_composer.data.output import human_size
-from cosmos_composer.encoders.vae import LATENT_CHANNELS, SPATIAL_COMPRESSION, latent_num_frames
 from cosmos_composer.fingerprint import fingerprint_tensors
+from cosmos_composer.latent_geometry import LATENT_CHANNELS, SPATIAL_COMPRESSION, latent_num_frames
 
 PRECOMPUTE_CHOICES = ("latents", "text")
 TEXT_TOKENS_PER_VIEW = 512

@@ -45,6 +45,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..latent_geometry import SPATIAL_COMPRESSION
 from . import rectified_flow as rf
 from .objective import unconditional_context  # noqa: F401  (the unconditional branch's text, re-exported)
 
@@ -218,7 +219,7 @@ def sample(
 
     padding_mask = conditioning.padding_mask
     if padding_mask is None:
-        padding_mask = torch.zeros(B, 1, H * 8, W * 8, device=device)
+        padding_mask = torch.zeros(B, 1, H * SPATIAL_COMPRESSION, W * SPATIAL_COMPRESSION, device=device)
     common = dict(
         latent_control_input=control.to(device=device, dtype=dtype),
         condition_video_input_mask_B_C_T_H_W=cond_mask.to(dtype),

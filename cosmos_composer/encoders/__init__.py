@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Callable, Optional, TypeVar
 import torch
 
 from cosmos_composer.checkpoint.hf import HfResolveError, resolve
+from cosmos_composer.dtypes import default_dtype
 
 if TYPE_CHECKING:
     from cosmos_composer.encoders.text import Reason1TextEmbedder
@@ -62,7 +63,7 @@ def build_encoders(
     from cosmos_composer.encoders.vae import WanVAE
 
     if dtype is None:
-        dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+        dtype = default_dtype(device)
     # Both sources are resolved before either loads: an uncached text encoder fails at once, not after the VAE.
     vae_path = resolve(vae) if vae and vae != "tiny" else None
     text_path = resolve(text) if text and text != "tiny" else None

@@ -37,6 +37,15 @@ from typing import Any
 import torch
 from torch import nn
 
+# The latent geometry lives in its own leaf module; re-exported here, where users of the VAE look for it.
+from cosmos_composer.latent_geometry import (
+    LATENT_CHANNELS,
+    SPATIAL_COMPRESSION,
+    TEMPORAL_COMPRESSION,
+    latent_num_frames,
+    pixel_num_frames,
+)
+
 __all__ = [
     "LATENT_CHANNELS",
     "LATENTS_MEAN",
@@ -52,9 +61,6 @@ __all__ = [
     "pixel_num_frames",
 ]
 
-LATENT_CHANNELS = 16
-SPATIAL_COMPRESSION = 8
-TEMPORAL_COMPRESSION = 4
 
 # Per-channel statistics of the Wan2.1 posterior mean. Identical in the official wan2pt1.py
 # (``WanVAE.__init__``) and in diffusers' ``AutoencoderKLWan`` defaults
@@ -84,16 +90,6 @@ WAN21_VAE_CONFIG: dict[str, Any] = {
 
 # Same structure (3 downsampling stages, the same temporal pattern, 16 latent channels), 12x narrower.
 TINY_VAE_CONFIG: dict[str, Any] = {**WAN21_VAE_CONFIG, "base_dim": 8}
-
-
-def latent_num_frames(num_pixel_frames: int) -> int:
-    """Latent frames of a clip of ``num_pixel_frames`` frames (29 -> 8, 93 -> 24)."""
-    return 1 + (num_pixel_frames - 1) // TEMPORAL_COMPRESSION
-
-
-def pixel_num_frames(num_latent_frames: int) -> int:
-    """Pixel frames that decode from ``num_latent_frames`` latent frames (8 -> 29)."""
-    return (num_latent_frames - 1) * TEMPORAL_COMPRESSION + 1
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import torch
 
 from ..data.cameras import DEFAULT_CAMERAS, FOLDER_PREFIX
 from ..data.video import VideoError, decode_frames, probe_video, resize_video
-from ..encoders.vae import TEMPORAL_COMPRESSION
+from ..latent_geometry import TEMPORAL_COMPRESSION
 from . import GenerationError
 
 # Short camera names of the official multiview inference (`front_wide`, ...), also accepted as file names.

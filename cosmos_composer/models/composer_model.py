@@ -23,6 +23,7 @@ from ..diffusion.objective import (
     training_velocities,
     unconditional_context,
 )
+from ..latent_geometry import SPATIAL_COMPRESSION
 from .network import CosmosTransferNet, latent_view_indices
 from .parallelize import build_ema_network, set_trainable_
 
@@ -109,7 +110,7 @@ class CosmosTransferModel(ComposerModel):
             view_indices_B_T = latent_view_indices(view_ids_B_V, T // num_views).to(x0.device)
         padding_mask = batch.get("padding_mask")
         if padding_mask is None:
-            padding_mask = x0.new_zeros(x0.shape[0], 1, x0.shape[-2] * 8, x0.shape[-1] * 8)
+            padding_mask = x0.new_zeros(x0.shape[0], 1, *(n * SPATIAL_COMPRESSION for n in x0.shape[-2:]))
         return dict(
             x0=x0,
             control=control,
