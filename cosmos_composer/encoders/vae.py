@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pickle
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -36,6 +35,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from cosmos_composer.checkpoint.load import CheckpointLoadError, read_state_dict
 
 # The latent geometry lives in its own leaf module; re-exported here, where users of the VAE look for it.
 from cosmos_composer.latent_geometry import (
@@ -250,7 +251,9 @@ def diffusers_to_official_key_map(
 
 
 def _load_tensor_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """``torch.load`` with ``weights_only=True`` (and ``mmap=True`` where the format allows it)."""
+    """The VAE weights file's state dict, read by the checkpoint reader (`checkpoint.load.read_state_dict`):
+    ``weights_only=True`` (no pickled code runs), memory-mapped, and checked against a ``checksums.json`` beside
+    it when there is one."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
@@ -259,29 +262,13 @@ def _load_tensor_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             "packages/cosmos-oss/cosmos_oss/checkpoints.py names for the Wan2.1 VAE)."
         )
     try:
-        try:
-            state_dict = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as error:
-            if "mmap" not in str(error):
-                raise
-            # Files written with the legacy (non-zip) torch.save format cannot be memory-mapped.
-            state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
+        return read_state_dict(path)
+    except CheckpointLoadError as error:
         raise ValueError(
-            f"cosmos_composer/encoders/vae.py: refusing to load {str(path)!r}: it holds pickled objects "
-            "other than tensors, and only weights_only=True loading is allowed (a file can run code when "
-            "unpickled). tokenizer.pth must be a plain state dict {name: tensor}; re-save it as "
-            f"torch.save({{k: v for k, v in sd.items()}}) from a trusted source. Detail: {error}"
-        ) from error
-    if not isinstance(state_dict, Mapping) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        kind = type(state_dict).__name__
-        keys = list(state_dict)[:5] if isinstance(state_dict, Mapping) else []
-        raise ValueError(
-            f"cosmos_composer/encoders/vae.py: {str(path)!r} is not a plain state dict of tensors (got {kind}"
-            f"{' with keys ' + str(keys) if keys else ''}). The official tokenizer.pth is a raw state dict "
-            "of the Wan WanVAE_ module (keys like 'encoder.conv1.weight', 'conv1.weight', 'decoder.head.2.bias')."
-        )
-    return dict(state_dict)
+            f"cosmos_composer/encoders/vae.py: refusing to load {str(path)!r}: {error}. The official tokenizer.pth "
+            "is a raw state dict {name: tensor} of the Wan WanVAE_ module (keys like 'encoder.conv1.weight', "
+            "'conv1.weight', 'decoder.head.2.bias'); re-save yours that way from a trusted source."
+        ) from None
 
 
 def _format_keys(keys: list[str], limit: int = 10) -> str:
