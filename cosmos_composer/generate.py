@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
+import torch.distributed as dist
 
 from .checkpoint.keys import EMA_WEIGHTS, WEIGHT_CHOICES
 from .checkpoint.network_weights import load_network, read_checkpoint_state, select_network_weights  # noqa: F401
@@ -50,7 +51,8 @@ from .generation.prompts import (
     prompt_context,
 )
 from .latent_geometry import SPATIAL_COMPRESSION, TEMPORAL_COMPRESSION, latent_num_frames, pixel_num_frames
-from .models.network import CosmosTransferNet
+from .models.context_parallel import check_context_parallel_size, context_parallel_groups
+from .models.network import CosmosTransferNet, latent_view_indices
 from .models.parallelize import apply_context_parallel
 from .models.presets import PRESETS, NetworkConfig
 
@@ -362,8 +364,6 @@ def view_indices(
 ) -> Optional[torch.Tensor]:
     """View id of every latent frame ``[B, V*t]`` for multiview (None for single view): each camera's
     position in ``network_cameras`` (the network's view-embedding rows)."""
-    from .models.network import latent_view_indices
-
     if not cameras:
         return None
     ids_B_V = torch.tensor([list(network_cameras).index(camera) for camera in cameras], dtype=torch.long).expand(
@@ -384,10 +384,6 @@ def join_launch_as_context_parallel(device: torch.device, num_heads: int):
     """Under a launcher (`composer -n N`, `torchrun`), all N processes sample the one video together, each
     running its share of the frames and heads (context parallelism; the same video as one process).
     Returns this rank's `ContextParallel`, or None for a single process."""
-    import torch.distributed as dist
-
-    from .models.context_parallel import check_context_parallel_size, context_parallel_groups
-
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return None

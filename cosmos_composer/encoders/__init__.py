@@ -7,22 +7,20 @@
 * :func:`build_encoders` builds both from their sources, for training, generation and
   ``convert_to_mds.py --precompute`` alike.
 
-The heavy submodules import diffusers / transformers lazily (on attribute access).
+The submodules import diffusers / transformers only when a model is built.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional, TypeVar
+from typing import Callable, Optional, TypeVar
 
 import torch
 
 from cosmos_composer.checkpoint.hf import HfResolveError, resolve
 from cosmos_composer.dtypes import default_dtype
-
-if TYPE_CHECKING:
-    from cosmos_composer.encoders.text import Reason1TextEmbedder
-    from cosmos_composer.encoders.vae import WanVAE
+from cosmos_composer.encoders.text import REASON1_EMBED_DIM, TINY_HIDDEN_SIZE, TINY_NUM_LAYERS, Reason1TextEmbedder
+from cosmos_composer.encoders.vae import WanVAE
 
 __all__ = ["EncoderLoadError", "Reason1TextEmbedder", "WanVAE", "build_encoders", "text_embed_dim"]
 
@@ -59,9 +57,6 @@ def build_encoders(
     An `hf://` URI that cannot be resolved raises ``HfResolveError``; a file that cannot be loaded raises
     :class:`EncoderLoadError`, in one line naming it.
     """
-    from cosmos_composer.encoders.text import Reason1TextEmbedder
-    from cosmos_composer.encoders.vae import WanVAE
-
     if dtype is None:
         dtype = default_dtype(device)
     # Both sources are resolved before either loads: an uncached text encoder fails at once, not after the VAE.
@@ -90,18 +85,4 @@ def build_encoders(
 def text_embed_dim(text: str) -> int:
     """The width of the raw embedding that the text encoder ``text`` (a :func:`build_encoders` source) gives,
     without loading it: the tiny encoder's, else Cosmos-Reason1-7B's (100352)."""
-    from cosmos_composer.encoders.text import REASON1_EMBED_DIM, TINY_HIDDEN_SIZE, TINY_NUM_LAYERS
-
     return TINY_NUM_LAYERS * TINY_HIDDEN_SIZE if text == "tiny" else REASON1_EMBED_DIM
-
-
-def __getattr__(name: str):
-    if name == "WanVAE":
-        from cosmos_composer.encoders.vae import WanVAE
-
-        return WanVAE
-    if name == "Reason1TextEmbedder":
-        from cosmos_composer.encoders.text import Reason1TextEmbedder
-
-        return Reason1TextEmbedder
-    raise AttributeError(f"module 'cosmos_composer.encoders' has no attribute {name!r}")
