@@ -1,26 +1,15 @@
-"""The data section of scripts/benchmark.py runs end to end at a toy size and times what it says it times."""
+"""The data section of scripts/benchmark.py (cosmos_composer/benchmarks/data.py) runs end to end at a toy size
+and times what it says it times."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
+import cosmos_composer.benchmarks.data as bench
 import cosmos_composer.data.clip as clip
-
-BENCHMARK = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
-
-
-def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("benchmark_script", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_the_cached_pass_decodes_nothing_and_the_plain_pass_decodes_every_view(tmp_path, monkeypatch):
-    bench = _load_benchmark()
     decoded = []  # the mp4 decodes of the data loader (the benchmark runs it in this process: no workers)
     decode_frame_indices = clip.decode_frame_indices
     monkeypatch.setattr(
