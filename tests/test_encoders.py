@@ -9,6 +9,7 @@ import pytest
 import torch
 from helpers import fingerprint_module
 
+from cosmos_composer.checkpoint.integrity import digests_of, write_checksums
 from cosmos_composer.encoders.text import (
     EMPTY_PROMPT,
     NUM_TEXT_TOKENS,
@@ -176,6 +177,21 @@ def test_official_tokenizer_pth_errors(tmp_path, tiny_vae):
 
     with pytest.raises(FileNotFoundError, match="Cosmos-Predict2.5-2B"):
         WanVAE.from_official_pth(tmp_path / "absent.pth")
+
+
+def test_official_tokenizer_pth_is_checked_against_its_checksums(tmp_path, tiny_vae, clip_uint8):
+    """The VAE file is read by the checkpoint reader: a checksums.json beside it that lists it is verified."""
+    official = _official_state_dict(tiny_vae)
+    path = tmp_path / "tokenizer.pth"
+    torch.save(official, path)
+    write_checksums(tmp_path, digests_of(tmp_path, [path.name]))
+    loaded = WanVAE.from_official_pth(path, config=TINY_VAE_CONFIG)
+    torch.testing.assert_close(loaded.encode(clip_uint8), tiny_vae.encode(clip_uint8), rtol=0, atol=0)
+
+    # Other weights of the same shapes (a file of the same size) no longer match the sha256 recorded for it.
+    torch.save({key: tensor + 1 for key, tensor in official.items()}, path)
+    with pytest.raises(ValueError, match=r"refusing to load .*tokenizer\.pth does not match the sha256"):
+        WanVAE.from_official_pth(path, config=TINY_VAE_CONFIG)
 
 
 class _NotATensor:
