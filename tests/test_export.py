@@ -37,6 +37,7 @@ from cosmos_composer.checkpoint.export import (
     verify_export,
 )
 from cosmos_composer.checkpoint.integrity import CHECKSUMS_FILE
+from cosmos_composer.checkpoint.keys import with_shared_ema_keys
 from cosmos_composer.checkpoint.load import (
     CheckpointLoadError,
     load_consolidated_into_network,
@@ -124,10 +125,16 @@ def trained(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def reference_model_state(trained, tmp_path_factory) -> dict[str, torch.Tensor]:
-    """The model state as torch's own DCP converter reads it (the independent reference)."""
+    """The model state as torch's own DCP converter reads it (the independent reference), with the official
+    key set: the checkpoint stores the EMA's frozen weights once, under `net.*` (in training they are `net`'s
+    tensors), so `net_ema.<frozen>` is `net.<frozen>` here."""
     consolidated = tmp_path_factory.mktemp("reference") / "full.pt"
     dcp_to_torch_save(str(trained / "checkpoints" / "ep0-ba2"), str(consolidated))
-    return torch.load(consolidated, weights_only=False)["state"]["model"]
+    saved = torch.load(consolidated, weights_only=False)["state"]["model"]
+    net, ema = _strip(saved, "net."), _strip(saved, "net_ema.")
+    assert set(ema) == set(build_network("tiny-multiview").control_branch_parameter_names())  # each tensor once
+    training_weights = {key: value for key, value in saved.items() if not key.startswith("net_ema.")}
+    return {**training_weights, **{f"net_ema.{key}": ema.get(key, value) for key, value in net.items()}}
 
 
 @torch.no_grad()
@@ -296,7 +303,8 @@ def test_a_checkpoint_without_network_json_gets_its_preset_inferred_and_says_so(
 def test_ema_bf16_keys_are_the_released_keys(preset):
     with torch.device("meta"):
         model = CosmosTransferModel(build_network(preset))
-    files = official_state_dicts(model.state_dict())
+    # As export reads a checkpoint's model state: the EMA's frozen weights, stored once under net.*, filled back.
+    files = official_state_dicts(with_shared_ema_keys(model.state_dict()))
     released = json.loads(RELEASED_KEYS.read_text())[RELEASED_VARIANT_OF_PRESET[preset]]
     ema_bf16 = files[MODEL_EMA_BF16]
     assert {k: list(v.shape) for k, v in ema_bf16.items()} == released

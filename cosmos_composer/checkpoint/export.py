@@ -85,6 +85,7 @@ from .keys import (
     prefix_of_weights,
     strip_wrapper_names,
     under_prefix,
+    with_shared_ema_keys,
 )
 from .load import CheckpointLoadError, load_network_weights, read_state_dict
 from .network_config import (
@@ -278,7 +279,7 @@ def _model_entries(checkpoint_dir: Path) -> dict[str, tuple[str, TensorStorageMe
             f"{checkpoint_dir} holds no model state ('state.model.*' entries): it is not a Composer checkpoint "
             "of a CosmosTransferModel"
         )
-    return entries
+    return with_shared_ema_keys(entries)  # the EMA's shared (frozen) weights are stored once, under net.*
 
 
 def model_state_metadata(checkpoint: Union[str, os.PathLike]) -> dict[str, TensorInfo]:

@@ -1,7 +1,9 @@
 """Checkpoint keys: the one place for every rule about the names of the entries of a checkpoint.
 
 - The model state holds two networks: `net.*` (the training weights) and `net_ema.*` (the power EMA), as the
-  official checkpoints do. The EMA-only files (`model_ema_*.pt`, the released `*_ema_bf16.pt`) hold the EMA
+  official checkpoints do. Our Composer checkpoints store `net_ema.*` only for the weights the EMA does not
+  share with `net` (the trainable ones: the frozen ones are one tensor in memory); `with_shared_ema_keys`
+  gives back the full key set. The EMA-only files (`model_ema_*.pt`, the released `*_ema_bf16.pt`) hold the EMA
   renamed to `net.*`.
 - The released files also hold entries that are not parameters of the network: TransformerEngine
   `*._extra_state` (at any depth), the `accum_*` counters of upstream's `WeightTrainingStat` and the RoPE
@@ -85,3 +87,22 @@ def strip_wrapper_names(name: str) -> str:
     for part in _WRAPPER_NAME_PARTS:
         name = name.replace(part, "")
     return name
+
+
+def with_shared_ema_keys(state: Mapping[str, Value]) -> dict[str, Value]:
+    """The model state with every key the official files hold: `net_ema.<k>` for each `net.<k>` the EMA shares.
+
+    `CosmosTransferModel` checkpoints `net_ema.*` only for the weights the EMA does not share with `net` (the
+    trainable ones); the shared ones are `net`'s own tensors, so each missing `net_ema.<k>` takes the value of
+    `net.<k>` (the same object: nothing is copied). A state without any `net_ema.*` key (a run without the
+    EMA) and a state that holds every key under both prefixes (checkpoints written before the sharing) come
+    back unchanged. Works on any values: tensors, or index entries. Order: `net_ema.*` last, in `net.*`'s order.
+    """
+    if not has_ema(state):
+        return dict(state)
+    ema = under_prefix(state, EMA_PREFIX)
+    full = {key: value for key, value in state.items() if not key.startswith(EMA_PREFIX)}
+    for key, value in under_prefix(state, NET_PREFIX).items():
+        full[EMA_PREFIX + key] = ema.pop(key, value)
+    full.update(with_prefix(ema, EMA_PREFIX))  # EMA keys without a `net.*` twin (none in our checkpoints): kept
+    return full

@@ -1,7 +1,11 @@
 """The Composer model: batch -> (encode) -> noise -> network -> rectified-flow loss.
 
-`net` is the trained network and `net_ema` its power-EMA copy, so the model's state dict holds
-`net.*` and `net_ema.*` exactly as the official checkpoints do. The frozen encoders (Wan2.1 VAE,
+`net` is the trained network and `net_ema` its power-EMA copy. `net_ema` shares `net`'s frozen parameters
+(the same tensors, `build_ema_network`), so the model's state dict, which Composer checkpoints, holds
+`net.*` for every weight and `net_ema.*` only for the ones the EMA does not share (the trainable ones): each
+tensor is stored once. Loading fills the shared ones from `net.*`, and a state dict from before (every key
+under both prefixes) loads as well. Export and the weight readers rebuild the official key set, `net_ema.*`
+for every key (`checkpoint/keys.py:with_shared_ema_keys`). The frozen encoders (Wan2.1 VAE,
 Reason1 text embedder) are kept outside the module tree: they are not trained, not sharded and
 not checkpointed, and they are skipped entirely when the shards carry cached latents and embeddings.
 """
@@ -64,6 +68,9 @@ class CosmosTransferModel(ComposerModel):
         if use_ema:
             # Every key of net, but only the trainable weights are copies: it starts from net's weights.
             self.net_ema = build_ema_network(net)
+            # Each tensor once in a checkpoint: the EMA's shared weights are saved and loaded as net.* only.
+            self.register_state_dict_post_hook(_drop_shared_ema_weights)
+            self.register_load_state_dict_post_hook(_accept_missing_shared_ema_weights)
         self._checked_fingerprint: Optional[str] = None
 
     # ------------------------------------------------------------------ batch -> network inputs
@@ -174,6 +181,39 @@ class CosmosTransferModel(ComposerModel):
 
     def update_metric(self, batch: Any, outputs: dict[float, torch.Tensor], metric: Metric) -> None:
         metric.update(outputs)
+
+
+def shared_ema_parameter_names(model: CosmosTransferModel) -> list[str]:
+    """Names in `model.net_ema` of the parameters it shares with `model.net` (the same Parameter objects).
+
+    Found by identity, not by requires_grad, so only what really is one tensor is left out of the state dict.
+    Under FSDP2 the shared objects are the sharded parameters, which `net`'s state-dict pre-hooks put back in
+    place before the state dict is read.
+    """
+    net_ema = getattr(model, "net_ema", None)
+    if net_ema is None:
+        return []
+    net_parameters = {id(param) for param in model.net.parameters()}
+    return [name for name, param in net_ema.named_parameters(remove_duplicate=False) if id(param) in net_parameters]
+
+
+def _drop_shared_ema_weights(model: CosmosTransferModel, state_dict: dict, prefix: str, local_metadata) -> None:
+    """State-dict post-hook: each shared tensor once, under `net.*` (torch's get_model_state_dict, which
+    Composer saves with, calls `model.state_dict()` and so this hook)."""
+    for name in shared_ema_parameter_names(model):
+        state_dict.pop(f"{prefix}net_ema.{name}", None)
+
+
+def _accept_missing_shared_ema_weights(model: CosmosTransferModel, incompatible_keys) -> None:
+    """Load post-hook: the shared `net_ema.*` are filled by loading `net.*`, so their absence is no missing key
+    (strict loading still fails on any other). Keys are the root's, so they may carry a wrapper's prefix."""
+    shared = set(shared_ema_parameter_names(model))
+
+    def is_shared(key: str) -> bool:
+        wrapper_prefix, found, name = key.partition("net_ema.")
+        return bool(found) and (wrapper_prefix == "" or wrapper_prefix.endswith(".")) and name in shared
+
+    incompatible_keys.missing_keys[:] = [key for key in incompatible_keys.missing_keys if not is_shared(key)]
 
 
 class LossAtSigma(Metric):

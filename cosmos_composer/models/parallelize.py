@@ -10,9 +10,10 @@ full copy of the 2B network.
 - `apply_fsdp`: every base and control block is its own `fully_shard` unit, then the network root.
 - `apply_compile` (optional, `model.compile_blocks`): `torch.compile` of every block, keys unchanged.
 - `materialize_`: allocate this rank's shards on the device.
-- `build_ema_network`: `net_ema` has every key of `net` (so checkpoints and exports keep the official
-  `net_ema.*` for every key), but its frozen parameters *are* `net`'s (the same tensors: the EMA of a
-  constant is the constant) and only the trainable ones are fp32 copies.
+- `build_ema_network`: `net_ema` has every key of `net` (so exports keep the official `net_ema.*` for
+  every key), but its frozen parameters *are* `net`'s (the same tensors: the EMA of a constant is the
+  constant; checkpoints store them once, see models/composer_model.py) and only the trainable ones are
+  fp32 copies.
 - `ema_weights`: swaps the EMA's trainable weights into `net` for sampling, so `net_ema` is never run
   through FSDP itself.
 """
