@@ -35,6 +35,7 @@ from ..config_file import atomic_write_text
 from ..models import PRESETS, NetworkConfig, build_network, get_config
 from ..models.released_keys import RELEASED_VARIANT_OF_PRESET, released_parameter_shapes
 from .integrity import ChecksumMismatch, verify_checksums
+from .keys import is_non_parameter
 
 log = logging.getLogger(__name__)
 
@@ -341,3 +342,23 @@ def resolve_network(
             "and --set, or leave both out to infer the preset."
         )
     return ResolvedNetwork(preset, overrides, config, source=ResolvedNetwork.GIVEN)
+
+
+def resolve_checkpoint_network(
+    checkpoint: Union[str, os.PathLike],
+    shapes: Mapping[str, Sequence[int]],
+    preset: Optional[str] = None,
+    overrides: Optional[Mapping[str, Any]] = None,
+    check_shapes: bool = True,
+) -> ResolvedNetwork:
+    """The network of a checkpoint's weights, the one rule for export and generation: the checkpoint's
+    network.json, else `preset` + `overrides`, else the preset the shapes match (`resolve_network`); the log
+    says which. `shapes`: `{key without net.: shape}` of one network (non-parameter entries are left out here).
+    Raises NetworkConfigError naming the checkpoint."""
+    shapes = {key: shape for key, shape in shapes.items() if not is_non_parameter(key)}
+    try:
+        network = resolve_network(shapes, preset, overrides, find_network_config(checkpoint), check_shapes)
+    except NetworkConfigError as error:
+        raise NetworkConfigError(f"{checkpoint}: {error}") from None
+    (log.warning if network.inferred else log.info)("network: %s", network.describe())
+    return network
