@@ -20,8 +20,7 @@ from cosmos_composer.checkpoint.keys import (
     under_prefix,
     without_network_prefix,
 )
-from cosmos_composer.checkpoint.load import CheckpointLoadError
-from cosmos_composer.checkpoint.network_weights import select_network_weights
+from cosmos_composer.checkpoint.load import CheckpointLoadError, select_network_weights
 
 RELEASED_KEYS = Path(__file__).resolve().parents[1] / "cosmos_composer" / "spec" / "released_checkpoint_keys.json"
 # What the released files hold besides parameters (TransformerEngine state, WeightTrainingStat counters, RoPE).

@@ -17,10 +17,15 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 
 from cosmos_composer.checkpoint.autoresume import plan_resume
+from cosmos_composer.checkpoint.composer_checkpoint import find_checkpoint
 from cosmos_composer.checkpoint.export import MODEL_EMA_BF16, ExportError, export
 from cosmos_composer.checkpoint.integrity import CHECKSUMS_FILE, ChecksumMismatch, verify_checksums
-from cosmos_composer.checkpoint.load import CheckpointLoadError, is_composer_checkpoint, read_state_dict
-from cosmos_composer.checkpoint.network_weights import read_checkpoint_state
+from cosmos_composer.checkpoint.load import (
+    CheckpointLoadError,
+    is_composer_checkpoint,
+    read_checkpoint_state,
+    read_state_dict,
+)
 from cosmos_composer.checkpoint.safe_pickle import (
     UnsafePickleError,
     composer_loads_safely,
@@ -181,6 +186,43 @@ def test_flipped_bytes_in_a_shard_are_named_by_resume_export_and_generate(tmp_pa
     assert result.checkpoint.name == "ep0-ba2"
     with pytest.raises(CheckpointLoadError, match="does not match"):
         read_checkpoint_state(folder / "ep1-ba4")
+
+
+def test_resume_export_and_loading_step_over_the_same_broken_checkpoints(tmp_path):
+    """One "newest intact" rule: a newer checkpoint whose shard is shorter than its index says (no checksums to
+    tell) and one whose save did not finish (no .metadata) are stepped over alike by autoresume, export and the
+    loaders."""
+    folder = tmp_path / "checkpoints"
+    _checkpoint(folder / "ep0-ba2")
+    _checkpoint(folder / "ep1-ba4")
+    (folder / "ep1-ba4" / CHECKSUMS_FILE).unlink()  # written before checksums existed: only the index can tell
+    shard = folder / "ep1-ba4" / "__0_0.distcp"
+    os.truncate(shard, shard.stat().st_size // 2)
+    (folder / "ep1-ba6").mkdir()  # killed during its save
+
+    plan = plan_resume(folder)
+    assert plan.checkpoint.name == "ep0-ba2" and list(plan.skipped) == ["ep1-ba6", "ep1-ba4"]
+    assert "__0_0.distcp is truncated" in plan.skipped["ep1-ba4"]
+    intact = plan.checkpoint.resolve()
+    assert find_checkpoint(folder, verify=True) == intact  # what generation and base_load_path read
+    assert export(folder, tmp_path / "out", progress=False).checkpoint == intact
+    with pytest.raises(ExportError, match=r"ep1-ba4 is corrupt: __0_0\.distcp is truncated"):
+        export(folder / "ep1-ba4", tmp_path / "out", progress=False)  # named: an error, not a silent fallback
+
+
+def test_adapters_without_recorded_lora_settings_are_refused_alike_by_export_and_loading(tmp_path):
+    folder = tmp_path / "ep0-ba2"
+    weights = _weights()
+    adapter = {"blocks.0.self_attn.q_proj.lora_A.default.weight": torch.zeros(2, 8)}
+    model = {**weights, **{f"{prefix}{k}": v for prefix in ("net.", "net_ema.") for k, v in adapter.items()}}
+    model.update({"net_ema." + k[4:]: v for k, v in weights.items()})
+    _save_dcp(folder, {"state": {"model": model}})  # no network.json: no LoRA settings recorded
+
+    refusal = rf"{folder.resolve()} holds LoRA adapters but its network.json records no LoRA settings"
+    with pytest.raises(ExportError, match=refusal):
+        export(folder, tmp_path / "out", progress=False)
+    with pytest.raises(CheckpointLoadError, match=refusal):
+        read_checkpoint_state(folder)
 
 
 def test_an_export_is_written_as_a_set_with_checksums(tmp_path, monkeypatch):

@@ -23,6 +23,11 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
+from cosmos_composer.checkpoint.composer_checkpoint import (
+    CheckpointReadError,
+    find_checkpoint,
+    read_composer_model_state,
+)
 from cosmos_composer.checkpoint.export import (
     MODEL_EMA_BF16,
     MODEL_EMA_FP32,
@@ -31,9 +36,7 @@ from cosmos_composer.checkpoint.export import (
     VerificationError,
     example_inputs,
     export,
-    find_checkpoint,
     official_state_dicts,
-    read_composer_model_state,
     verify_export,
 )
 from cosmos_composer.checkpoint.integrity import CHECKSUMS_FILE
@@ -260,7 +263,7 @@ def test_a_shape_neutral_override_travels_with_the_checkpoint_to_export_generate
     assert NETWORK_FILE in json.loads((checkpoint / CHECKSUMS_FILE).read_text())["files"]  # saved before the sums
 
     out = tmp_path / "exported"
-    with caplog.at_level("INFO", logger="cosmos_composer.checkpoint.export"):
+    with caplog.at_level("INFO", logger="cosmos_composer.checkpoint.network_config"):
         result = export(trained / "checkpoints", out, progress=False)  # no --preset
     assert result.network.overrides == TRAINED_OVERRIDES and not result.network.inferred
     assert f"ep0-ba2/{NETWORK_FILE})" in caplog.text  # the log says where the config came from
@@ -291,7 +294,7 @@ def test_a_shape_neutral_override_travels_with_the_checkpoint_to_export_generate
 
 def test_a_checkpoint_without_network_json_gets_its_preset_inferred_and_says_so(tmp_path, caplog):
     _write_dcp(tmp_path / "ckpt" / "ep0-ba1")  # as the checkpoints saved before network.json existed
-    with caplog.at_level("WARNING", logger="cosmos_composer.checkpoint.export"):
+    with caplog.at_level("WARNING", logger="cosmos_composer.checkpoint.network_config"):
         result = export(tmp_path / "ckpt", tmp_path / "out", verify=True, progress=False)
     assert result.network.inferred and result.network.preset == "tiny-singleview"
     assert f"inferred from the parameter names and shapes: the checkpoint has no {NETWORK_FILE}" in caplog.text
@@ -368,21 +371,21 @@ def test_find_checkpoint_accepts_folder_link_and_checkpoints_folder(trained, tmp
 
 
 def test_find_checkpoint_errors_name_the_path_and_what_to_pass(tmp_path):
-    with pytest.raises(ExportError, match="does not exist.*latest-rank0.pt"):
+    with pytest.raises(CheckpointReadError, match="does not exist.*latest-rank0.pt"):
         find_checkpoint(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ExportError, match="No sharded checkpoint in .*empty"):
+    with pytest.raises(CheckpointReadError, match="No sharded checkpoint in .*empty"):
         find_checkpoint(tmp_path / "empty")
     (tmp_path / "partial" / "ep0-ba4").mkdir(parents=True)
-    with pytest.raises(ExportError, match=r"ep0-ba4 have no \.metadata"):
+    with pytest.raises(CheckpointReadError, match=r"ep0-ba4 have no \.metadata"):
         find_checkpoint(tmp_path / "partial")
-    with pytest.raises(ExportError, match=r"ep0-ba4 has no \.metadata: its save did not finish"):
+    with pytest.raises(CheckpointReadError, match=r"ep0-ba4 has no \.metadata: its save did not finish"):
         find_checkpoint(tmp_path / "partial" / "ep0-ba4")
     (tmp_path / "model.pt").write_bytes(b"")
-    with pytest.raises(ExportError, match="is a file, not a sharded checkpoint"):
+    with pytest.raises(CheckpointReadError, match="is a file, not a sharded checkpoint"):
         find_checkpoint(tmp_path / "model.pt")
     (tmp_path / "latest-rank0.pt").symlink_to("ep9-ba9")
-    with pytest.raises(ExportError, match="link to ep9-ba9, which does not exist"):
+    with pytest.raises(CheckpointReadError, match="link to ep9-ba9, which does not exist"):
         find_checkpoint(tmp_path / "latest-rank0.pt")
 
 

@@ -15,7 +15,8 @@ import pytest
 import torch
 from helpers import QUICKSTART, run_train
 
-from cosmos_composer.checkpoint.export import example_inputs, export, read_composer_model_state
+from cosmos_composer.checkpoint.composer_checkpoint import read_composer_model_state
+from cosmos_composer.checkpoint.export import example_inputs, export
 from cosmos_composer.checkpoint.keys import under_prefix
 from cosmos_composer.checkpoint.network_weights import load_network
 from cosmos_composer.config import ConfigError, load_config

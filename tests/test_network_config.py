@@ -17,6 +17,7 @@ from cosmos_composer.checkpoint.integrity import digests_of, write_checksums
 from cosmos_composer.checkpoint.load import CheckpointLoadError, load_consolidated_into_network
 from cosmos_composer.checkpoint.network_config import (
     NETWORK_FILE,
+    NETWORK_FORMAT_VERSION,
     NetworkConfigError,
     find_network_config,
     network_config_path,
@@ -88,6 +89,39 @@ def test_a_bad_network_json_is_refused_naming_the_file_and_the_field(tmp_path):
     path.write_text(path.read_text().replace('"num_blocks": 4', '"num_blocks": 2'))
     with pytest.raises(NetworkConfigError, match=rf"{NETWORK_FILE} (has \d+ bytes|does not match)"):
         read_network_config(path)
+
+
+def test_network_json_carries_its_format_version_and_a_file_without_one_still_loads_as_version_1(tmp_path):
+    path = tmp_path / "model_ema_fp32.pt"
+    weights = _random_file(path, released_extras=False)
+    recorded = get_config("tiny-singleview", **SHAPE_NEUTRAL)
+    network_file = write_network_config(tmp_path / NETWORK_FILE, "tiny-singleview", recorded)
+    document = json.loads(network_file.read_text())
+    assert document["format_version"] == NETWORK_FORMAT_VERSION == 2
+
+    del document["format_version"]  # as every network.json written before the version existed
+    network_file.write_text(json.dumps(document))
+    assert read_network_config(network_file).config == recorded
+    net, _ = load_network(path)  # generation builds the recorded network (a setting no shape shows)
+    assert net.config == recorded and all(torch.equal(net.state_dict()[k], v) for k, v in weights.items())
+
+
+def test_a_network_json_of_a_newer_format_is_refused_naming_the_file_the_version_and_the_fix(tmp_path):
+    path = tmp_path / "model_ema_fp32.pt"
+    _random_file(path, released_extras=False)
+    network_file = write_network_config(tmp_path / NETWORK_FILE, "tiny-singleview", get_config("tiny-singleview"))
+    document = json.loads(network_file.read_text())
+    network_file.write_text(json.dumps({**document, "format_version": 3}))
+    refusal = rf"{network_file} has format_version 3, but this cosmos-composer reads up to version 2\. Fix: upgrade"
+    with pytest.raises(NetworkConfigError, match=refusal):
+        read_network_config(network_file)
+    with pytest.raises(CheckpointLoadError, match=refusal):  # before a tensor is read
+        load_network(path)
+    with pytest.raises(CheckpointLoadError, match=refusal):
+        load_consolidated_into_network(build_network("tiny-singleview"), path, announce=False)
+    network_file.write_text(json.dumps({**document, "format_version": "2"}))
+    with pytest.raises(NetworkConfigError, match=r"format_version='2' is not a version number"):
+        read_network_config(network_file)
 
 
 def test_where_network_json_is_found(tmp_path):

@@ -3,8 +3,9 @@
 Training writes Distributed Checkpoint (DCP) folders: `<run>/checkpoints/ep{E}-ba{B}/` with one
 `__{rank}_0.distcp` per rank and a `.metadata` index, plus a `latest-rank0.pt` link to the newest one.
 The model state is stored under `state.model.`: `net.*` (the training weights) and `net_ema.*` (the power
-EMA). This module reads only those entries, on a CPU, without a process group, and writes what the
-official `scripts/convert_distcp_to_pt.py` writes:
+EMA). `composer_checkpoint.py` finds the checkpoint (the newest intact one of a folder) and reads only those
+entries, on a CPU, without a process group; this module writes what the official
+`scripts/convert_distcp_to_pt.py` writes:
 
 ==================== ============================================================================
 `model.pt`           the model state as saved: `net.*` and `net_ema.*`
@@ -34,7 +35,7 @@ The network config (needed to verify the files, to write the diffusers configs a
 `network.json`) is the checkpoint's own `network.json`, which training saves into every checkpoint. A
 checkpoint without one (written before it existed) takes `preset` + `overrides` (`--preset`, `--set
 key=value`), or, when those are not given, the preset whose network has exactly the checkpoint's parameter
-names and shapes (read from `.metadata`, no tensor loaded); that inference cannot see the settings that
+names and shapes (read from `.metadata`, no tensor loaded; `network_config.resolve_checkpoint_network`); that inference cannot see the settings that
 change no shape (RoPE extrapolation ratios, `timestep_scale`, maximum sizes). The log says which was used.
 
 Verification reloads every written file (`weights_only=True`), checks that it holds exactly the expected
@@ -49,17 +50,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import shutil
-import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Optional, Union
+from typing import Any, Optional, Union
 
 import torch
-import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from tqdm import tqdm
 
 from ..data.output import make_partial_dir, reporting_full_disk
@@ -67,14 +64,22 @@ from ..latent_geometry import SPATIAL_COMPRESSION
 from ..models import NetworkConfig
 from ..models.lora import (
     LoraSettings,
-    has_adapters,
     merged_weights,
     official_weights,
     peft_adapter_state,
-    recorded_lora,
     write_peft_adapter,
 )
-from .integrity import CHECKSUMS_FILE, checksum_problem, checksums_path, digests_of, write_checksums
+from .composer_checkpoint import (
+    CheckpointReadError,
+    TensorInfo,
+    find_checkpoint,
+    lora_settings,
+    model_state_metadata,
+    prefix_summary,
+    read_composer_model_state,
+)
+from .diffusers_format import diffusers_velocity, save_diffusers, set_qk_norm_eps, to_diffusers
+from .integrity import CHECKSUMS_FILE, digests_of, write_checksums
 from .keys import (
     EMA_PREFIX,
     EMA_WEIGHTS,
@@ -83,9 +88,7 @@ from .keys import (
     has_ema,
     is_non_parameter,
     prefix_of_weights,
-    strip_wrapper_names,
     under_prefix,
-    with_shared_ema_keys,
 )
 from .load import CheckpointLoadError, load_network_weights, read_state_dict
 from .network_config import (
@@ -93,12 +96,10 @@ from .network_config import (
     NetworkConfigError,
     ResolvedNetwork,
     config_differences,
-    find_network_config,
     read_network_config,
-    resolve_network,
+    resolve_checkpoint_network,
     write_network_config,
 )
-from .safe_pickle import UnsafePickleError, read_dcp_metadata, safe_dcp_reader
 
 log = logging.getLogger(__name__)
 
@@ -113,16 +114,10 @@ __all__ = [
     "DIFFUSERS_FOLDERS",
     "ExportError",
     "VerificationError",
-    "TensorInfo",
-    "ResolvedNetwork",
     "ExportResult",
-    "find_checkpoint",
-    "model_state_metadata",
-    "read_composer_model_state",
     "ema_state_dict",
     "official_state_dicts",
     "network_weights",
-    "resolve_network",
     "example_inputs",
     "export",
     "verify_export",
@@ -143,16 +138,6 @@ LORA_ADAPTER_FOLDER = "lora_adapter"  # PEFT's adapter_model.safetensors + adapt
 # tests/test_network_diffusers_parity.py).
 DIFFUSERS_RELATIVE_TOLERANCE = 1e-5
 
-_MODEL_STATE_PREFIX = "state.model."
-_CHECKPOINT_FOLDER = re.compile(r"^ep(\d+)-ba(\d+)$")
-# Tensors read per `dcp.load` call: bounds the overhead of each call and drives the progress bar.
-_READ_CHUNK_BYTES = 512 * 1024**2
-_WHERE_CHECKPOINTS_ARE = (
-    "Pass a Composer sharded checkpoint folder (<run>/checkpoints/ep<E>-ba<B>, holding .metadata and "
-    "__<rank>_0.distcp files), the <run>/checkpoints/latest-rank0.pt link, or the <run>/checkpoints folder "
-    "(the newest checkpoint in it is taken)."
-)
-
 
 class ExportError(RuntimeError):
     """The checkpoint cannot be exported as asked; the message names the file and the fix."""
@@ -160,196 +145,6 @@ class ExportError(RuntimeError):
 
 class VerificationError(ExportError):
     """A written file does not hold exactly the checkpoint's weights."""
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Finding and reading the checkpoint
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def find_checkpoint(path: Union[str, os.PathLike], verify: bool = False) -> Path:
-    """The sharded checkpoint folder (the one holding `.metadata`) that `path` designates.
-
-    `path` is a checkpoint folder `ep{E}-ba{B}` (or a file inside it), the `latest-rank0.pt` link Composer
-    keeps next to them, a run's `checkpoints/` folder or the run folder itself (the newest complete
-    checkpoint by batch number is taken), or `<run>/checkpoints/latest`.
-    With `verify`, the checkpoint's files are checked against the checksums its save wrote: a named
-    checkpoint that fails is an ExportError; when the newest is picked, a failing one is skipped, saying so.
-    """
-    given = Path(path)
-    if given.is_symlink() and not given.exists():
-        raise ExportError(f"{given} is a link to {os.readlink(given)}, which does not exist. {_WHERE_CHECKPOINTS_ARE}")
-    if not given.exists():
-        if given.name == "latest" and given.parent.is_dir():
-            return _newest_checkpoint_in(given.parent, verify)
-        raise ExportError(f"{given} does not exist. {_WHERE_CHECKPOINTS_ARE}")
-
-    folder = given.resolve()
-    if folder.is_file():
-        if folder.name == ".metadata" or folder.suffix == ".distcp":
-            folder = folder.parent
-        else:
-            raise ExportError(
-                f"{given} is a file, not a sharded checkpoint. Export reads the DCP folders that training writes "
-                "with parallelism_config.fsdp.state_dict_type=sharded. A consolidated .pt file needs no export "
-                f"(use it as load_path or with generate.py). {_WHERE_CHECKPOINTS_ARE}"
-            )
-    if (folder / ".metadata").is_file():
-        if verify:
-            problem = _checksum_problem(folder)
-            if problem:
-                raise ExportError(f"{folder} is corrupt: {problem}. Export an earlier checkpoint of the run")
-        return folder
-    if _CHECKPOINT_FOLDER.match(folder.name):
-        raise ExportError(
-            f"{given} has no .metadata: its save did not finish. Export an earlier checkpoint, or pass the "
-            "checkpoints folder to take the newest complete one."
-        )
-    if (folder / "checkpoints").is_dir():
-        folder = folder / "checkpoints"
-    return _newest_checkpoint_in(folder, verify)
-
-
-def _checksum_problem(checkpoint_dir: Path) -> Optional[str]:
-    if not checksums_path(checkpoint_dir).is_file():
-        log.warning("%s has no %s: its files cannot be verified", checkpoint_dir, CHECKSUMS_FILE)
-    return checksum_problem(checkpoint_dir)
-
-
-def _newest_checkpoint_in(folder: Path, verify: bool = False) -> Path:
-    complete: list[tuple[tuple[int, int], Path]] = []
-    incomplete: list[str] = []
-    for child in folder.iterdir():
-        match = _CHECKPOINT_FOLDER.match(child.name)
-        if not match or not child.is_dir():
-            continue
-        epoch, batch = int(match.group(1)), int(match.group(2))
-        if (child / ".metadata").is_file():
-            complete.append(((batch, epoch), child))
-        else:
-            incomplete.append(child.name)
-    if not complete:
-        detail = f" ({', '.join(sorted(incomplete))} have no .metadata: an unfinished save)" if incomplete else ""
-        raise ExportError(f"No sharded checkpoint in {folder}{detail}. {_WHERE_CHECKPOINTS_ARE}")
-    corrupt = []
-    for (newest_batch, _), newest in sorted(complete, reverse=True):
-        problem = _checksum_problem(newest) if verify else None
-        if problem is None:
-            break
-        log.warning("Skipping %s, which is corrupt: %s", newest.name, problem)
-        corrupt.append(f"{newest.name}: {problem}")
-    else:
-        raise ExportError(f"Every checkpoint in {folder} is corrupt ({'; '.join(corrupt)})")
-    newer_incomplete = [name for name in incomplete if int(_CHECKPOINT_FOLDER.match(name).group(2)) > newest_batch]
-    if newer_incomplete:
-        log.warning("Skipping %s (no .metadata: an unfinished save); using %s", ", ".join(newer_incomplete), newest)
-    return newest
-
-
-class TensorInfo(NamedTuple):
-    shape: tuple[int, ...]
-    dtype: torch.dtype
-
-
-def _model_entries(checkpoint_dir: Path) -> dict[str, tuple[str, TensorStorageMetadata]]:
-    """`{model-state key: (DCP key, metadata)}` for every tensor under `state.model.`."""
-    try:
-        metadata = read_dcp_metadata(checkpoint_dir)
-    except UnsafePickleError as error:
-        raise ExportError(str(error)) from None
-    except Exception as error:  # a truncated or foreign .metadata file
-        raise ExportError(
-            f"Cannot read {checkpoint_dir / '.metadata'} as a torch.distributed.checkpoint index: {error}"
-        ) from None
-    entries = {}
-    for dcp_key, entry in metadata.state_dict_metadata.items():
-        if not dcp_key.startswith(_MODEL_STATE_PREFIX):
-            continue  # optimizer, schedulers, timestamp, RNG, ...: never read
-        key = strip_wrapper_names(dcp_key[len(_MODEL_STATE_PREFIX) :])
-        if not isinstance(entry, TensorStorageMetadata):
-            if is_non_parameter(key):
-                continue  # e.g. TransformerEngine's `_extra_state`, skipped by every loader
-            raise ExportError(
-                f"{checkpoint_dir}: the model entry {key!r} is a pickled object, not a tensor; the official "
-                "formats hold tensors only"
-            )
-        entries[key] = (dcp_key, entry)
-    if not entries:
-        raise ExportError(
-            f"{checkpoint_dir} holds no model state ('state.model.*' entries): it is not a Composer checkpoint "
-            "of a CosmosTransferModel"
-        )
-    return with_shared_ema_keys(entries)  # the EMA's shared (frozen) weights are stored once, under net.*
-
-
-def model_state_metadata(checkpoint: Union[str, os.PathLike]) -> dict[str, TensorInfo]:
-    """Shape and dtype of every model-state tensor (`net.*`, `net_ema.*`), read from `.metadata` only."""
-    entries = _model_entries(find_checkpoint(checkpoint))
-    return {key: TensorInfo(tuple(entry.size), entry.properties.dtype) for key, (_, entry) in entries.items()}
-
-
-def read_composer_model_state(
-    checkpoint: Union[str, os.PathLike],
-    prefixes: Optional[Sequence[str]] = (NET_PREFIX, EMA_PREFIX),
-    progress: bool = True,
-) -> dict[str, torch.Tensor]:
-    """The model state of a Composer sharded checkpoint, as CPU tensors: `{"net.<...>": t, "net_ema.<...>": t}`.
-
-    `checkpoint` is anything `find_checkpoint` accepts. Only the entries under `state.model.` whose key starts
-    with one of `prefixes` are read (`("net_ema.",)` for the EMA alone, None for the whole model state); the
-    optimizer state is never touched. Works with any number of ranks' shards, in a plain process: no process
-    group is started or needed (it also works inside a process that has one). Tensors keep the dtype they
-    were saved in (fp32 for our training). Keys are in the model's `state_dict()` order.
-    """
-    checkpoint_dir = find_checkpoint(checkpoint)
-    entries = _model_entries(checkpoint_dir)
-    if prefixes is not None:
-        prefixes = tuple(prefixes)
-        entries = {key: value for key, value in entries.items() if key.startswith(prefixes)}
-        if not entries:
-            raise ExportError(
-                f"{checkpoint_dir}: the model state has no entries starting with {list(prefixes)}; it has "
-                f"{_prefix_summary(_model_entries(checkpoint_dir))}"
-            )
-
-    reader = safe_dcp_reader(checkpoint_dir)
-    state: dict[str, torch.Tensor] = {}
-    total = sum(_nbytes(entry) for _, entry in entries.values())
-    with tqdm(total=total, unit="B", unit_scale=True, desc=f"read {checkpoint_dir.name}", disable=not progress) as bar:
-        for chunk in _chunks(list(entries.items()), _READ_CHUNK_BYTES):
-            buffers = {dcp_key: torch.empty(entry.size, dtype=entry.properties.dtype) for _, (dcp_key, entry) in chunk}
-            with warnings.catch_warnings():
-                # dcp.load announces single-process loading even when no_dist=True is asked for explicitly.
-                warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-                dcp.load(buffers, storage_reader=reader, no_dist=True)
-            for key, (dcp_key, entry) in chunk:
-                state[key] = buffers[dcp_key]
-                bar.update(_nbytes(entry))
-    return state
-
-
-def _nbytes(entry: TensorStorageMetadata) -> int:
-    return entry.size.numel() * entry.properties.dtype.itemsize
-
-
-def _chunks(items: list, max_bytes: int) -> Iterable[list]:
-    chunk, size = [], 0
-    for item in items:
-        chunk.append(item)
-        size += _nbytes(item[1][1])
-        if size >= max_bytes:
-            yield chunk
-            chunk, size = [], 0
-    if chunk:
-        yield chunk
-
-
-def _prefix_summary(keys: Iterable[str]) -> str:
-    counts: dict[str, int] = {}
-    for key in keys:
-        prefix = key.split(".", 1)[0] + "."
-        counts[prefix] = counts.get(prefix, 0) + 1
-    return ", ".join(f"{count} '{prefix}*' keys" for prefix, count in counts.items())
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -374,7 +169,7 @@ def _require_ema(keys: Iterable[str]) -> None:
     keys = list(keys)
     if not has_ema(keys):
         raise ExportError(
-            f"The model state has no EMA weights ({EMA_PREFIX}* keys; it has {_prefix_summary(keys)}), and the "
+            f"The model state has no EMA weights ({EMA_PREFIX}* keys; it has {prefix_summary(keys)}), and the "
             "official inference files are EMA weights. Train with model.use_ema=true (the default) and the "
             "power_ema callback, or export the training weights to diffusers (format diffusers, weights net)."
         )
@@ -386,7 +181,7 @@ def official_state_dicts(model_state: Mapping[str, torch.Tensor]) -> dict[str, d
     Nothing is written; on meta tensors this gives the files' keys, shapes and dtypes.
     """
     if not any(key.startswith(NET_PREFIX) for key in model_state):
-        raise ExportError(f"The model state has no '{NET_PREFIX}*' keys (it has {_prefix_summary(model_state)})")
+        raise ExportError(f"The model state has no '{NET_PREFIX}*' keys (it has {prefix_summary(model_state)})")
     return {
         MODEL_PT: dict(model_state),  # as saved, like upstream's dcp_to_torch_save
         MODEL_EMA_FP32: ema_state_dict(model_state, torch.float32),
@@ -400,7 +195,7 @@ def network_weights(model_state: Mapping[str, torch.Tensor], weights: str = EMA_
     out = under_prefix(model_state, prefix)
     if not out:
         raise ExportError(
-            f"The model state has no '{prefix}*' keys (it has {_prefix_summary(model_state)}); "
+            f"The model state has no '{prefix}*' keys (it has {prefix_summary(model_state)}); "
             f"choose weights={'net' if weights == 'ema' else 'ema'!r}"
         )
     return out
@@ -412,31 +207,13 @@ def network_weights(model_state: Mapping[str, torch.Tensor], weights: str = EMA_
 
 
 def _network_shapes(metadata: Mapping[str, TensorInfo]) -> dict[str, tuple[int, ...]]:
-    """`{key: shape}` of one network in the model state (`net.*`, or `net_ema.*` when there is no `net.*`)."""
+    """`{key: shape}` of one network in the model state (`net.*`, or `net_ema.*` when there is no `net.*`), for
+    `network_config.resolve_checkpoint_network`."""
     for prefix in (NET_PREFIX, EMA_PREFIX):
         shapes = {key: info.shape for key, info in under_prefix(metadata, prefix).items() if not is_non_parameter(key)}
         if shapes:
             return shapes
-    raise ExportError(f"The model state holds no network ({_prefix_summary(metadata)})")
-
-
-def checkpoint_network(
-    checkpoint_dir: Path,
-    metadata: Mapping[str, TensorInfo],
-    preset: Optional[str] = None,
-    overrides: Optional[Mapping[str, Any]] = None,
-) -> ResolvedNetwork:
-    """The network of a checkpoint: its network.json, else `preset` + `overrides`, else inferred from the shapes
-    (the log says which)."""
-    try:
-        network = resolve_network(_network_shapes(metadata), preset, overrides, find_network_config(checkpoint_dir))
-    except NetworkConfigError as error:
-        raise ExportError(f"{checkpoint_dir}: {error}") from None
-    if network.inferred:
-        log.warning("network: %s", network.describe())
-    else:
-        log.info("network: %s", network.describe())
-    return network
+    raise ExportError(f"The model state holds no network ({prefix_summary(metadata)})")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -623,10 +400,8 @@ def _verify_diffusers(
     out_dir: Path, weights: Mapping[str, torch.Tensor], network: ResolvedNetwork, dtype: Optional[torch.dtype]
 ) -> float:
     """Bit-exact tensors in both folders and the velocity of diffusers vs ours; returns the relative error."""
-    from diffusers import CosmosControlNetModel, CosmosTransformer3DModel
+    from diffusers import CosmosControlNetModel, CosmosTransformer3DModel  # optional and heavy: for diffusers only
     from safetensors.torch import load_file
-
-    from .diffusers_format import diffusers_velocity, set_qk_norm_eps, to_diffusers
 
     weights = {key: _cast(value, dtype) for key, value in weights.items()}
     converted = to_diffusers(weights, network.config)
@@ -707,19 +482,13 @@ def _plan(
         check_weights_choice(weights)
     except ValueError as error:
         raise ExportError(str(error)) from None
-    checkpoint_dir = find_checkpoint(checkpoint, verify=True)
-    metadata = model_state_metadata(checkpoint_dir)
-    lora = None
-    if has_adapters(metadata):
-        lora = recorded_lora(checkpoint_dir)
-        if lora is None:
-            raise ExportError(
-                f"{checkpoint_dir} holds LoRA adapters but its {NETWORK_FILE} records no LoRA settings (alpha, "
-                "rank); it was not written by a LoRA run of cosmos-composer"
-            )
-        metadata = official_weights(metadata)  # the network's own keys, for the network config
-
-    network = checkpoint_network(checkpoint_dir, metadata, preset, overrides)
+    with _as_export_error():
+        checkpoint_dir = find_checkpoint(checkpoint, verify=True)
+        metadata = model_state_metadata(checkpoint_dir)
+        lora = lora_settings(checkpoint_dir, metadata)
+        if lora is not None:
+            metadata = official_weights(metadata)  # the network's own keys, for the network config
+        network = resolve_checkpoint_network(checkpoint_dir, _network_shapes(metadata), preset, overrides)
     if DIFFUSERS in formats and network.config.is_multiview:
         raise ExportError(
             f"{checkpoint_dir} holds a multiview network ({network.preset}), and diffusers has no multiview "
@@ -734,6 +503,20 @@ def _plan(
     return checkpoint_dir, formats, network, prefixes, lora
 
 
+@contextlib.contextmanager
+def _as_export_error() -> Iterator[None]:
+    """The checkpoint reader's and the network resolver's errors, raised as ExportError (same message)."""
+    try:
+        yield
+    except (CheckpointReadError, NetworkConfigError) as error:
+        raise ExportError(str(error)) from None
+
+
+def _read_model_state(checkpoint_dir: Path, prefixes: Sequence[str], progress: bool) -> dict[str, torch.Tensor]:
+    with _as_export_error():
+        return read_composer_model_state(checkpoint_dir, prefixes, progress=progress)
+
+
 def _without_adapters(model_state: dict[str, torch.Tensor], lora: Optional[LoraSettings], merge: bool):
     """The model state under the official keys: adapters merged (`merge`) or left out; unchanged without LoRA."""
     if lora is None:
@@ -743,7 +526,7 @@ def _without_adapters(model_state: dict[str, torch.Tensor], lora: Optional[LoraS
 
 def _verify_lora_adapter(folder: Path, expected: Mapping[str, torch.Tensor]) -> None:
     """PEFT itself reads the adapter file back, with exactly the adapter tensors."""
-    from peft import load_peft_weights
+    from peft import load_peft_weights  # optional and heavy: only a LoRA run's export needs it
 
     try:
         found = load_peft_weights(str(folder), device="cpu")
@@ -776,7 +559,7 @@ def export(
     adapters are written alone to `lora_adapter/` either way.
     """
     checkpoint_dir, formats, network, prefixes, lora = _plan(checkpoint, formats, preset, overrides, weights)
-    model_state = read_composer_model_state(checkpoint_dir, prefixes, progress=progress)
+    model_state = _read_model_state(checkpoint_dir, prefixes, progress)
     adapter_weights = network_weights(model_state, weights) if lora is not None else None
     model_state = _without_adapters(model_state, lora, merge_lora)
     out_dir = Path(out_dir)
@@ -797,8 +580,6 @@ def export(
                     _torch_save(official_files[step], staging / step)
                     result.written.append(out_dir / step)
                 else:
-                    from .diffusers_format import save_diffusers
-
                     save_diffusers(
                         staging, network_weights(model_state, weights), network.config, dtype=diffusers_dtype
                     )
@@ -835,7 +616,7 @@ def verify_export(
     Raises VerificationError naming the file and the first differing keys; see the module docstring.
     """
     checkpoint_dir, formats, network, prefixes, lora = _plan(checkpoint, formats, preset, overrides, weights)
-    model_state = read_composer_model_state(checkpoint_dir, prefixes, progress=progress)
+    model_state = _read_model_state(checkpoint_dir, prefixes, progress)
     out_dir = Path(out_dir)
     result = ExportResult(checkpoint_dir, out_dir, [], network, verified=True)
     _verify_network_file(out_dir, network)

@@ -1,4 +1,9 @@
-"""Load consolidated `.pt` checkpoints in the official formats into our network, strictly.
+"""Read the weights of any checkpoint, and load consolidated `.pt` checkpoints in the official formats into our
+network, strictly.
+
+Reading (`read_checkpoint_state`): a consolidated `.pt`, an hf:// URI of one, or a Composer checkpoint folder
+(`composer_checkpoint.py` finds the newest intact one and reads its model state; a LoRA run's adapters are
+merged). Generation (`network_weights.py`), export and `base_load_path` read through it.
 
 Formats (the official `scripts/convert_distcp_to_pt.py` writes them):
 - EMA-only files (`*_ema_bf16.pt` of the release, `model_ema_fp32.pt`, `model_ema_bf16.pt`): every key
@@ -48,13 +53,32 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.distributed.tensor import DTensor
 
+from ..models.lora import merged_weights
+from ..models.network import CONTROL_BRANCH_PREFIXES
 from ..models.parallelize import copy_full_into_, local_slice
+from .composer_checkpoint import (
+    CheckpointReadError,
+    find_checkpoint,
+    lora_settings,
+    model_state_metadata,
+    read_composer_model_state,
+)
 from .hf import resolve
 from .integrity import ChecksumMismatch, verify_checksums
-from .keys import EMA_WEIGHTS, NET_PREFIX, NETWORK_PREFIXES, is_non_parameter, under_prefix
+from .keys import (
+    EMA_WEIGHTS,
+    NET_PREFIX,
+    NETWORK_PREFIXES,
+    TRAINING_WEIGHTS,
+    has_ema,
+    is_non_parameter,
+    prefix_of_weights,
+    under_prefix,
+)
 from .network_config import NetworkConfigError, check_matches_recorded, find_network_config
 from .safe_pickle import METADATA_FILE, UnsafePickleError, load_weights_only
 from .view_rows import (
@@ -234,6 +258,77 @@ def split_consolidated(
     return weights, ignored, foreign
 
 
+# ----------------------------------------------------------------------------- any checkpoint -> its flat state
+_WHAT_TO_PASS = (
+    "Fix: pass an official consolidated checkpoint (model.pt, model_ema_*.pt or a released *_ema_bf16.pt), or a "
+    "Composer checkpoint folder (export a Composer .pt with scripts/export_checkpoint.py)"
+)
+
+
+def local_checkpoint(checkpoint: str | os.PathLike, flag: str = "--checkpoint") -> Path:
+    """The consolidated file, or the Composer checkpoint folder (checked against its checksums), to read.
+
+    ``flag`` names where the checkpoint was given, in messages."""
+    source = str(checkpoint)
+    local = Path(resolve(source))
+    if not local.exists():
+        raise CheckpointLoadError(
+            f"{flag} {source} does not exist. Fix: give a .pt file, an hf:// URI or a checkpoint folder"
+        )
+    if not local.is_dir():  # is_dir: also the latest-rank0.pt link of a sharded checkpoint
+        return local
+    try:
+        return find_checkpoint(local, verify=True)
+    except CheckpointReadError as error:
+        raise CheckpointLoadError(f"{flag} {source}: {error}") from None
+
+
+def read_local_state(local: Path, weights: str, source: str, flag: str = "--checkpoint") -> dict[str, torch.Tensor]:
+    """The flat state of `local` (from `local_checkpoint`): a consolidated file whole, or the one network of a
+    Composer checkpoint that ``weights`` asks for, a LoRA run's adapters merged into its official keys."""
+    if local.is_dir():
+        try:
+            prefix = prefix_of_weights(model_state_metadata(local), weights)
+            if weights == EMA_WEIGHTS and prefix == NET_PREFIX:
+                log.warning("%s has no net_ema.* (trained without EMA): using net.*", local)
+            state = read_composer_model_state(local, prefixes=(prefix,))
+            lora = lora_settings(local, state)
+            return state if lora is None else merged_weights(state, lora)
+        except (ValueError, RuntimeError, OSError) as error:  # CheckpointReadError, a refused pickle, a torch error
+            raise CheckpointLoadError(f"{flag} {source}: {error}") from None
+    try:
+        return read_state_dict(local)
+    except CheckpointLoadError as error:
+        raise CheckpointLoadError(f"{flag} {source}: {error}. {_WHAT_TO_PASS}") from None
+
+
+def read_checkpoint_state(
+    checkpoint: str | os.PathLike, weights: str = EMA_WEIGHTS, flag: str = "--checkpoint"
+) -> dict[str, torch.Tensor]:
+    """The flat ``net.*`` / ``net_ema.*`` tensors of a consolidated ``.pt``, an hf:// URI of one, or a
+    Composer checkpoint folder. From a Composer checkpoint only the network that ``weights`` asks for is read
+    (``net_ema.*``, or ``net.*`` when the run had no EMA). ``flag`` names where the checkpoint was given, in
+    messages."""
+    return read_local_state(local_checkpoint(checkpoint, flag), weights, str(checkpoint), flag)
+
+
+def select_network_weights(
+    state: dict[str, torch.Tensor], weights: str = EMA_WEIGHTS, source: str = "checkpoint"
+) -> tuple[dict[str, torch.Tensor], str]:
+    """Pick one network's weights (prefix removed) and say which prefix they came from (see
+    ``keys.prefix_of_weights``)."""
+    try:
+        prefix = prefix_of_weights(state, weights)
+    except ValueError as error:
+        raise CheckpointLoadError(str(error)) from None
+    selected = under_prefix(state, prefix)
+    if not selected:
+        raise CheckpointLoadError(f"{source} has no '{prefix}*' keys (first keys: {list(state)[:5]}). {_WHAT_TO_PASS}")
+    if weights == TRAINING_WEIGHTS and not has_ema(state):
+        log.warning("%s holds a single set of weights (no net_ema.*): using its net.* weights", source)
+    return selected, prefix
+
+
 @torch.no_grad()
 def load_network_weights(
     net: nn.Module,
@@ -306,8 +401,6 @@ def load_network_weights(
 
 def _non_finite_keys(params: dict, to_copy: list[tuple[str, torch.Tensor]]) -> list[str]:
     """Keys whose values (this rank's rows of them, for FSDP2 shards) are not all finite, agreed by all ranks."""
-    import torch.distributed as dist
-
     bad = [
         key for key, tensor in to_copy
         if tensor.is_floating_point() and not tensor.is_meta  # shape-only loads have no values
@@ -422,8 +515,6 @@ def _base_key_problems(
     params: dict[str, torch.Tensor], weights: dict[str, torch.Tensor], foreign: list[str]
 ) -> tuple[list[str], list[str]]:
     """(the file's control-branch keys, every other reason the file is not exactly the network's base DiT)."""
-    from ..models.network import CONTROL_BRANCH_PREFIXES
-
     base = {key: tensor for key, tensor in params.items() if not key.startswith(CONTROL_BRANCH_PREFIXES)}
     in_file = {key: tensor for key, tensor in weights.items() if not is_non_parameter(key)}
     control = sorted(key for key in in_file if key.startswith(CONTROL_BRANCH_PREFIXES))
@@ -465,8 +556,6 @@ def load_base_into_network(
     `copy_weights_to_control_branch`), `before_proj`/`after_proj` zero; `control_embedder` and
     `input_hint_block` keep their fresh initialisation (upstream's `init_weights`: trunc-normal).
     """
-    from .network_weights import read_checkpoint_state, select_network_weights  # it imports this module
-
     source = source or str(path_or_uri)
     try:
         state = read_checkpoint_state(path_or_uri, weights)

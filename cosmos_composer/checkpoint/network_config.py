@@ -4,7 +4,14 @@ Weights alone do not say which network they belong to: settings that change no t
 extrapolation ratios, `timestep_scale`, the maximum sizes, ...) change what the network computes. As diffusers
 saves `config.json` beside its weights, every checkpoint and every export gets `network.json`:
 
-    {"preset": "tiny-multiview", "config": {<every field of NetworkConfig, after the run's overrides>}}
+    {"format_version": 2, "preset": "tiny-multiview", "config": {<every field of NetworkConfig, after the run's
+     overrides>}, "lora": {<the LoRA settings, only for weights that carry adapters>}}
+
+`format_version` (as diffusers stamps `_diffusers_version` in each config) is the version of this layout, written
+by every writer (`write_network_config`). A file without it was written before it existed and is read as version
+1, the same layout without the field. A file of a newer version than `NETWORK_FORMAT_VERSION` is refused: this
+code cannot know what that version changed. Raise the version when the meaning of the document changes (a field
+renamed or read differently), and teach `read_network_config` to read the older versions.
 
 Where it is written: inside each Composer checkpoint folder (`ep{E}-ba{B}/network.json`, by the checkpoint
 callback before the checksums, so `checksums.json` covers it), beside a single-file checkpoint as
@@ -35,10 +42,13 @@ from ..config_file import atomic_write_text
 from ..models import PRESETS, NetworkConfig, build_network, get_config
 from ..models.released_keys import RELEASED_VARIANT_OF_PRESET, released_parameter_shapes
 from .integrity import ChecksumMismatch, verify_checksums
+from .keys import is_non_parameter
 
 log = logging.getLogger(__name__)
 
 NETWORK_FILE = "network.json"
+NETWORK_FORMAT_VERSION = 2  # the network.json layout this code writes and the newest it reads (module docstring)
+FORMAT_VERSION_KEY = "format_version"
 # Fields that change how the network runs, not what it computes: not compared between two configs.
 EXECUTION_ONLY_FIELDS = ("activation_checkpointing",)
 # Fields whose absence (a file written before they existed) means their default, with nothing to warn about:
@@ -65,7 +75,12 @@ def network_config_path(checkpoint: Union[str, os.PathLike]) -> Path:
 
 def network_document(preset: str, config: NetworkConfig, lora: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """`lora`: the LoRA settings of a network whose weights carry adapters (models/lora.py), else left out."""
-    return {"preset": preset, "config": dataclasses.asdict(config), **({"lora": lora} if lora else {})}
+    return {
+        FORMAT_VERSION_KEY: NETWORK_FORMAT_VERSION,
+        "preset": preset,
+        "config": dataclasses.asdict(config),
+        **({"lora": lora} if lora else {}),
+    }
 
 
 def write_network_config(
@@ -102,6 +117,8 @@ def read_network_config(path: Union[str, os.PathLike]) -> RecordedNetwork:
         document = json.loads(path.read_text())
     except (OSError, ValueError) as error:
         raise NetworkConfigError(f"{path} is not a readable network.json ({error})") from None
+    if isinstance(document, dict):
+        _check_format_version(document, path)  # first: a newer layout may not hold what is checked next
     if not isinstance(document, dict) or not isinstance(document.get("config"), dict):
         raise NetworkConfigError(f'{path}: expected {{"preset": <name>, "config": {{<field>: <value>, ...}}}}')
     preset, fields = document.get("preset"), document["config"]
@@ -126,6 +143,20 @@ def read_network_config(path: Union[str, os.PathLike]) -> RecordedNetwork:
     except ValueError as error:
         raise NetworkConfigError(f"{path}: {error}") from None
     return RecordedNetwork(preset, config, path, document.get("lora"))
+
+
+def _check_format_version(document: Mapping[str, Any], path: Path) -> int:
+    """The document's format version (1 when it has none: written before versions existed); a newer version
+    than this code reads is refused."""
+    version = document.get(FORMAT_VERSION_KEY, 1)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise NetworkConfigError(f"{path}: {FORMAT_VERSION_KEY}={version!r} is not a version number (1, 2, ...)")
+    if version > NETWORK_FORMAT_VERSION:
+        raise NetworkConfigError(
+            f"{path} has {FORMAT_VERSION_KEY} {version}, but this cosmos-composer reads up to version "
+            f"{NETWORK_FORMAT_VERSION}. Fix: upgrade cosmos-composer (pip install -U cosmos-composer)"
+        )
+    return version
 
 
 def _has_type(value: Any, annotation: Any) -> bool:
@@ -341,3 +372,23 @@ def resolve_network(
             "and --set, or leave both out to infer the preset."
         )
     return ResolvedNetwork(preset, overrides, config, source=ResolvedNetwork.GIVEN)
+
+
+def resolve_checkpoint_network(
+    checkpoint: Union[str, os.PathLike],
+    shapes: Mapping[str, Sequence[int]],
+    preset: Optional[str] = None,
+    overrides: Optional[Mapping[str, Any]] = None,
+    check_shapes: bool = True,
+) -> ResolvedNetwork:
+    """The network of a checkpoint's weights, the one rule for export and generation: the checkpoint's
+    network.json, else `preset` + `overrides`, else the preset the shapes match (`resolve_network`); the log
+    says which. `shapes`: `{key without net.: shape}` of one network (non-parameter entries are left out here).
+    Raises NetworkConfigError naming the checkpoint."""
+    shapes = {key: shape for key, shape in shapes.items() if not is_non_parameter(key)}
+    try:
+        network = resolve_network(shapes, preset, overrides, find_network_config(checkpoint), check_shapes)
+    except NetworkConfigError as error:
+        raise NetworkConfigError(f"{checkpoint}: {error}") from None
+    (log.warning if network.inferred else log.info)("network: %s", network.describe())
+    return network
