@@ -51,7 +51,7 @@ import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from ..models.parallelize import copy_full_into_, local_slice
+from ..models.dtensor import copy_full_into_, local_slice
 from .hf import resolve
 from .integrity import ChecksumMismatch, verify_checksums
 from .keys import EMA_WEIGHTS, NET_PREFIX, NETWORK_PREFIXES, is_non_parameter, under_prefix
