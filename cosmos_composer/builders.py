@@ -12,8 +12,6 @@ from typing import Optional
 
 import torch
 from composer import Trainer
-from composer.core.precision import Precision
-from composer.distributed.fsdp2 import create_mixed_precision_policy
 from composer.utils import dist, reproducibility
 from composer.utils.parallelism import FSDP2Config
 from omegaconf import DictConfig, OmegaConf
@@ -25,33 +23,18 @@ from .callbacks.step_seed import StepSeed
 from .checkpoint.autoresume import ResumePlan, RunAlreadyComplete, plan_resume, point_latest_link
 from .checkpoint.hf import HfResolveError, resolve
 from .checkpoint.integrity import ChecksumMismatch, verify_checksums
-from .checkpoint.load import (
-    CheckpointLoadError,
-    is_composer_checkpoint,
-    load_base_into_network,
-    load_consolidated_into_network,
-    load_network_weights,
-)
+from .checkpoint.load import CheckpointLoadError, is_composer_checkpoint
 from .checkpoint.safe_pickle import UnsafePickleError, composer_loads_safely
 from .config import ConfigError, check_precision, network_overrides, run_folder
 from .config_file import write_json_or_yaml
 from .encoders import build_encoders
 from .loggers import JSONLinesLogger, WandBLogger
-from .models import CosmosTransferNet, build_network, get_config
+from .models import CosmosTransferNet, get_config
 from .models.composer_model import CosmosTransferModel, ObjectiveConfig
-from .models.context_parallel import context_parallel_groups
-from .models.lora import BaseWeights, apply_lora, init_adapters_, lora_of
+from .models.lora import LoraSettings, lora_of
 from .models.lora import describe_counts as describe_lora_counts
-from .models.parallelize import (
-    FROZEN_DTYPE,
-    apply_compile,
-    apply_context_parallel,
-    apply_dtypes,
-    apply_fsdp,
-    composer_keeps_our_sharding,
-    materialize_,
-    set_trainable_,
-)
+from .models.parallelize import composer_keeps_our_sharding
+from .models.prepare import WeightSource, prepare_training_network
 from .optim import FiniteGradClip, LambdaLinearSchedule, build_optimizer
 from .quiet import silence_known_warnings
 
@@ -132,76 +115,35 @@ def training_device() -> torch.device:
 
 
 def build_training_network(cfg: DictConfig, inputs: RunInputs) -> CosmosTransferNet:
-    """The network with its weights, laid out for training (see `models/parallelize.py`).
+    """The network with its starting weights, laid out for training (`models/prepare.py`, one order for every run).
 
-    With FSDP2 it is built on the meta device, sharded, and each rank fills only its own shards: from
-    the consolidated `load_path` file (mmapped), from a fresh initialisation (and then the `base_load_path`
-    base DiT, the control branch initialised from it), or not at all when Composer loads a checkpoint next
+    Its weights: the consolidated `load_path` file; a fresh initialisation (and then the `base_load_path` base
+    DiT, the control branch initialised from it); or none yet when Composer loads a checkpoint next
     (autoresume, or a Composer checkpoint as `load_path`).
     """
-    m = cfg.model
-    overrides = network_overrides(cfg)  # model.overrides + the rig's camera_names
-    fsdp = build_parallelism(cfg)
-    load = dict(strict=cfg.load_strict, allow_shape_mismatch=cfg.load_allow_shape_mismatch, source=cfg.load_path)
-    # With a base_load_path the fresh draw is the control embedder's and hint block's init (upstream keeps theirs).
-    fresh_init = not (inputs.weights or inputs.composer_checkpoint or inputs.resumes)
-    base = dict(path_or_uri=inputs.base, source=cfg.base_load_path)
-
-    if fsdp is None:  # one process, no sharding: the network is built whole
-        net = build_network(m.preset, **overrides)
-        if inputs.weights:
-            load_consolidated_into_network(net, inputs.weights, **load)
-        elif inputs.base:
-            load_base_into_network(net, **base)
-        if m.lora is not None:  # after the loads: the files have the official names
-            apply_lora(net, m.lora)
-        set_trainable_(net, m.train_base)
-        _print_trainable_counts(net)
-        # Without FSDP2 nothing casts the frozen weights for an fp32 forward, so they stay fp32 there.
-        apply_dtypes(net, FROZEN_DTYPE if cfg.precision == "amp_bf16" else torch.float32)
-        if m.compile_blocks:
-            apply_compile(net)
-        return net
-
-    # The fresh weights are drawn first, whole, from the run's seed (small presets: the 2B starts from a file).
-    initial = _fresh_weights(m, overrides) if fresh_init else None
-    with torch.device("meta"):
-        net = build_network(m.preset, **overrides)
-        if m.lora is not None:  # before FSDP2 and torch.compile, which wrap the adapted modules
-            apply_lora(net, m.lora)
-    set_trainable_(net, m.train_base)
+    model_cfg = cfg.model
+    parallelism = build_parallelism(cfg)
+    net = prepare_training_network(
+        get_config(model_cfg.preset, **network_overrides(cfg)),  # model.overrides + the rig's camera_names
+        lora=None if model_cfg.lora is None else LoraSettings.of(model_cfg.lora),
+        train_base=model_cfg.train_base,
+        precision=cfg.precision,
+        fsdp=None if parallelism is None else parallelism["fsdp"],
+        weights=WeightSource(
+            consolidated=inputs.weights,
+            strict=cfg.load_strict,
+            allow_shape_mismatch=cfg.load_allow_shape_mismatch,
+            base=inputs.base,
+            checkpoint_next=bool(inputs.composer_checkpoint or inputs.resumes),
+            consolidated_name=cfg.load_path,
+            base_name=cfg.base_load_path,
+        ),
+        device=training_device(),
+        context_parallel_size=cfg.context_parallel_size,
+        compile_blocks=model_cfg.compile_blocks,
+    )
     _print_trainable_counts(net)
-    # Files have the official names: they load into the base weights of an adapted network.
-    loadable = BaseWeights(net) if m.lora is not None else net
-    apply_dtypes(net)
-    fsdp_config = fsdp["fsdp"]
-    mp_policy = create_mixed_precision_policy(Precision(cfg.precision), fsdp_config.mixed_precision)
-    apply_fsdp(net, mp_policy, fsdp_config.reshard_after_forward, fsdp_config.device_mesh)
-    if cfg.context_parallel_size > 1:
-        apply_context_parallel(net, context_parallel_groups(cfg.context_parallel_size))
-    if m.compile_blocks:
-        apply_compile(net)
-    materialize_(net, training_device())
-    if inputs.weights:
-        load_consolidated_into_network(loadable, inputs.weights, **load)
-        if m.lora is not None:
-            init_adapters_(net)
-    elif initial is not None:
-        load_network_weights(net, initial, "the fresh initialisation")
-        if inputs.base:
-            load_base_into_network(loadable, **base)
-    else:
-        for tensor in net.state_dict().values():  # Composer's checkpoint load overwrites every one
-            tensor.detach().zero_()
     return net
-
-
-def _fresh_weights(m: DictConfig, overrides: dict) -> dict[str, torch.Tensor]:
-    """A fresh network's weights, whole, drawn from the seeded RNG (with its adapters under LoRA)."""
-    net = build_network(m.preset, **overrides)
-    if m.lora is not None:
-        apply_lora(net, m.lora)
-    return net.state_dict()
 
 
 def _print_trainable_counts(net: CosmosTransferNet) -> None:
@@ -217,15 +159,15 @@ def _print_trainable_counts(net: CosmosTransferNet) -> None:
 
 
 def build_model(cfg: DictConfig, inputs: RunInputs) -> CosmosTransferModel:
-    m = cfg.model
+    model_cfg = cfg.model
     net = build_training_network(cfg, inputs)
     vae, text = build_encoders(inputs.vae, inputs.text, training_device())
     return CosmosTransferModel(
         net,
-        objective=ObjectiveConfig.from_model_config(m),
-        use_ema=m.use_ema,
-        train_base=m.train_base,
-        control_key=m.control_key,
+        objective=ObjectiveConfig.from_model_config(model_cfg),
+        use_ema=model_cfg.use_ema,
+        train_base=model_cfg.train_base,
+        control_key=model_cfg.control_key,
         vae=vae,
         text_embedder=text,
     )

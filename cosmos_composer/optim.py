@@ -23,7 +23,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor, Partial, Replicate, Shard
 
 from .config import OptimizerConfig, SchedulerConfig
-from .models.parallelize import local_tensor
+from .models.dtensor import local_tensor
 
 __all__ = [
     "FiniteGradClip",

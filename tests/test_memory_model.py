@@ -106,7 +106,7 @@ def test_a_missing_input_fails_before_the_network_is_built_naming_its_key(tmp_pa
     def no_network(*args, **kwargs):
         raise AssertionError("the network was built before the inputs were checked")
 
-    monkeypatch.setattr(builders, "build_network", no_network)
+    monkeypatch.setattr(builders, "prepare_training_network", no_network)
     cfg = load_config(QUICKSTART, ["model.preset=transfer2.5-2b-multiview", f"{key}={value}", "eval_loader=null"])
     with pytest.raises(ConfigError) as error:
         builders.build_trainer(cfg)

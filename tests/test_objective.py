@@ -10,6 +10,7 @@ from cosmos_composer.data.precompute import crossattn_proj_fingerprint
 from cosmos_composer.diffusion import rectified_flow as rf
 from cosmos_composer.models import build_network
 from cosmos_composer.models.composer_model import CosmosTransferModel, ObjectiveConfig
+from cosmos_composer.models.parallelize import set_trainable_
 
 
 def _cached_batch(net, B=4, views=2, seed=0, projected=False):
@@ -152,6 +153,7 @@ def test_control_is_never_dropped():
 def test_frozen_base_gets_no_gradients():
     torch.manual_seed(0)
     net = build_network("tiny-multiview")
+    set_trainable_(net, train_base=False)  # as models/prepare.py decides it for training
     model = CosmosTransferModel(net)
     batch = _cached_batch(net)
     model.loss(model(batch), batch).backward()
@@ -164,14 +166,18 @@ def test_frozen_base_gets_no_gradients():
     for param in model.net_ema.parameters():
         assert not param.requires_grad and param.grad is None
     # the full fine-tuning switch trains everything
-    full = CosmosTransferModel(build_network("tiny-multiview"), train_base=True)
+    full_net = build_network("tiny-multiview")
+    set_trainable_(full_net, train_base=True)
+    full = CosmosTransferModel(full_net, train_base=True)
     assert all(p.requires_grad for p in full.net.parameters())
 
 
 @pytest.mark.parametrize("preset, millions", [("transfer2.5-2b-singleview", 299), ("transfer2.5-2b-multiview", 329)])
 def test_trainable_count_of_the_2b_presets(preset, millions):
     with torch.device("meta"):
-        model = CosmosTransferModel(build_network(preset), use_ema=False)
+        net = build_network(preset)
+    set_trainable_(net, train_base=False)
+    model = CosmosTransferModel(net, use_ema=False)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert round(n_trainable / 1e6) == millions
 

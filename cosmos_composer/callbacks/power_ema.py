@@ -29,7 +29,8 @@ from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoint.keys import EMA_PREFIX
-from ..models.parallelize import local_tensor, trainable_pairs
+from ..models.dtensor import local_tensor
+from ..models.parallelize import trainable_pairs
 
 __all__ = ["PowerEMA", "power_ema_beta", "power_ema_gamma", "update_ema_"]
 

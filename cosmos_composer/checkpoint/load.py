@@ -57,9 +57,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.tensor import DTensor
 
+from ..models.dtensor import copy_full_into_, local_slice
 from ..models.lora import merged_weights
 from ..models.network import CONTROL_BRANCH_PREFIXES
-from ..models.parallelize import copy_full_into_, local_slice
 from .composer_checkpoint import (
     CheckpointReadError,
     find_checkpoint,

@@ -18,15 +18,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-DEFAULT_CAMERAS: tuple[str, ...] = (
-    "camera_front_wide_120fov",
-    "camera_cross_right_120fov",
-    "camera_rear_right_70fov",
-    "camera_rear_tele_30fov",
-    "camera_rear_left_70fov",
-    "camera_cross_left_120fov",
-    "camera_front_tele_30fov",
-)
+# The official cameras and the rule for a camera that starts from one: the network's (its view-embedding rows).
+from ..models.official_cameras import DEFAULT_CAMERAS, ORIGIN_SEPARATOR, check_camera_origins
 
 CAMERA_TO_VIEW_INDEX: dict[str, int] = {camera: index for index, camera in enumerate(DEFAULT_CAMERAS)}
 
@@ -53,10 +46,6 @@ FOLDER_PREFIX: str = "ftheta_"
 def camera_folder(camera: str) -> str:
     """Folder name of ``camera`` in the official multiview layout, e.g. ``ftheta_camera_front_wide_120fov``."""
     return f"{FOLDER_PREFIX}{camera}"
-
-
-# `CAM_FRONT=camera_front_wide_120fov`: the rig's camera, this separator, the official camera it starts from.
-ORIGIN_SEPARATOR: str = "="
 
 
 @dataclass(frozen=True)
@@ -90,26 +79,6 @@ def parse_cameras(cameras: Sequence[str] | None, where: str) -> CameraRig:
     check_camera_list(names, where)
     check_camera_origins(origins, names, where)
     return CameraRig(tuple(names), origins)
-
-
-def check_camera_origins(origins: Mapping[str, str], cameras: Sequence[str], where: str) -> None:
-    """Refuse a mapping ``camera -> official`` (see :func:`parse_cameras`) that cannot be followed, naming ``where``."""
-    for camera, official in origins.items():
-        entry = f"{camera}{ORIGIN_SEPARATOR}{official}"
-        if official not in DEFAULT_CAMERAS:
-            raise ValueError(
-                f"{where}: {entry!r} maps {camera} to {official!r}, which is not an official camera. Fix: map it "
-                f"to one of the 7 official cameras {list(DEFAULT_CAMERAS)} (the one it resembles), or list it "
-                f"without '{ORIGIN_SEPARATOR}' to start it from the mean of their rows"
-            )
-        if camera in DEFAULT_CAMERAS:
-            raise ValueError(
-                f"{where}: {entry!r} maps the official camera {camera} to another one; an official camera starts "
-                f"from its own row. Fix: give the rig's camera a name of its own (e.g. CAM_1{ORIGIN_SEPARATOR}"
-                f"{official}), or list {camera} without '{ORIGIN_SEPARATOR}'"
-            )
-        if camera not in cameras:
-            raise ValueError(f"{where}: {entry!r} maps {camera}, which is not one of the cameras {list(cameras)}")
 
 
 def check_camera_list(cameras: Sequence[str], where: str) -> None:

@@ -40,6 +40,7 @@ from cosmos_composer.data.layouts import ON_THE_FLY_CONTROLS
 from cosmos_composer.data.output import human_size
 from cosmos_composer.fingerprint import fingerprint_tensors
 from cosmos_composer.latent_geometry import LATENT_CHANNELS, SPATIAL_COMPRESSION, latent_num_frames
+from cosmos_composer.models.dtensor import full_tensor
 
 PRECOMPUTE_CHOICES = ("latents", "text")
 TEXT_TOKENS_PER_VIEW = 512
@@ -105,8 +106,6 @@ def crossattn_proj_fingerprint(crossattn_proj: nn.Module) -> str:
     (bf16 -> fp32 is exact), because the released checkpoint is bf16 while a training run may hold the
     frozen projection in fp32 or cast it to bf16. Use :func:`check_crossattn_proj_fingerprint` to compare.
     """
-    from ..models.parallelize import full_tensor
-
     return fingerprint_tensors(
         (name, full_tensor(parameter.detach()).float()) for name, parameter in crossattn_proj.named_parameters()
     )

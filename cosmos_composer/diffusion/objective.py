@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import ModelConfig
-from ..models.parallelize import full_tensor
+from ..models.dtensor import full_tensor
 from . import rectified_flow as rf
 
 

@@ -29,7 +29,7 @@ from ..diffusion.objective import (
 )
 from ..latent_geometry import SPATIAL_COMPRESSION
 from .network import CosmosTransferNet, latent_view_indices
-from .parallelize import build_ema_network, set_trainable_
+from .parallelize import build_ema_network
 
 
 class _FrozenEncoders:
@@ -62,9 +62,7 @@ class CosmosTransferModel(ComposerModel):
         self.control_key = control_key
         self.train_base = train_base
         self.encoders = _FrozenEncoders(vae, text_embedder)
-        # Frozen base by default: only the control branch trains, as in the released recipe
-        # (control_blocks, control_embedder, input_hint_block; upstream's `vace` training config).
-        set_trainable_(net, train_base)
+        # `net` comes with its trainability decided (models/prepare.py; `parallelize.set_trainable_`).
         if use_ema:
             # Every key of net, but only the trainable weights are copies: it starts from net's weights.
             self.net_ema = build_ema_network(net)

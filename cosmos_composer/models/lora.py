@@ -28,7 +28,7 @@ from typing import Any, Optional, TypeVar
 import torch
 from torch import nn
 
-from ..config import LORA_TARGETS
+from .dtensor import draw_into_
 from .network import CONTROL_BRANCH_PREFIXES
 
 # Upstream's default `lora_target_modules` (text2world_model.py), matched as PEFT matches them: name suffixes.
@@ -63,8 +63,8 @@ class LoraSettings:
         """From `model.lora` (a DictConfig or config.LoraConfig) or a network.json's `lora` mapping."""
         get = lora.get if isinstance(lora, Mapping) else lambda key: getattr(lora, key)
         settings = cls(int(get("rank")), float(get("alpha")), float(get("dropout")), str(get("target")))
-        if settings.target not in LORA_TARGETS:
-            raise ValueError(f"LoRA target {settings.target!r} is not one of {list(LORA_TARGETS)}")
+        if settings.target not in TARGET_BLOCK_LISTS:
+            raise ValueError(f"LoRA target {settings.target!r} is not one of {list(TARGET_BLOCK_LISTS)}")
         return settings
 
     @property
@@ -155,17 +155,13 @@ def describe_counts(net: nn.Module) -> str:
 @torch.no_grad()
 def init_adapters_(net: nn.Module) -> None:
     """Draw every adapter afresh as PEFT initialises it (peft/tuners/lora/layer.py `reset_lora_parameters`:
-    A kaiming-uniform with a=sqrt(5), B zeros), whole on every rank from the seeded RNG, each rank keeping
-    its FSDP2 shard. For a network materialised on the meta device after `apply_lora`."""
-    from .parallelize import copy_full_into_
-
+    A kaiming-uniform with a=sqrt(5), B zeros), one adapter at a time, each rank keeping its FSDP2 shard
+    (`dtensor.draw_into_`). For a network materialised after `apply_lora` (models/prepare.py)."""
     for name, param in net.named_parameters():
-        if not is_adapter_key(name):
-            continue
-        full = torch.zeros(param.shape, dtype=torch.float32)
         if f".lora_A.{ADAPTER_NAME}." in name:
-            nn.init.kaiming_uniform_(full, a=math.sqrt(5))
-        copy_full_into_(param, full)
+            draw_into_(param, lambda full: nn.init.kaiming_uniform_(full, a=math.sqrt(5)))
+        elif is_adapter_key(name):
+            draw_into_(param, nn.init.zeros_)
 
 
 class BaseWeights:
@@ -178,6 +174,14 @@ class BaseWeights:
 
     def state_dict(self, keep_vars: bool = False) -> dict[str, torch.Tensor]:
         return official_weights(self.net.state_dict(keep_vars=keep_vars))
+
+    @property
+    def control_blocks(self) -> nn.ModuleList:
+        return self.net.control_blocks
+
+    def init_control_branch_from_base(self) -> None:
+        """The network's own (`CosmosTransferNet.init_control_branch_from_base`), matched by the official names."""
+        self.net.init_control_branch_from_base(self.state_dict())
 
 
 # ----------------------------------------------------------------------------- weights (export)
@@ -244,22 +248,3 @@ def write_peft_adapter(folder: Path, weights: Mapping[str, torch.Tensor], lora: 
     config.inference_mode = True  # as PeftModel.save_pretrained records it
     config.save_pretrained(str(folder))
     return [folder / ADAPTER_WEIGHTS_FILE, folder / ADAPTER_CONFIG_FILE]
-
-
-def recorded_lora(checkpoint_dir: Path) -> Optional[LoraSettings]:
-    """The `lora` settings a checkpoint's network.json records (None: trained without LoRA, or no file)."""
-    from ..checkpoint.network_config import find_network_config
-
-    recorded = find_network_config(checkpoint_dir)  # verified against the checksums, like every other reader
-    return None if recorded is None or recorded.lora is None else LoraSettings.of(recorded.lora)
-
-
-def merged_if_adapted(state: dict[str, torch.Tensor], checkpoint_dir: Path) -> dict[str, torch.Tensor]:
-    """A Composer checkpoint's model state with its adapters merged (a LoRA run's, whose network.json records the
-    settings), else unchanged: what generation and other plain-network readers take."""
-    if not has_adapters(state):
-        return state
-    lora = recorded_lora(checkpoint_dir)
-    if lora is None:
-        raise ValueError(f"{checkpoint_dir} holds LoRA adapters but its network.json records no LoRA settings")
-    return merged_weights(state, lora)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+from collections.abc import Mapping
 from typing import Optional, Union
 
 import torch
@@ -29,6 +30,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .context_parallel import ContextParallel
+from .dtensor import draw_into_, local_tensor
 from .presets import NetworkConfig, get_config
 
 # Prefixes of the parameters that post-training updates when the base is frozen (upstream's `vace` training).
@@ -44,8 +46,30 @@ def latent_view_indices(view_ids_B_V: torch.Tensor, frames_per_view: int) -> tor
     return view_ids_B_V.repeat_interleave(frames_per_view, dim=1)
 
 
+# ----------------------------------------------------------------------------- initialisation
+# Every module's `init_weights` draws its parameters afresh. The constructors call them (a network built on a
+# CPU starts initialised); `models/prepare.py` calls `CosmosTransferNet.init_weights` once more on a network
+# built on the meta device and materialised as FSDP2 shards (torchtitan's order). Each draw goes through
+# `dtensor.draw_into_`: drawn whole in fp32, one tensor at a time, each rank keeping its own shard.
 def _trunc_normal_(weight: torch.Tensor, std: float) -> None:
-    nn.init.trunc_normal_(weight, std=std, a=-3 * std, b=3 * std)
+    draw_into_(weight, lambda full: nn.init.trunc_normal_(full, std=std, a=-3 * std, b=3 * std))
+
+
+def _fill_(weight: torch.Tensor, value: float) -> None:
+    local_tensor(weight).detach().fill_(value)
+
+
+def _default_linear_init_(linear: nn.Linear) -> None:
+    """`nn.Linear.reset_parameters`'s distributions (what upstream keeps for its plain Linears)."""
+    draw_into_(linear.weight, lambda full: nn.init.kaiming_uniform_(full, a=math.sqrt(5)))
+    _default_bias_init_(linear)
+
+
+def _default_bias_init_(linear: nn.Linear) -> None:
+    """`nn.Linear.reset_parameters`'s bias: uniform in +-1/sqrt(fan_in)."""
+    if linear.bias is not None:
+        bound = 1.0 / math.sqrt(linear.in_features) if linear.in_features > 0 else 0.0
+        draw_into_(linear.bias, lambda full: nn.init.uniform_(full, -bound, bound))
 
 
 def _no_autocast(device_type: str):
@@ -72,6 +96,9 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
+
+    def init_weights(self) -> None:
+        _fill_(self.weight, 1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x_fp32 = x.float()
@@ -109,7 +136,11 @@ class PatchEmbed(nn.Module):
         super().__init__()
         patch_numel = in_channels * patch_spatial * patch_spatial * patch_temporal
         self.proj = nn.Sequential(Patchify(patch_spatial, patch_temporal), nn.Linear(patch_numel, dim, bias=False))
-        _trunc_normal_(self.proj[1].weight, 1.0 / math.sqrt(patch_numel))
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        linear = self.proj[1]
+        _trunc_normal_(linear.weight, 1.0 / math.sqrt(linear.in_features))
 
     def forward(self, x_B_C_T_H_W: torch.Tensor) -> torch.Tensor:
         return self.proj(x_B_C_T_H_W)
@@ -137,6 +168,10 @@ class TimestepEmbedding(nn.Module):
         self.linear_1 = Fp32Linear(dim, dim, bias=False)
         self.activation = nn.SiLU()
         self.linear_2 = Fp32Linear(dim, 3 * dim, bias=False)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        dim = self.linear_1.in_features
         _trunc_normal_(self.linear_1.weight, 1.0 / math.sqrt(dim))
         _trunc_normal_(self.linear_2.weight, 1.0 / math.sqrt(dim))
 
@@ -222,10 +257,6 @@ class Attention(nn.Module):
         self.output_proj = nn.Linear(dim, dim, bias=False)
         self.q_norm = RMSNorm(self.head_dim)
         self.k_norm = RMSNorm(self.head_dim)
-        _trunc_normal_(self.q_proj.weight, 1.0 / math.sqrt(dim))
-        _trunc_normal_(self.k_proj.weight, 1.0 / math.sqrt(context_dim))
-        _trunc_normal_(self.v_proj.weight, 1.0 / math.sqrt(context_dim))
-        _trunc_normal_(self.output_proj.weight, 1.0 / math.sqrt(dim))
         self.has_image_context = image_context_dim is not None
         if self.has_image_context:
             self.q_img = nn.Linear(dim, dim, bias=False)
@@ -233,9 +264,22 @@ class Attention(nn.Module):
             self.v_img = nn.Linear(image_context_dim, dim, bias=False)
             self.q_img_norm = RMSNorm(self.head_dim)
             self.k_img_norm = RMSNorm(self.head_dim)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        dim, context_dim = self.q_proj.in_features, self.k_proj.in_features
+        _trunc_normal_(self.q_proj.weight, 1.0 / math.sqrt(dim))
+        _trunc_normal_(self.k_proj.weight, 1.0 / math.sqrt(context_dim))
+        _trunc_normal_(self.v_proj.weight, 1.0 / math.sqrt(context_dim))
+        _trunc_normal_(self.output_proj.weight, 1.0 / math.sqrt(dim))
+        norms = [self.q_norm, self.k_norm]
+        if self.has_image_context:
             _trunc_normal_(self.q_img.weight, 1.0 / math.sqrt(dim))
             _trunc_normal_(self.k_img.weight, 1.0 / math.sqrt(dim))
             _trunc_normal_(self.v_img.weight, 1.0 / math.sqrt(dim))
+            norms += [self.q_img_norm, self.k_img_norm]
+        for norm in norms:
+            norm.init_weights()
 
     def _heads(self, x_B_L_D: torch.Tensor) -> torch.Tensor:
         B, L, _ = x_B_L_D.shape
@@ -282,8 +326,11 @@ class FeedForward(nn.Module):
         self.layer1 = nn.Linear(dim, hidden_dim, bias=False)
         self.activation = nn.GELU()
         self.layer2 = nn.Linear(hidden_dim, dim, bias=False)
-        _trunc_normal_(self.layer1.weight, 1.0 / math.sqrt(dim))
-        _trunc_normal_(self.layer2.weight, 1.0 / math.sqrt(hidden_dim))
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        _trunc_normal_(self.layer1.weight, 1.0 / math.sqrt(self.layer1.in_features))
+        _trunc_normal_(self.layer2.weight, 1.0 / math.sqrt(self.layer2.in_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layer2(self.activation(self.layer1(x)))
@@ -313,13 +360,21 @@ class Block(nn.Module):
         self.adaln_modulation_self_attn = _adaln_modulation(dim, config.adaln_lora_dim, 3)
         self.adaln_modulation_cross_attn = _adaln_modulation(dim, config.adaln_lora_dim, 3)
         self.adaln_modulation_mlp = _adaln_modulation(dim, config.adaln_lora_dim, 3)
+        self._init_modulations()  # the attention and MLP modules initialised themselves
+
+    def init_weights(self) -> None:
+        for module in (self.self_attn, self.cross_attn, self.mlp):
+            module.init_weights()
+        self._init_modulations()
+
+    def _init_modulations(self) -> None:
         for modulation in (
             self.adaln_modulation_self_attn,
             self.adaln_modulation_cross_attn,
             self.adaln_modulation_mlp,
         ):
-            _trunc_normal_(modulation[1].weight, 1.0 / math.sqrt(dim))
-            nn.init.zeros_(modulation[2].weight)
+            _trunc_normal_(modulation[1].weight, 1.0 / math.sqrt(modulation[1].in_features))
+            _fill_(modulation[2].weight, 0.0)
 
     def _modulation(self, modulation: nn.Sequential, emb_B_T_D, adaln_lora_B_T_3D, dtype):
         # fp32 modulation, then (B, T, D) -> (B, T, 1, 1, D) to broadcast over each frame's tokens.
@@ -411,6 +466,10 @@ class ControlBlock(Block):
         self.after_proj = nn.Linear(dim, dim)
         self.zero_init_projections()
 
+    def init_weights(self) -> None:
+        super().init_weights()
+        self.zero_init_projections()
+
     def forward(
         self, c_B_T_H_W_D: torch.Tensor, x_B_T_H_W_D: torch.Tensor, **block_kwargs
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -428,8 +487,8 @@ class ControlBlock(Block):
         for name in ("before_proj", "after_proj"):
             proj = getattr(self, name, None)
             if proj is not None:
-                nn.init.zeros_(proj.weight)
-                nn.init.zeros_(proj.bias)
+                _fill_(proj.weight, 0.0)
+                _fill_(proj.bias, 0.0)
 
 
 class FinalLayer(nn.Module):
@@ -443,9 +502,12 @@ class FinalLayer(nn.Module):
         self.linear = Fp32Linear(dim, out_dim, bias=False)
         self.adaln_modulation = _adaln_modulation(dim, config.adaln_lora_dim, 2)
         self.dim = dim
-        _trunc_normal_(self.linear.weight, 1.0 / math.sqrt(dim))
-        _trunc_normal_(self.adaln_modulation[1].weight, 1.0 / math.sqrt(dim))
-        nn.init.zeros_(self.adaln_modulation[2].weight)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        _trunc_normal_(self.linear.weight, 1.0 / math.sqrt(self.dim))
+        _trunc_normal_(self.adaln_modulation[1].weight, 1.0 / math.sqrt(self.dim))
+        _fill_(self.adaln_modulation[2].weight, 0.0)
 
     def forward(self, x_B_T_H_W_D, emb_B_T_D, adaln_lora_B_T_3D) -> torch.Tensor:
         shift_B_T_D, scale_B_T_D = (self.adaln_modulation(emb_B_T_D) + adaln_lora_B_T_3D[..., : 2 * self.dim]).chunk(
@@ -489,9 +551,7 @@ class CosmosTransferNet(nn.Module):
             for _ in range(7):
                 layers += [nn.Linear(dim, dim), nn.SiLU()]
             self.input_hint_block = nn.Sequential(*layers)
-            for layer in self.input_hint_block:
-                if isinstance(layer, nn.Linear):
-                    _trunc_normal_(layer.weight, 1.0 / math.sqrt(dim))
+            self._init_input_hint_block()
 
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.num_blocks)])
         self.control_blocks = nn.ModuleList(
@@ -505,17 +565,53 @@ class CosmosTransferNet(nn.Module):
 
     # ------------------------------------------------------------------ initialisation
     @torch.no_grad()
-    def init_control_branch_from_base(self) -> None:
+    def init_weights(self, weights: Optional[Mapping[str, torch.Tensor]] = None) -> None:
+        """Draw every weight afresh, module by module, into this rank's (FSDP2) shards, with the distributions
+        the constructors use; then the control branch from the base (`init_control_branch_from_base`).
+
+        For a network built on the meta device and materialised (`models/prepare.py`). `weights`: the
+        network's tensors under their official names, when they differ from `state_dict()` (LoRA adapters).
+        """
+        for embedder in (self.x_embedder, self.control_embedder):
+            embedder.init_weights()
+        self.t_embedder[1].init_weights()
+        self.t_embedding_norm.init_weights()
+        for name in ("crossattn_proj", "img_context_proj"):  # upstream keeps nn.Linear's own initialisation
+            if hasattr(self, name):
+                _default_linear_init_(getattr(self, name)[0])
+        if self.config.is_multiview:  # nn.Embedding's own initialisation
+            draw_into_(self.view_embeddings.weight, nn.init.normal_)
+        if self.config.use_input_hint_block:
+            for layer in self.input_hint_block:
+                if isinstance(layer, nn.Linear):
+                    _default_bias_init_(layer)  # upstream draws only the weights of the hint block
+            self._init_input_hint_block()
+        for block in itertools.chain(self.blocks, self.control_blocks):
+            block.init_weights()
+        self.final_layer.init_weights()
+        self.init_control_branch_from_base(weights)
+
+    def _init_input_hint_block(self) -> None:
+        for layer in self.input_hint_block:
+            if isinstance(layer, nn.Linear):
+                _trunc_normal_(layer.weight, 1.0 / math.sqrt(layer.in_features))
+
+    @torch.no_grad()
+    def init_control_branch_from_base(self, weights: Optional[Mapping[str, torch.Tensor]] = None) -> None:
         """New-training init ("first_n" copy): control block j starts as base block j, projections at 0.
 
         An untrained control branch therefore adds exactly zero to the base network's output. Loading a
-        released checkpoint overwrites all of this.
+        released checkpoint overwrites all of this. `weights`: the network's tensors under their official
+        names (default `state_dict()`); each rank copies its own shards (a control block and its base block
+        have the same shapes, so the same sharding).
         """
+        weights = self.state_dict() if weights is None else weights
         for j, control_block in enumerate(self.control_blocks):
-            base_state = self.blocks[j].state_dict()
-            for name, tensor in control_block.state_dict().items():
-                if name in base_state:
-                    tensor.copy_(base_state[name])
+            control_prefix, base_prefix = f"control_blocks.{j}.", f"blocks.{j}."
+            for name, tensor in weights.items():
+                base_name = base_prefix + name[len(control_prefix) :]
+                if name.startswith(control_prefix) and base_name in weights:
+                    local_tensor(tensor).copy_(local_tensor(weights[base_name]))
             control_block.zero_init_projections()
 
     def control_branch_parameter_names(self) -> list[str]:

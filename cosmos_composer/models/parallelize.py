@@ -1,13 +1,14 @@
-"""The training memory model: meta-device build, dtypes, FSDP2 sharding, per-rank materialisation, the EMA.
+"""The training memory model's pieces: trainability, dtypes, FSDP2 sharding, compute casts, the EMA.
 
-The order is torchtitan's: build the network on the meta device (no memory), decide which parameters
-train and give each its storage dtype, `fully_shard` it, and only then allocate each rank's shards and
-fill them (from an mmapped consolidated file, or from a fresh initialisation). No rank ever holds a
-full copy of the 2B network.
+`models/prepare.py` runs them in torchtitan's order (build on the meta device, decide what trains and each
+parameter's storage dtype, `fully_shard`, then allocate each rank's shards and fill them), so no rank ever
+holds a full copy of the 2B network.
 
 - Frozen parameters (the base DiT by default) are stored in bf16, as the released checkpoints store
-  them; trainable ones are fp32 masters (`apply_dtypes`). The optimizer only sees the trainable ones.
+  them, with or without FSDP2; trainable ones are fp32 masters (`apply_dtypes`). The optimizer only sees
+  the trainable ones.
 - `apply_fsdp`: every base and control block is its own `fully_shard` unit, then the network root.
+- `cast_params_for_compute`: without FSDP2, the casts FSDP2's mixed-precision policy does.
 - `apply_compile` (optional, `model.compile_blocks`): `torch.compile` of every block, keys unchanged.
 - `materialize_`: allocate this rank's shards on the device.
 - `build_ema_network`: `net_ema` has every key of `net` (so exports keep the official `net_ema.*` for
@@ -21,13 +22,18 @@ full copy of the 2B network.
 from __future__ import annotations
 
 import contextlib
+from functools import partial
 from typing import Iterator, Optional
 
 import torch
+from composer.distributed import prepare_distributed
 from torch import nn
+from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor
 
 from ..checkpoint.keys import strip_wrapper_names
+from .dtensor import local_tensor
+from .lora import apply_lora, is_adapter_key, lora_of, lora_trains
 from .network import Block, CosmosTransferNet
 
 # The dtype the released checkpoints store every weight in, and the dtype we store frozen weights in.
@@ -41,8 +47,6 @@ def set_trainable_(net: nn.Module, train_base: bool) -> list[str]:
     Returns the names of the trainable parameters. A network with LoRA adapters (models/lora.py) trains its
     adapters, and the control branch for `target: base`.
     """
-    from .lora import lora_of, lora_trains
-
     lora = lora_of(net)
     control_branch = set(net.control_branch_parameter_names())
     for name, param in net.named_parameters():
@@ -59,6 +63,35 @@ def apply_dtypes(net: nn.Module, frozen_dtype: torch.dtype = FROZEN_DTYPE) -> No
                 setattr(module, name, nn.Parameter(param.detach().to(dtype), requires_grad=param.requires_grad))
 
 
+def cast_params_for_compute(net: nn.Module, param_dtype: Optional[torch.dtype]) -> None:
+    """Without FSDP2: every module runs with its parameters cast to `param_dtype`, as FSDP2's
+    `MixedPrecisionPolicy(param_dtype=...)` casts each unit's parameters when it gathers them.
+
+    So one process computes exactly as one FSDP2 rank does: the frozen bf16 weights in fp32 for an fp32 run,
+    every weight in bf16 for an amp_bf16 run. The stored parameters keep their dtypes (the cast is
+    differentiable: gradients reach them in their own dtype). A module's parameters are cast before its
+    forward (activation checkpointing's recompute included) and put back after it, also when it raises.
+    """
+    if param_dtype is None:
+        return
+    for module in net.modules():
+        names = [name for name, param in module.named_parameters(recurse=False) if param.dtype != param_dtype]
+        if names:
+            module.register_forward_pre_hook(partial(_cast_parameters, names=names, dtype=param_dtype))
+            module.register_forward_hook(_restore_parameters, always_call=True)
+
+
+def _cast_parameters(module: nn.Module, args, names: list[str], dtype: torch.dtype) -> None:
+    stored = {name: module._parameters[name] for name in names}
+    for name, param in stored.items():
+        module._parameters[name] = param.to(dtype)  # a plain tensor for this forward, as FSDP2's unsharded ones
+    module._stored_parameters = stored
+
+
+def _restore_parameters(module: nn.Module, args, output) -> None:
+    module._parameters.update(module.__dict__.pop("_stored_parameters", {}))
+
+
 def apply_fsdp(net: CosmosTransferNet, mp_policy, reshard_after_forward: bool = True, mesh=None) -> None:
     """FSDP2 `fully_shard` on every (control) block, on each trainable top-level module, then on the root.
 
@@ -66,10 +99,6 @@ def apply_fsdp(net: CosmosTransferNet, mp_policy, reshard_after_forward: bool = 
     level (`control_embedder`, `input_hint_block`) get units of their own beside the frozen bf16 root, and the
     fp32 LoRA adapters of a frozen block (models/lora.py) one unit per block beside the block's own.
     """
-    from torch.distributed.fsdp import fully_shard
-
-    from .lora import is_adapter_key
-
     kwargs = dict(mesh=mesh, mp_policy=mp_policy, reshard_after_forward=reshard_after_forward)
     for module in net.modules():
         if isinstance(module, Block):
@@ -103,33 +132,6 @@ def materialize_(net: nn.Module, device: torch.device) -> None:
     net.to_empty(device=device)
 
 
-def local_slice(target: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
-    """The part of the full tensor `full` that this rank holds of `target` (a DTensor or a plain tensor)."""
-    if not isinstance(target, DTensor):
-        return full
-    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
-
-    shape, offset = compute_local_shape_and_global_offset(target.shape, target.device_mesh, target.placements)
-    index = tuple(slice(start, start + size) for start, size in zip(offset, shape))
-    return full[index]
-
-
-@torch.no_grad()
-def copy_full_into_(target: torch.Tensor, full: torch.Tensor) -> None:
-    """Copy a full (e.g. mmapped) tensor into `target`; a DTensor takes only its own shard, cast on the fly."""
-    local_tensor(target).copy_(local_slice(target, full))
-
-
-def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
-    """The local shard of an FSDP2 DTensor (a view that shares its storage), or the tensor itself."""
-    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
-
-
-def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
-    """The whole tensor of an FSDP2 DTensor shard (a collective: call on every rank), or the tensor itself."""
-    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
-
-
 def _parameter_owners(module: nn.Module) -> Iterator[tuple[str, nn.Module, str]]:
     """(full name, owning module, attribute name) of every parameter, duplicates included."""
     for module_name, owner in module.named_modules(remove_duplicate=False):
@@ -144,8 +146,6 @@ def build_ema_network(net: CosmosTransferNet) -> CosmosTransferNet:
     `net` must be materialised (plain tensors or FSDP2 shards). The copies keep `net`'s sharding (a
     DTensor clone), so the EMA update is local to each rank.
     """
-    from .lora import apply_lora, lora_of
-
     with torch.device("meta"):
         net_ema = CosmosTransferNet(net.config)
         if lora_of(net):  # the same adapters, so that the keys match
@@ -205,8 +205,6 @@ def ema_weights(net: nn.Module, net_ema: Optional[nn.Module]) -> Iterator[nn.Mod
 
 
 def _reshard(net: nn.Module) -> None:
-    from torch.distributed.fsdp import FSDPModule
-
     for module in net.modules():
         if isinstance(module, FSDPModule):
             module.reshard()
@@ -222,7 +220,6 @@ def composer_keeps_our_sharding() -> Iterator[None]:
     applied twice. We shard before the Trainer is built (the optimizer is then built over the shards),
     so Composer's step is replaced, for the Trainer's construction only, by a check that it was done.
     """
-    from composer.distributed import prepare_distributed
 
     def check_sharded(model: nn.Module, optimizer=None, config=None, precision=None) -> None:
         unsharded = [name for name, p in model.named_parameters() if not isinstance(p, DTensor)]

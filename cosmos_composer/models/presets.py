@@ -13,6 +13,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
+from .official_cameras import DEFAULT_CAMERAS, check_camera_origins
+
 
 @dataclass(frozen=True)
 class NetworkConfig:
@@ -50,7 +52,7 @@ class NetworkConfig:
     # of cameras, so every released weight but the view-embedding rows still fits another rig.
     view_condition_dim: int = 7
     # The camera of each view-embedding row, in view-id order (training sets it from the dataset's `cameras`);
-    # () = the 7 official DEFAULT_CAMERAS (data/cameras.py) for 7 rows, unnamed rows otherwise.
+    # () = the 7 official DEFAULT_CAMERAS (models/official_cameras.py) for 7 rows, unnamed rows otherwise.
     camera_names: tuple[str, ...] = ()
     # (camera, official camera) for each camera that starts from an official one (`CAM_FRONT=
     # camera_front_wide_120fov` in the dataset's `cameras`): its caption prefix is that camera's, and its row was
@@ -73,8 +75,6 @@ class NetworkConfig:
         """The camera of each view-embedding row (view id = position); () when the rows are unnamed."""
         if self.camera_names or not self.is_multiview:
             return self.camera_names
-        from ..data.cameras import DEFAULT_CAMERAS
-
         return DEFAULT_CAMERAS if self.n_cameras_emb == len(DEFAULT_CAMERAS) else ()
 
     @property
@@ -131,8 +131,6 @@ class NetworkConfig:
         if len(set(self.camera_names)) != len(self.camera_names):
             raise ValueError(f"camera_names {list(self.camera_names)} lists a camera more than once")
         if self.camera_origins:
-            from ..data.cameras import check_camera_origins  # lazily: the data package imports Streaming
-
             pairs = self.camera_origins
             if any(len(pair) != 2 for pair in pairs) or len({pair[0] for pair in pairs}) != len(pairs):
                 raise ValueError(
