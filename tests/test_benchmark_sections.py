@@ -7,12 +7,18 @@ import argparse
 
 import pytest
 import torch
+from composer.utils import reproducibility
 from omegaconf import OmegaConf
 
-from cosmos_composer.benchmarks.common import network_set_items
+from cosmos_composer.benchmarks.common import REPO, network_set_items
 from cosmos_composer.benchmarks.network import network_config_args, train_ours
 from cosmos_composer.benchmarks.train import build_training_networks
-from cosmos_composer.models import build_network
+from cosmos_composer.benchmarks.trainer import _crossattn_proj_fingerprint
+from cosmos_composer.config import load_config
+from cosmos_composer.data.precompute import crossattn_proj_fingerprint
+from cosmos_composer.models import build_network, get_config
+from cosmos_composer.models.parallelize import FROZEN_DTYPE
+from cosmos_composer.models.prepare import WeightSource, prepare_training_network
 
 
 def test_the_network_set_items_read_values_as_train_py_reads_them():
@@ -63,3 +69,30 @@ def test_the_train_section_holds_the_ema_as_training_does():
             torch.testing.assert_close(ema[name], param.detach().float(), rtol=0, atol=0)
         else:  # the frozen base is shared, not copied
             assert ema[name] is param
+
+
+@pytest.mark.parametrize("start", ["fresh", "base_load_path"])
+def test_the_trainer_section_fingerprints_the_crossattn_proj_the_run_will_hold(start, tmp_path):
+    """The cached projected text of the trainer section carries the fingerprint of the projection that train.py
+    prepares: the base file's when `base_load_path` is set, else the seeded fresh draw of prepare_training_network."""
+    overrides = ["model.preset=tiny-multiview"]
+    base = None
+    if start == "base_load_path":
+        base = tmp_path / "base.pt"
+        torch.manual_seed(7)  # other values than the seeded fresh draw
+        torch.save({f"net.{k}": v.to(FROZEN_DTYPE) for k, v in build_network("tiny-multiview").state_dict().items()
+                    if not k.startswith(("control_", "input_hint_block"))}, base)  # fmt: skip
+        overrides.append(f"base_load_path={base}")
+    cfg = load_config(REPO / "yamls" / "hdmap.yaml", overrides)
+    reproducibility.seed_all(cfg.seed)  # as builders.build_trainer seeds before the network is prepared
+    net = prepare_training_network(
+        get_config("tiny-multiview"),
+        lora=None,
+        train_base=False,
+        precision="fp32",
+        fsdp=None,
+        weights=WeightSource(base=str(base) if base else None),
+        device=torch.device("cpu"),
+    )
+    expected = crossattn_proj_fingerprint(net.crossattn_proj.to(FROZEN_DTYPE))
+    assert _crossattn_proj_fingerprint(cfg, load_path=None) == expected

@@ -16,7 +16,7 @@ import torch
 from composer.utils import reproducibility
 from streaming import MDSWriter
 
-from ..checkpoint.load import read_state_dict
+from ..checkpoint.load import read_state_dict, select_network_weights
 from ..config import load_config
 from ..data import mds
 from ..data.cameras import DEFAULT_CAMERAS
@@ -25,6 +25,7 @@ from ..data.precompute import crossattn_proj_fingerprint
 from ..latent_geometry import LATENT_CHANNELS, SPATIAL_COMPRESSION, pixel_num_frames
 from ..models import build_network, get_config
 from ..models.parallelize import FROZEN_DTYPE
+from ..models.prepare import WeightSource, prepare_training_network
 from .common import PEAK_BF16_FLOPS, REPO
 from .train import model_flops_per_sample
 
@@ -86,18 +87,29 @@ def _write_synthetic_shards(
 
 
 def _crossattn_proj_fingerprint(cfg, load_path: str | None) -> str:
-    """The fingerprint of the run's `crossattn_proj` weights, which cached projected text must carry."""
-    overrides = dict(cfg.model.overrides)
-    if load_path:
-        state = read_state_dict(load_path)
+    """The fingerprint of the `crossattn_proj` weights the run will hold, which cached projected text must carry:
+    those of `load_path`, else of the `base_load_path` base (it holds the projection), else of the fresh draw."""
+    weights_file = load_path or cfg.base_load_path
+    if weights_file:
+        selected, _ = select_network_weights(read_state_dict(weights_file), source=weights_file)
+        proj_prefix = "crossattn_proj."
         with torch.device("meta"):
-            net = build_network(cfg.model.preset, **overrides)
+            net = build_network(cfg.model.preset, **dict(cfg.model.overrides))
         proj = net.crossattn_proj.to_empty(device="cpu")
-        proj.load_state_dict({k[len("net.crossattn_proj."):]: v for k, v in state.items()
-                              if k.startswith("net.crossattn_proj.")})  # fmt: skip
+        proj.load_state_dict({k[len(proj_prefix) :]: v for k, v in selected.items() if k.startswith(proj_prefix)})
     else:
-        reproducibility.seed_all(cfg.seed)  # as train.py draws the fresh weights
-        proj = build_network(cfg.model.preset, **overrides).crossattn_proj
+        # The fresh draw as train.py makes it: seeded, then prepared in one process (same values as any sharding).
+        reproducibility.seed_all(cfg.seed)
+        net = prepare_training_network(
+            get_config(cfg.model.preset, **dict(cfg.model.overrides)),
+            lora=None,
+            train_base=cfg.model.train_base,
+            precision="fp32",
+            fsdp=None,
+            weights=WeightSource(),
+            device=torch.device("cpu"),
+        )
+        proj = net.crossattn_proj
     return crossattn_proj_fingerprint(proj.to(FROZEN_DTYPE))  # projected text needs it frozen: stored in bf16
 
 
