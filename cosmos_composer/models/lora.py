@@ -28,7 +28,7 @@ from typing import Any, Optional, TypeVar
 import torch
 from torch import nn
 
-from ..config import LORA_TARGETS
+from .lora_targets import LORA_TARGETS
 from .network import CONTROL_BRANCH_PREFIXES
 
 # Upstream's default `lora_target_modules` (text2world_model.py), matched as PEFT matches them: name suffixes.
