@@ -44,7 +44,7 @@ from .models.parallelize import (
     set_trainable_,
 )
 from .optim import FiniteGradClip, LambdaLinearSchedule, build_optimizer
-from .quiet import silence_known_warnings
+from .quiet import silence_known_warnings, silence_resume_warnings
 from .run_plan import fsdp2_config, plan_run
 from .run_setup import (
     RunInputs,
@@ -172,13 +172,15 @@ def build_parallelism(cfg: DictConfig) -> Optional[dict]:
 
 def build_trainer(cfg: DictConfig) -> Trainer:
     """The Trainer of a config loaded by `load_config`: every check that needs no model first, then the model."""
+    silence_known_warnings()
     apply_gpu_memory_cap(cfg.gpu_memory_cap_gib)
-    # Cheap checks first: a missing dataset or file, or W&B credentials, fail before the model is built.
+    # Cheap checks first: a missing dataset, W&B credentials or a missing file fail before the model is built.
     plan = plan_run(cfg, dist.get_world_size(), has_gpu=torch.cuda.is_available())
     loggers = build_loggers(cfg, plan)
     lock_run_folder(plan.locked_folder)  # before anything reads or writes the checkpoints
     inputs = resolve_inputs(cfg, plan.save_folder)
-    silence_known_warnings(resumed=inputs.resumes)
+    if inputs.resumes:
+        silence_resume_warnings()
     write_run_config(cfg, plan)
 
     # Seed before the model is built, so a fresh run's initial weights are reproducible too.

@@ -29,7 +29,7 @@ from .data.cameras import parse_cameras
 from .data.layouts import MULTIVIEW_HDMAP, SINGLEVIEW, normalize_control_key
 from .diffusion.objective import ObjectiveConfig
 from .encoders.vae import TEMPORAL_COMPRESSION, latent_num_frames
-from .loggers import LOGGERS
+from .loggers import LOGGERS, wandb_credentials_found
 from .models import PRESETS, NetworkConfig, get_config
 from .models.context_parallel import check_context_parallel_size
 from .models.lora_targets import LORA_TARGETS
@@ -517,8 +517,9 @@ def _validate_values(cfg: DictConfig, yaml_path: Path) -> NetworkConfig:
 # The checks that need the launch (its processes, its GPU, the files): `run_plan.plan_run` runs them before anything
 # heavy is built, so a bad run fails in seconds.
 def check_launch(cfg: DictConfig, network: NetworkConfig, world_size: int, has_gpu: bool) -> None:
-    """Every launch check: dataset folders, precision, context parallelism, the global batch's split."""
+    """Every launch check: dataset folders, W&B credentials, precision, context parallelism, the batch's split."""
     check_dataset_paths(cfg)
+    check_wandb_credentials(cfg)
     check_precision(cfg.precision, has_gpu)
     check_context_parallel(cfg, network, world_size)
     check_batch_split(cfg, world_size)
@@ -537,6 +538,22 @@ def check_dataset_paths(cfg: DictConfig) -> None:
                 f"(python scripts/convert_to_mds.py --layout ... --input <folder> --output {dataset.local}), "
                 f"or set {section}.dataset.remote to where the shards are"
             )
+
+
+# WANDB_MODE values with which W&B logs without logging in.
+WANDB_LOCAL_MODES = ("offline", "disabled", "dryrun")
+
+
+def check_wandb_credentials(cfg: DictConfig) -> None:
+    """W&B configured without credentials (and without WANDB_MODE=offline): stop now, naming both fixes."""
+    if "wandb" not in (cfg.loggers or {}) or os.environ.get("WANDB_MODE", "").lower() in WANDB_LOCAL_MODES:
+        return
+    if not wandb_credentials_found():
+        raise ConfigError(
+            "W&B logging is configured (`loggers: wandb:`) but no W&B credentials were found. "
+            "Either log in (`wandb login`, or set WANDB_API_KEY), or set WANDB_MODE=offline to log "
+            "locally; to turn W&B off, delete the `loggers` section or pass `loggers=null`."
+        )
 
 
 def check_precision(precision: str, has_gpu: bool) -> None:

@@ -4,37 +4,25 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .callbacks.registry import build_callback
-from .config import ConfigError
-from .loggers import LOGGERS, JSONLinesLogger, wandb_credentials_found
+from .loggers import LOGGERS, JSONLinesLogger
 from .run_plan import RunPlan
 
 log = logging.getLogger(__name__)
-
-# WANDB_MODE values with which W&B logs without logging in.
-WANDB_LOCAL_MODES = ("offline", "disabled", "dryrun")
 
 
 def build_loggers(cfg: DictConfig, plan: RunPlan) -> list:
     """The YAML's loggers, plus the metrics file every run keeps in its run folder (`metrics.jsonl`).
 
-    W&B configured without credentials (and without WANDB_MODE=offline) is a ConfigError naming both fixes.
+    W&B's credentials are checked before, with the launch (`config.check_wandb_credentials`).
     """
     loggers = []
     for name, kwargs in (cfg.loggers or {}).items():
         kwargs = OmegaConf.to_container(kwargs) if kwargs is not None else {}
-        if name == "wandb" and os.environ.get("WANDB_MODE", "").lower() not in WANDB_LOCAL_MODES:
-            if not wandb_credentials_found():
-                raise ConfigError(
-                    "W&B logging is configured (`loggers: wandb:`) but no W&B credentials were found. "
-                    "Either log in (`wandb login`, or set WANDB_API_KEY), or set WANDB_MODE=offline to log "
-                    "locally; to turn W&B off, delete the `loggers` section or pass `loggers=null`."
-                )
         loggers.append(LOGGERS[name](**kwargs))
     if "jsonl" not in (cfg.loggers or {}):  # every run keeps its metrics beside its checkpoints
         loggers.append(JSONLinesLogger(path=str(plan.run_folder / "metrics.jsonl")))

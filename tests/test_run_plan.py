@@ -87,3 +87,15 @@ def test_the_network_has_the_rigs_cameras_and_is_derived_once_per_load_and_once_
     }
     # The keywords the plan carries build the network it describes (the models' own rule, not ours).
     assert build_network(cfg.model.preset, **plan.network_overrides).config == plan.network
+
+
+def test_wandb_without_credentials_is_refused_before_the_gpu_checks(tmp_path, monkeypatch):
+    for name in ("WANDB_API_KEY", "WANDB_MODE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    cfg = load_config(QUICKSTART, ["loggers={wandb: {project: p}}", "precision=amp_bf16"])
+    with pytest.raises(ConfigError, match=r"no W&B credentials.*wandb login.*WANDB_MODE=offline.*loggers=null"):
+        plan_run(cfg, 1, has_gpu=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")  # then the next check speaks
+    with pytest.raises(ConfigError, match=r"precision='amp_bf16' needs a GPU"):
+        plan_run(cfg, 1, has_gpu=False)
