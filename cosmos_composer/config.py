@@ -7,17 +7,33 @@ list of valid keys at that level.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import io
+import math
 import os
+import tokenize
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import yaml
+from composer.core import Time
+from composer.utils.parallelism import FSDP2Config
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, KeyValidationError, ValidationError
 
-# Where `model.lora.target` puts the adapters: the frozen base blocks (the control branch trains fully, as
-# without LoRA), the control blocks (instead of training them fully; all else frozen), or both.
-LORA_TARGETS = ("base", "control", "base_and_control")
+from .callbacks.registry import CALLBACKS
+from .data.cameras import parse_cameras
+from .data.layouts import MULTIVIEW_HDMAP, SINGLEVIEW, normalize_control_key
+from .diffusion.objective import ObjectiveConfig
+from .encoders.vae import TEMPORAL_COMPRESSION, latent_num_frames
+from .loggers import LOGGERS, wandb_credentials_found
+from .models import PRESETS, NetworkConfig, get_config
+from .models.context_parallel import check_context_parallel_size
+from .models.lora import LORA_TARGETS
+from .optim import OptimizerConfig, SchedulerConfig
 
 
 @dataclass
@@ -50,17 +66,20 @@ class ModelConfig:
     # The control the model is trained on (`control_input_<key>` of the batch): hdmap_bbox, edge or vis for
     # multiview; depth, seg, edge or vis for single view; blur is accepted for vis.
     control_key: str = "hdmap_bbox"
-    # The objective: the released multiview recipe's (upstream's transfer2_auto_multiview_post_train_example).
-    # diffusion/objective.py's ObjectiveConfig takes its defaults from here.
+    # The objective: the released multiview recipe's, whose values diffusion/objective.py's ObjectiveConfig holds.
 
     # The shift of the logit-normal training sigma (upstream rectified_flow.py).
-    sigma_shift: float = 5.0
+    sigma_shift: float = ObjectiveConfig.sigma_shift
     # Probabilities of 0, 1 or 2 clean conditioning frames per view (single-view recipe: {0: 0.4, 1: 0.4, 2: 0.2}).
-    conditional_frames_probs: dict[int, float] = field(default_factory=lambda: {0: 0.5, 1: 0.25, 2: 0.25})
-    text_dropout_rate: float = 0.2  # per sample, all views together (upstream's TextAttr dropout)
+    conditional_frames_probs: dict[int, float] = field(
+        default_factory=lambda: ObjectiveConfig().conditional_frames_probs
+    )
+    # per sample, all views together (upstream's TextAttr dropout)
+    text_dropout_rate: float = ObjectiveConfig.text_dropout_rate
     # The eval loss is measured at each of these fixed sigmas.
-    eval_sigmas: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.5, 0.75, 0.9])
-    eval_seed: int = 1234  # seeds the eval noise: the same at every eval, so eval losses compare between runs
+    eval_sigmas: list[float] = field(default_factory=lambda: list(ObjectiveConfig.eval_sigmas))
+    # seeds the eval noise: the same at every eval, so eval losses compare between runs
+    eval_seed: int = ObjectiveConfig.eval_seed
 
 
 @dataclass
@@ -111,34 +130,6 @@ class LoaderConfig:
     pin_memory: bool = True
     drop_last: bool = True
     prefetch_factor: Optional[int] = 2
-
-
-@dataclass
-class OptimizerConfig:
-    """AdamW as in the released recipes: one param group, the weight decay on every trainable weight.
-
-    The defaults are the multiview recipe's (upstream's transfer2_auto_multiview_post_train_example).
-    """
-
-    lr: float = 8.63e-5
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    weight_decay: float = 1e-3
-
-
-@dataclass
-class SchedulerConfig:
-    """The LambdaLinear multiplier: warm-up f_start -> f_max, then linear toward f_min over cycle_length.
-
-    The defaults are the multiview recipe's (upstream lr_scheduler.py's LambdaLinearScheduler as configured by
-    transfer2_auto_multiview_post_train_example); the single-view recipe warms up 100 steps of a 5000-step cycle.
-    """
-
-    warm_up_steps: int = 1000
-    f_start: float = 1e-6
-    f_max: float = 0.5
-    f_min: float = 0.2
-    cycle_length: int = 100_000
 
 
 @dataclass
@@ -268,49 +259,52 @@ def load_config(yaml_path: str | os.PathLike, overrides: list[str] | None = None
     if missing:
         raise ConfigError(f"Missing required config value(s) {missing} in {yaml_path}")
     _validate_sections(cfg, yaml_path)
-    _validate_values(cfg, yaml_path)
+    network = _validate_values(cfg, yaml_path)
     # The one place an alias (blur) becomes its canonical key (vis): the model, the datasets and config.yaml see it.
-    cfg.model.control_key = canonical_control_key(cfg.model)
+    cfg.model.control_key = normalize_control_key(cfg.model.control_key, layout_of(network))
     return cfg
 
 
-def network_layout(model: DictConfig) -> str:
-    """The data layout of the network `model.preset` and `model.overrides` make: multiview-hdmap or singleview."""
-    from .data.layouts import MULTIVIEW_HDMAP, SINGLEVIEW
-    from .models import get_config
+def base_network(model: DictConfig) -> NetworkConfig:
+    """The network `model.preset` with `model.overrides` (a ValueError or TypeError for bad overrides)."""
+    return get_config(model.preset, **OmegaConf.to_container(model.overrides))
 
-    network = get_config(model.preset, **OmegaConf.to_container(model.overrides))
+
+def layout_of(network: NetworkConfig) -> str:
+    """The data layout a network trains on: multiview-hdmap or singleview."""
     return MULTIVIEW_HDMAP if network.is_multiview else SINGLEVIEW
 
 
-def network_overrides(cfg: DictConfig) -> dict[str, Any]:
-    """`model.overrides` plus, for a multiview run with `train_loader.dataset.cameras`, `camera_names`: the
-    network names its view-embedding rows after the rig's cameras, and `camera_origins` when some start from an
-    official camera (`name=official`); both are saved in network.json with the weights."""
-    from .data.cameras import parse_cameras  # lazily, as in _camera_problems: the data package imports Streaming
-
+def network_and_overrides(cfg: DictConfig) -> tuple[NetworkConfig, dict[str, Any]]:
+    """The network a run trains, and the `build_network` keywords that make it: `model.overrides` plus, for a
+    multiview run with `train_loader.dataset.cameras`, `camera_names` (the network names its view-embedding rows
+    after the rig's cameras) and `camera_origins` when some start from an official camera (`name=official`);
+    both are saved in network.json with the weights. The one place the config becomes a network config."""
+    network = base_network(cfg.model)
     overrides = OmegaConf.to_container(cfg.model.overrides)
     cameras = cfg.train_loader.dataset.cameras if cfg.get("train_loader") is not None else None
-    if cameras and network_layout(cfg.model) == "multiview-hdmap":
+    if cameras and network.is_multiview:
         rig = parse_cameras(list(cameras), "train_loader.dataset.cameras")
         overrides["camera_names"] = list(rig.names)
         if rig.origins:
             overrides["camera_origins"] = [[camera, official] for camera, official in rig.origins.items()]
-    return overrides
+        network = dataclasses.replace(
+            network, camera_names=overrides["camera_names"], camera_origins=overrides.get("camera_origins", ())
+        )
+        network.validate()
+    return network, overrides
 
 
-def _camera_problems(cfg: DictConfig) -> list[tuple[str, Any, str]]:
+def network_overrides(cfg: DictConfig) -> dict[str, Any]:
+    """The `build_network` keywords of the run's network (see `network_and_overrides`)."""
+    return network_and_overrides(cfg)[1]
+
+
+def _camera_problems(cfg: DictConfig, network: NetworkConfig) -> list[tuple[str, Any, str]]:
     """The rig's camera lists against each other and against the network's view-embedding rows."""
-    from .data.cameras import parse_cameras
-    from .models import get_config
-
     problems = []
     loaders = [name for name in ("train_loader", "eval_loader") if cfg.get(name) is not None]
     rigs = {}  # loader -> its parsed camera list
-    try:
-        network = get_config(cfg.model.preset, **OmegaConf.to_container(cfg.model.overrides))
-    except (TypeError, ValueError):
-        return problems  # reported as a model.overrides problem
     for loader in loaders:
         key, cameras = f"{loader}.dataset.cameras", cfg[loader].dataset.cameras
         if cameras is None:
@@ -360,24 +354,10 @@ def _camera_problems(cfg: DictConfig) -> list[tuple[str, Any, str]]:
     return problems
 
 
-def canonical_control_key(model: DictConfig) -> str:
-    """`model.control_key` as the batch names it (`blur` -> `vis`); a ValueError for a key the layout has not."""
-    from .data.layouts import normalize_control_key
-
-    return normalize_control_key(model.control_key, network_layout(model))
-
-
-KNOWN_LOGGERS = ("wandb", "jsonl")
-
-
 def _validate_sections(cfg: DictConfig, yaml_path: Path) -> None:
-    from composer.utils.parallelism import FSDP2Config
-
-    from .callbacks.registry import CALLBACKS
-
     for name in cfg.loggers or {}:
-        if name not in KNOWN_LOGGERS:
-            raise ConfigError(f"Unknown logger '{name}' in {yaml_path}; known loggers: {list(KNOWN_LOGGERS)}")
+        if name not in LOGGERS:
+            raise ConfigError(f"Unknown logger '{name}' in {yaml_path}; known loggers: {list(LOGGERS)}")
     for name in cfg.callbacks or {}:
         if name not in CALLBACKS:
             raise ConfigError(f"Unknown callback '{name}' in {yaml_path}; known callbacks: {sorted(CALLBACKS)}")
@@ -397,16 +377,8 @@ def _validate_sections(cfg: DictConfig, yaml_path: Path) -> None:
 PRECISIONS = ("fp32", "amp_bf16", "amp_fp16", "amp_fp8")  # Composer's; amp_* need a GPU (check_precision)
 
 
-def check_precision(precision: str, has_gpu: bool) -> None:
-    """Composer trains amp_* precisions on GPUs only: say so before the model is built, not after."""
-    if precision != "fp32" and not has_gpu:
-        raise ConfigError(f"precision={precision!r} needs a GPU, and this machine has none; use precision=fp32")
-
-
 def _duration(value: Any) -> Optional[str]:
     """Why `value` is not a positive Composer duration (`10ba`, `1ep`, `500sp`), or None when it is one."""
-    from composer.core import Time
-
     try:
         time = Time.from_timestring(str(value))
     except ValueError:
@@ -414,12 +386,9 @@ def _duration(value: Any) -> Optional[str]:
     return None if time.value > 0 else "must be positive"
 
 
-def _value_problems(cfg: DictConfig) -> list[tuple[str, Any, str]]:
-    """(key, value, what is wrong and what is valid) for every value of the config outside its range."""
-    import math
-
-    from .models import PRESETS
-
+def _value_problems(cfg: DictConfig) -> tuple[list[tuple[str, Any, str]], Optional[NetworkConfig]]:
+    """(key, value, what is wrong and what is valid) for every value of the config outside its range, and the
+    network of `model.preset` and `model.overrides` (None when they do not make one)."""
     problems: list[tuple[str, Any, str]] = []
 
     def check(key: str, ok: bool, valid: str) -> None:
@@ -433,23 +402,22 @@ def _value_problems(cfg: DictConfig) -> list[tuple[str, Any, str]]:
     def fraction(key: str, value: Any) -> bool:
         return isinstance(value, (int, float)) and 0 <= value <= 1
 
-    m = cfg.model
-    check("model.preset", m.preset in PRESETS, f"one of {sorted(PRESETS)}")
-    if m.preset in PRESETS:
-        from .data.layouts import normalize_control_key
-
+    model = cfg.model
+    network = None
+    check("model.preset", model.preset in PRESETS, f"one of {sorted(PRESETS)}")
+    if model.preset in PRESETS:
         try:
-            layout = network_layout(m)
+            network = base_network(model)
         except (TypeError, ValueError) as error:
             check("model.overrides", False, str(error))
         else:
             try:
-                normalize_control_key(m.control_key, layout)
+                normalize_control_key(model.control_key, layout_of(network))
             except ValueError as error:
                 check("model.control_key", False, str(error))
     positive("model.sigma_shift")
-    check("model.text_dropout_rate", fraction("", m.text_dropout_rate), "between 0 and 1")
-    probs = dict(m.conditional_frames_probs)
+    check("model.text_dropout_rate", fraction("", model.text_dropout_rate), "between 0 and 1")
+    probs = dict(model.conditional_frames_probs)
     check(
         "model.conditional_frames_probs",
         bool(probs)
@@ -457,14 +425,16 @@ def _value_problems(cfg: DictConfig) -> list[tuple[str, Any, str]]:
         and abs(sum(probs.values()) - 1) < 1e-6,
         "probabilities >= 0 of frame counts >= 0 that sum to 1",
     )
-    check("model.eval_sigmas", all(0 < s < 1 for s in m.eval_sigmas), "sigmas strictly between 0 and 1")
-    check("model.eval_seed", m.eval_seed >= 0, "an integer >= 0")
-    if m.lora is not None:
-        check("model.lora.rank", m.lora.rank > 0, "an integer > 0")
+    check("model.eval_sigmas", all(0 < s < 1 for s in model.eval_sigmas), "sigmas strictly between 0 and 1")
+    check("model.eval_seed", model.eval_seed >= 0, "an integer >= 0")
+    if model.lora is not None:
+        check("model.lora.rank", model.lora.rank > 0, "an integer > 0")
         positive("model.lora.alpha")
-        check("model.lora.dropout", 0 <= m.lora.dropout < 1, "a probability in [0, 1)")
-        check("model.lora.target", m.lora.target in LORA_TARGETS, f"one of {list(LORA_TARGETS)}")
-        check("model.lora", not m.train_base, "null with model.train_base=true (a full fine-tune trains every weight)")
+        check("model.lora.dropout", 0 <= model.lora.dropout < 1, "a probability in [0, 1)")
+        check("model.lora.target", model.lora.target in LORA_TARGETS, f"one of {list(LORA_TARGETS)}")
+        check(
+            "model.lora", not model.train_base, "null with model.train_base=true (a full fine-tune trains every weight)"
+        )
 
     check("precision", cfg.precision in PRECISIONS, f"one of {list(PRECISIONS)}")
     for key in ("max_duration", "eval_interval", *(["save_interval"] if cfg.save_interval is not None else [])):
@@ -472,18 +442,22 @@ def _value_problems(cfg: DictConfig) -> list[tuple[str, Any, str]]:
         check(key, why is None, why or "")
     positive("global_train_batch_size")
     micro = cfg.device_train_microbatch_size
-    fsdp = bool(cfg.parallelism_config and cfg.parallelism_config.get("fsdp") is not None)
+    uses_fsdp2 = bool(cfg.parallelism_config and cfg.parallelism_config.get("fsdp") is not None)
     check(
         "context_parallel_size",
         isinstance(cfg.context_parallel_size, int) and cfg.context_parallel_size >= 1,
         "an integer >= 1",
     )
     if cfg.context_parallel_size > 1:
-        check("context_parallel_size", fsdp, "1 without parallelism_config.fsdp (context parallelism runs under FSDP2)")
+        check(
+            "context_parallel_size",
+            uses_fsdp2,
+            "1 without parallelism_config.fsdp (context parallelism runs under FSDP2)",
+        )
     check(
         "device_train_microbatch_size",
-        (isinstance(micro, int) and micro > 0) or (micro == "auto" and not fsdp),
-        "an integer > 0" + (" ('auto' is not supported by Composer with FSDP2)" if fsdp else " or 'auto'"),
+        (isinstance(micro, int) and micro > 0) or (micro == "auto" and not uses_fsdp2),
+        "an integer > 0" + (" ('auto' is not supported by Composer with FSDP2)" if uses_fsdp2 else " or 'auto'"),
     )
 
     positive("optimizer.lr")
@@ -522,29 +496,103 @@ def _value_problems(cfg: DictConfig) -> list[tuple[str, Any, str]]:
             "true when encoders.text is null (nothing else makes the text embeddings)",
         )
         check(f"{loader}.num_workers", cfg[loader].num_workers >= 0, "an integer >= 0")
-    if m.preset in PRESETS:
-        problems += _camera_problems(cfg)
+    if network is not None:
+        problems += _camera_problems(cfg, network)
     if cfg.gpu_memory_cap_gib is not None:
         positive("gpu_memory_cap_gib")
     check("max_nonfinite_steps", cfg.max_nonfinite_steps >= 0, "an integer >= 0")
-    return problems
+    return problems, network
 
 
-def _validate_values(cfg: DictConfig, yaml_path: Path) -> None:
-    problems = _value_problems(cfg)
+def _validate_values(cfg: DictConfig, yaml_path: Path) -> NetworkConfig:
+    """Every value problem at once in one ConfigError; else the network of `model.preset` and `model.overrides`."""
+    problems, network = _value_problems(cfg)
     if problems:
         lines = [f"  {key}={value!r}: {valid}" for key, value, valid in problems]
         raise ConfigError(f"Invalid value(s) in {yaml_path} (with its overrides):\n" + "\n".join(lines))
+    return network
+
+
+# ----------------------------------------------------------------------------- preflight
+# The checks that need the launch (its processes, its GPU, the files): `run_plan.plan_run` runs them before anything
+# heavy is built, so a bad run fails in seconds.
+def check_launch(cfg: DictConfig, network: NetworkConfig, world_size: int, has_gpu: bool) -> None:
+    """Every launch check: dataset folders, W&B credentials, precision, context parallelism, the batch's split."""
+    check_dataset_paths(cfg)
+    check_wandb_credentials(cfg)
+    check_precision(cfg.precision, has_gpu)
+    check_context_parallel(cfg, network, world_size)
+    check_batch_split(cfg, world_size)
+
+
+def check_dataset_paths(cfg: DictConfig) -> None:
+    """A dataset folder that does not exist (and that no remote or demo fills)."""
+    loaders = {"train_loader": cfg.train_loader, "eval_loader": cfg.eval_loader}
+    for section, loader in loaders.items():
+        if loader is None:
+            continue
+        dataset = loader.dataset
+        if dataset.remote is None and not dataset.demo_if_missing and not Path(dataset.local).exists():
+            raise ConfigError(
+                f"{section}.dataset.local={dataset.local!r} does not exist. Convert your dataset first "
+                f"(python scripts/convert_to_mds.py --layout ... --input <folder> --output {dataset.local}), "
+                f"or set {section}.dataset.remote to where the shards are"
+            )
+
+
+# WANDB_MODE values with which W&B logs without logging in.
+WANDB_LOCAL_MODES = ("offline", "disabled", "dryrun")
+
+
+def check_wandb_credentials(cfg: DictConfig) -> None:
+    """W&B configured without credentials (and without WANDB_MODE=offline): stop now, naming both fixes."""
+    if "wandb" not in (cfg.loggers or {}) or os.environ.get("WANDB_MODE", "").lower() in WANDB_LOCAL_MODES:
+        return
+    if not wandb_credentials_found():
+        raise ConfigError(
+            "W&B logging is configured (`loggers: wandb:`) but no W&B credentials were found. "
+            "Either log in (`wandb login`, or set WANDB_API_KEY), or set WANDB_MODE=offline to log "
+            "locally; to turn W&B off, delete the `loggers` section or pass `loggers=null`."
+        )
+
+
+def check_precision(precision: str, has_gpu: bool) -> None:
+    """Composer trains amp_* precisions on GPUs only: say so before the model is built, not after."""
+    if precision != "fp32" and not has_gpu:
+        raise ConfigError(f"precision={precision!r} needs a GPU, and this machine has none; use precision=fp32")
+
+
+def check_context_parallel(cfg: DictConfig, network: NetworkConfig, world_size: int) -> None:
+    """A context_parallel_size that cannot split the heads, the processes or the sample's latent frames."""
+    size = cfg.context_parallel_size
+    try:
+        check_context_parallel_size(size, network.num_heads, world_size)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    num_frames = cfg.train_loader.dataset.num_frames
+    latent_frames = latent_num_frames(num_frames)
+    if not network.is_multiview and latent_frames % size:  # multiview: views x frames, checked at the first batch
+        raise ConfigError(
+            f"context_parallel_size={size} does not divide the {latent_frames} latent frames of "
+            f"train_loader.dataset.num_frames={num_frames}; choose num_frames = "
+            f"1 + {TEMPORAL_COMPRESSION} k with 1 + k a multiple of {size}"
+        )
+
+
+def check_batch_split(cfg: DictConfig, world_size: int) -> None:
+    """global_train_batch_size must split evenly over the data-parallel groups (processes / context_parallel_size)."""
+    data_parallel_size = world_size // cfg.context_parallel_size
+    if cfg.global_train_batch_size % data_parallel_size:
+        raise ConfigError(
+            f"global_train_batch_size={cfg.global_train_batch_size} is not divisible by the {data_parallel_size} "
+            f"data-parallel groups ({world_size} processes / context_parallel_size={cfg.context_parallel_size})"
+        )
 
 
 # ----------------------------------------------------------------------------- --help
 def _field_comments(cls: type) -> dict[str, str]:
     """The comments of a dataclass's fields in its source: the comment lines just above a field and the one
     at the end of its line."""
-    import inspect
-    import io
-    import tokenize
-
     source = inspect.getsource(cls)
     comments = {}  # line number -> comment text
     for token in tokenize.generate_tokens(io.StringIO(source).readline):
@@ -574,16 +622,11 @@ def _section_doc(cls: type) -> str:
 
 def _yaml_value(value: Any) -> str:
     """`value` as it would be written in a YAML: `auto`, `null`, `[0.9, 0.999]`, `{0: 0.5}`."""
-    import yaml
-
     return yaml.safe_dump([value], default_flow_style=True, width=10**6).strip()[1:-1]
 
 
 def _describe(cls: type, indent: str, described: dict) -> list[str]:
     """One line per key of `cls` (nested sections indented); `described`: sections listed already, by type."""
-    import dataclasses
-    import typing
-
     lines = []
     comments = _field_comments(cls)
     hints = typing.get_type_hints(cls)
@@ -613,13 +656,11 @@ def _describe(cls: type, indent: str, described: dict) -> list[str]:
 
 def describe_config() -> str:
     """Every config key with its default and comment, generated from the dataclasses above (`train.py --help`)."""
-    from .callbacks.registry import CALLBACKS
-
     return "\n".join(
         [
             "Config keys (YAML, or key=value overrides), with their defaults:",
             *_describe(TrainConfig, "  ", {}),
-            f"Loggers (under loggers:): {', '.join(KNOWN_LOGGERS)}.",
+            f"Loggers (under loggers:): {', '.join(LOGGERS)}.",
             f"Callbacks (under callbacks:): {', '.join(sorted(CALLBACKS))}.",
         ]
     )

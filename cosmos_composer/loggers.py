@@ -1,9 +1,14 @@
-"""Logger destinations: a JSON-lines metrics file, and W&B with a fix for offline autoresume."""
+"""Logger destinations: a JSON-lines metrics file, and W&B with a fix for offline autoresume.
+
+`LOGGERS` is the table of the names a YAML may use under `loggers:`.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import netrc
+import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -88,3 +93,18 @@ class WandBLogger(ComposerWandBLogger):
         if not self._log_artifacts:
             raise FileNotFoundError(f"{remote_file_name}: checkpoints are not uploaded to W&B (log_artifacts is off)")
         return super().download_file(remote_file_name, destination, overwrite=overwrite, progress_bar=progress_bar)
+
+
+def wandb_credentials_found() -> bool:
+    """Whether W&B can log in: WANDB_API_KEY, or an api.wandb.ai entry in the netrc file (`wandb login`)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        netrc_file = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
+        return netrc.netrc(netrc_file).authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
+
+
+# The loggers a YAML may name under `loggers:` (name: kwargs), each built with the keyword arguments given there.
+LOGGERS: dict[str, type[LoggerDestination]] = {"wandb": WandBLogger, "jsonl": JSONLinesLogger}

@@ -1,7 +1,8 @@
 """The released recipe's optimizer, learning-rate schedule and gradient clipping.
 
-Their settings and the recipe's values are `OptimizerConfig` and `SchedulerConfig` in `config.py`; the functions
-here take those fields as keywords, and a field not given is the dataclass's default.
+Their settings and the recipe's values are `OptimizerConfig` and `SchedulerConfig` below (the training config's
+`optimizer:` and `scheduler:` sections); the functions here take those fields as keywords, and a field not given
+is the dataclass's default.
 
 - `build_optimizer`: AdamW over the trainable parameters, one param group, weight decay on all of
   them (biases and norms included), as upstream's `get_base_optimizer`.
@@ -14,6 +15,7 @@ here take those fields as keywords, and a field not given is the dataclass's def
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional, Union
 
 import torch
@@ -22,16 +24,46 @@ from composer.loggers import Logger
 from torch import nn
 from torch.distributed.tensor import DTensor, Partial, Replicate, Shard
 
-from .config import OptimizerConfig, SchedulerConfig
 from .models.dtensor import local_tensor
 
 __all__ = [
     "FiniteGradClip",
     "LambdaLinearSchedule",
+    "OptimizerConfig",
+    "SchedulerConfig",
     "build_optimizer",
     "clip_finite_grad_norm_",
     "lambda_linear_multiplier",
 ]
+
+
+# ----------------------------------------------------------------------------- the recipe's settings
+@dataclass
+class OptimizerConfig:
+    """AdamW as in the released recipes: one param group, the weight decay on every trainable weight.
+
+    The defaults are the multiview recipe's (upstream's transfer2_auto_multiview_post_train_example).
+    """
+
+    lr: float = 8.63e-5
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    weight_decay: float = 1e-3
+
+
+@dataclass
+class SchedulerConfig:
+    """The LambdaLinear multiplier: warm-up f_start -> f_max, then linear toward f_min over cycle_length.
+
+    The defaults are the multiview recipe's (upstream lr_scheduler.py's LambdaLinearScheduler as configured by
+    transfer2_auto_multiview_post_train_example); the single-view recipe warms up 100 steps of a 5000-step cycle.
+    """
+
+    warm_up_steps: int = 1000
+    f_start: float = 1e-6
+    f_max: float = 0.5
+    f_min: float = 0.2
+    cycle_length: int = 100_000
 
 
 # ----------------------------------------------------------------------------- optimizer

@@ -7,8 +7,9 @@ import warnings
 from tempfile import gettempdir
 
 
-def silence_known_warnings(resumed: bool) -> None:
-    """Hide the library warnings that every run prints and that say nothing about this run.
+def silence_known_warnings() -> None:
+    """Hide the library warnings that every run prints and that say nothing about this run (call it first: the
+    run plan's FSDP2Config warns when it is made).
 
     Each filter names the message and the module that warns, so the same text from elsewhere still shows.
     """
@@ -18,12 +19,17 @@ def silence_known_warnings(resumed: bool) -> None:
     warnings.filterwarnings(
         "ignore", message="TypedStorage is deprecated", module="torch.distributed.checkpoint.filesystem"
     )
-    if resumed:
-        # A checkpoint is written after the last batch of an epoch but before the epoch ends, so a run resumed
-        # from it first finishes that epoch with no batch left in it. A fresh run with no batches still warns.
-        warnings.filterwarnings(
-            "ignore", message="No batches were trained for global rank", module="composer.trainer.trainer"
-        )
+
+
+def silence_resume_warnings() -> None:
+    """Hide what Composer warns about every resumed run.
+
+    A checkpoint is written after the last batch of an epoch but before the epoch ends, so a run resumed from it
+    first finishes that epoch with no batch left in it. A fresh run with no batches still warns.
+    """
+    warnings.filterwarnings(
+        "ignore", message="No batches were trained for global rank", module="composer.trainer.trainer"
+    )
 
 
 def remove_streaming_filelocks(trainer) -> None:

@@ -13,12 +13,13 @@ import torch.distributed as dist
 from helpers import QUICKSTART, REPO, free_port
 from torch.distributed.tensor import DTensor
 
-from cosmos_composer import builders
+from cosmos_composer import builders, run_setup
 from cosmos_composer.checkpoint.autoresume import ResumePlan
 from cosmos_composer.checkpoint.export import example_inputs
 from cosmos_composer.checkpoint.load import CheckpointLoadError, load_base_into_network
 from cosmos_composer.config import load_config
 from cosmos_composer.models import build_network
+from cosmos_composer.run_plan import plan_run
 
 PRESET = "tiny-multiview"  # the quickstart's: view embeddings and the input hint block, 2 control blocks
 CONTROL = ("control_blocks.", "control_embedder.", "input_hint_block.")  # upstream's freeze_base_model list
@@ -78,8 +79,8 @@ def test_a_predict25_base_starts_a_transfer_run_with_the_base_loaded_and_the_vac
     }
     state = _base_file(path, with_ema=True, **non_parameters)
     cfg = _cfg(tmp_path, f"base_load_path={path}")
-    inputs = builders.resolve_inputs(cfg, save_folder=None)
-    net = builders.build_training_network(cfg, inputs)
+    inputs = run_setup.resolve_inputs(cfg, save_folder=None)
+    net = builders.build_training_network(cfg, plan_run(cfg, 1, has_gpu=False), inputs)
 
     ema = {k[len("net_ema.") :]: v for k, v in state.items() if k.startswith("net_ema.") and k not in non_parameters}
     _check_vace_init(net, ema)  # the EMA by default, not net.*
@@ -91,7 +92,7 @@ def test_a_predict25_base_starts_a_transfer_run_with_the_base_loaded_and_the_vac
         f"base: {path} (net_ema.*) loaded strictly ({len(ema)} tensors; {len(ema)} 'net.*' entries ignored); control "
         "branch initialised from base blocks [0, 1]" in out
     ), out
-    assert builders.describe_start(cfg, inputs) == f"started from the base {path}"
+    assert run_setup.describe_start(cfg, inputs) == f"started from the base {path}"
     # Zero projections: the untrained control branch adds exactly nothing to the base's velocity.
     with torch.no_grad():
         x = example_inputs(net.config)
@@ -105,7 +106,9 @@ def test_fsdp2_base_load_fills_the_shards_with_the_base_and_the_vace_init(tmp_pa
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
     try:
         cfg = load_config(QUICKSTART, [f"base_load_path={path}", "save_interval=null"])
-        net = builders.build_training_network(cfg, builders.resolve_inputs(cfg, save_folder=None))
+        net = builders.build_training_network(
+            cfg, plan_run(cfg, 1, has_gpu=False), run_setup.resolve_inputs(cfg, save_folder=None)
+        )
         assert all(isinstance(p, DTensor) for p in net.parameters())
         _check_vace_init(net, base, gather=True)
     finally:
@@ -152,19 +155,19 @@ def test_load_path_and_autoresume_win_over_base_load_path(tmp_path, capsys, monk
     torch.save(_synthetic().synthetic_state(PRESET, seed=5), full)
 
     cfg = _cfg(tmp_path, f"base_load_path={base}", f"load_path={full}")
-    inputs = builders.resolve_inputs(cfg, save_folder=None)
+    inputs = run_setup.resolve_inputs(cfg, save_folder=None)
     assert inputs.base is None and inputs.weights == str(full)
     assert (
         f"base_load_path='{base}' ignored: load_path='{full}' (a full Transfer checkpoint) wins"
         in capsys.readouterr().out
     )
-    net = builders.build_training_network(cfg, inputs)
+    net = builders.build_training_network(cfg, plan_run(cfg, 1, has_gpu=False), inputs)
     expected = torch.load(full, weights_only=True)
     assert all(torch.equal(p, expected[f"net.{name}"].float()) for name, p in net.named_parameters())
 
     resumed = tmp_path / "checkpoints" / "ep0-ba1"
-    monkeypatch.setattr(builders, "plan_autoresume", lambda folder: ResumePlan(checkpoint=resumed, batch=1))
+    monkeypatch.setattr(run_setup, "plan_autoresume", lambda folder: ResumePlan(checkpoint=resumed, batch=1))
     cfg = _cfg(tmp_path, f"base_load_path={base}", "save_interval=1ba")
-    inputs = builders.resolve_inputs(cfg, save_folder=str(tmp_path / "checkpoints"))
+    inputs = run_setup.resolve_inputs(cfg, save_folder=str(tmp_path / "checkpoints"))
     assert inputs.base is None and inputs.resumes
     assert f"base_load_path='{base}' ignored: the run resumes from {resumed}" in capsys.readouterr().out

@@ -8,13 +8,15 @@ import math
 import pytest
 from helpers import QUICKSTART
 
-from cosmos_composer.builders import RunInputs, build_model, build_trainer
+from cosmos_composer.builders import build_model, build_trainer
 from cosmos_composer.config import load_config
 from cosmos_composer.data.convert import convert_to_mds
 from cosmos_composer.data.demo import make_demo_dataset
 from cosmos_composer.diffusion.objective import ObjectiveConfig
 from cosmos_composer.models import build_network
 from cosmos_composer.models.composer_model import CosmosTransferModel
+from cosmos_composer.run_plan import plan_run
+from cosmos_composer.run_setup import RunInputs
 
 
 def test_blur_is_vis_for_the_config_the_model_and_the_dataset_and_a_singleview_run_trains(tmp_path):
@@ -66,7 +68,7 @@ def test_the_model_keys_of_the_yaml_reach_the_objective():
             "model.eval_seed=99",
         ],
     )
-    model = build_model(cfg, RunInputs())
+    model = build_model(cfg, plan_run(cfg, 1, has_gpu=False), RunInputs())
     assert model.objective == ObjectiveConfig(
         sigma_shift=3.0,
         conditional_frames_probs={0: 0.2, 1: 0.3, 2: 0.5},

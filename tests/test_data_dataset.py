@@ -256,8 +256,8 @@ def test_dataset_options_of_the_yaml_reach_the_dataset(cached_mds):
 
     from helpers import QUICKSTART
 
-    from cosmos_composer.builders import build_dataloader as build_run_dataloader
     from cosmos_composer.config import load_config
+    from cosmos_composer.data.loaders import build_run_dataloader
 
     options = dict(use_cached_latents=False, use_cached_text=False, random_control_params=False, augment_seed=7)
     cfg = load_config(

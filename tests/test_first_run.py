@@ -227,11 +227,13 @@ def test_written_configs_never_hold_secrets(tmp_path):
 def test_loss_plot_is_on_by_default_and_turns_off_and_memory_monitor_is_left_out_on_cpu():
     import torch
 
-    from cosmos_composer.builders import build_callbacks
     from cosmos_composer.callbacks.loss_plot import LossPlot
+    from cosmos_composer.loggers_and_callbacks import build_callbacks
+    from cosmos_composer.run_plan import plan_run
 
     def names(*overrides):
-        return {type(c).__name__ for c in build_callbacks(load_config(QUICKSTART, list(overrides)))}
+        cfg = load_config(QUICKSTART, list(overrides))
+        return {type(c).__name__ for c in build_callbacks(cfg, plan_run(cfg, world_size=1, has_gpu=False))}
 
     assert "LossPlot" in names() and "RunSummary" in names()
     assert LossPlot.__name__ not in names("callbacks.loss_plot=null")

@@ -473,16 +473,19 @@ def test_the_callback_registry_imports_no_callback():
 
 
 def test_a_training_run_writes_its_samples_into_the_run_folder(tmp_path, monkeypatch):
-    from cosmos_composer.builders import build_callbacks
     from cosmos_composer.config import load_config, run_folder
+    from cosmos_composer.loggers_and_callbacks import build_callbacks
+    from cosmos_composer.run_plan import plan_run
 
     monkeypatch.setenv("COSMOS_OUTPUT_ROOT", str(tmp_path))
     for overrides in ([], ["save_folder=s3://bucket/run"]):  # the samples stay local when the checkpoints are not
         cfg = load_config(QUICKSTART, overrides)
-        (callback,) = [c for c in build_callbacks(cfg) if isinstance(c, SampleVideos)]
+        plan = plan_run(cfg, world_size=1, has_gpu=False)
+        (callback,) = [c for c in build_callbacks(cfg, plan) if isinstance(c, SampleVideos)]
         assert callback.output_dir == str(run_folder(cfg) / "samples")
     cfg = load_config(QUICKSTART, ["callbacks.sample_videos.output_dir=/elsewhere"])
-    (callback,) = [c for c in build_callbacks(cfg) if isinstance(c, SampleVideos)]
+    plan = plan_run(cfg, world_size=1, has_gpu=False)
+    (callback,) = [c for c in build_callbacks(cfg, plan) if isinstance(c, SampleVideos)]
     assert callback.output_dir == "/elsewhere"
 
 

@@ -13,11 +13,12 @@ import torch.multiprocessing as mp
 from helpers import QUICKSTART, free_port
 from torch.distributed.tensor import DTensor
 
-from cosmos_composer import builders
+from cosmos_composer import builders, run_setup
 from cosmos_composer.config import ConfigError, load_config
 from cosmos_composer.models import build_network
 from cosmos_composer.models.composer_model import CosmosTransferModel
 from cosmos_composer.models.parallelize import ema_weights
+from cosmos_composer.run_plan import plan_run
 
 PRESET = "tiny-multiview"
 
@@ -37,7 +38,9 @@ def _two_rank_load(rank: int, world: int, port: int, path: str) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         cfg = load_config(QUICKSTART, [f"load_path={path}"])
-        net = builders.build_training_network(cfg, builders.resolve_inputs(cfg, save_folder=None))
+        net = builders.build_training_network(
+            cfg, plan_run(cfg, world, has_gpu=False), run_setup.resolve_inputs(cfg, save_folder=None)
+        )
         model = CosmosTransferModel(net, use_ema=True)
         expected = torch.load(path, weights_only=True)
         trainable = set(net.control_branch_parameter_names())

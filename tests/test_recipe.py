@@ -25,12 +25,14 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from cosmos_composer.callbacks import PowerEMA, power_ema_beta, power_ema_gamma, update_ema_
-from cosmos_composer.config import ModelConfig, OptimizerConfig, SchedulerConfig, load_config
+from cosmos_composer.config import ModelConfig, load_config
 from cosmos_composer.diffusion.objective import ObjectiveConfig
 from cosmos_composer.models import build_network
 from cosmos_composer.optim import (
     FiniteGradClip,
     LambdaLinearSchedule,
+    OptimizerConfig,
+    SchedulerConfig,
     build_optimizer,
     clip_finite_grad_norm_,
     lambda_linear_multiplier,

@@ -1,7 +1,7 @@
 """Callbacks a YAML may name under `callbacks:`, each built with the keyword arguments given there.
 
-The table holds where each class lives, not the class: the config checks the names without importing the
-callbacks (which import the network, the sampler and the data code, some of which read the config).
+The table holds where each class lives, not the class: the config checks the names without importing every
+callback (sample_videos brings the sampler, the evaluation metrics and the video code with it).
 """
 
 from __future__ import annotations

@@ -25,11 +25,15 @@ from typing import Optional
 
 import psutil
 import torch
+from composer.callbacks import CheckpointSaver
 from composer.core import Callback, State
 from composer.loggers import Logger
 from composer.utils import dist
 
 from ..config_file import write_json_or_yaml
+from ..loggers import JSONLinesLogger
+from .loss_plot import LossPlot
+from .sample_videos import SampleVideos
 
 
 def peak_host_rss_gib() -> float:
@@ -108,12 +112,6 @@ class RunSummary(Callback):
 
     def run_files(self, state: State, logger: Logger) -> dict[str, str]:
         """{what: path} of the files this run wrote or continued (rank 0)."""
-        from composer.callbacks import CheckpointSaver
-
-        from ..loggers import JSONLinesLogger
-        from .loss_plot import LossPlot
-        from .sample_videos import SampleVideos
-
         found = {}
         for callback in state.callbacks:
             if isinstance(callback, CheckpointSaver) and callback.saved_checkpoints:

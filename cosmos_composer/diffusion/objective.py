@@ -14,26 +14,25 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..config import ModelConfig
 from ..models.dtensor import full_tensor
 from . import rectified_flow as rf
 
 
-def _model_config_default(name: str, convert=lambda value: value) -> Any:
-    """A field defaulting to `ModelConfig`'s `name`: the recipe's values are written there only."""
-    return field(default_factory=lambda: convert(getattr(ModelConfig(), name)))
-
-
 @dataclass
 class ObjectiveConfig:
-    """The released recipe's objective: the `model:` keys of the training config of the same names."""
+    """The released recipe's objective (upstream's transfer2_auto_multiview_post_train_example).
 
-    sigma_shift: float = _model_config_default("sigma_shift")
-    conditional_frames_probs: dict[int, float] = _model_config_default("conditional_frames_probs")
-    text_dropout_rate: float = _model_config_default("text_dropout_rate")
+    Its values are written here only: the training config's `model:` keys of the same names default to them.
+    """
+
+    # The shift of the logit-normal training sigma (upstream rectified_flow.py).
+    sigma_shift: float = 5.0
+    # Probabilities of 0, 1 or 2 clean conditioning frames per view (single-view recipe: {0: 0.4, 1: 0.4, 2: 0.2}).
+    conditional_frames_probs: dict[int, float] = field(default_factory=lambda: {0: 0.5, 1: 0.25, 2: 0.25})
+    text_dropout_rate: float = 0.2  # per sample, all views together (upstream's TextAttr dropout)
     # Evaluation: the loss at fixed sigmas with fixed noise, comparable between runs.
-    eval_sigmas: tuple[float, ...] = _model_config_default("eval_sigmas", tuple)
-    eval_seed: int = _model_config_default("eval_seed")
+    eval_sigmas: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 0.9)
+    eval_seed: int = 1234
 
     @classmethod
     def from_model_config(cls, model: Any) -> ObjectiveConfig:

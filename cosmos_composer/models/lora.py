@@ -33,12 +33,14 @@ from .network import CONTROL_BRANCH_PREFIXES
 
 # Upstream's default `lora_target_modules` (text2world_model.py), matched as PEFT matches them: name suffixes.
 UPSTREAM_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "output_proj", "mlp.layer1", "mlp.layer2")
-# The block lists each target puts adapters in.
+# `model.lora.target`: the block lists each puts adapters in. The frozen base blocks (the control branch trains
+# fully, as without LoRA), the control blocks (instead of training them fully; all else frozen), or both.
 TARGET_BLOCK_LISTS = {
     "base": ("blocks",),
     "control": ("control_blocks",),
     "base_and_control": ("blocks", "control_blocks"),
 }
+LORA_TARGETS = tuple(TARGET_BLOCK_LISTS)
 ADAPTER_NAME = "default"  # PEFT's adapter name
 BASE_LAYER = ".base_layer."  # the part PEFT inserts into the frozen Linear's names
 _ADAPTER_PARTS = (f".lora_A.{ADAPTER_NAME}.", f".lora_B.{ADAPTER_NAME}.")

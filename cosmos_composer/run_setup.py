@@ -1,0 +1,170 @@
+"""A run's setup before its model is built: the input files resolved and checked, the run folder locked, the
+autoresume checkpoint chosen, the GPU memory cap, and the config as it ran written to the run folder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from composer.core import Time, TimeUnit
+from composer.utils import dist
+from omegaconf import DictConfig, OmegaConf
+
+from .checkpoint.autoresume import ResumePlan, RunAlreadyComplete, plan_resume, point_latest_link
+from .checkpoint.hf import HfResolveError, resolve
+from .checkpoint.integrity import ChecksumMismatch, verify_checksums
+from .checkpoint.load import CheckpointLoadError, is_composer_checkpoint
+from .checkpoint.safe_pickle import UnsafePickleError
+from .config import ConfigError
+from .config_file import write_json_or_yaml
+from .run_lock import RunFolderInUse, acquire_run_lock
+from .run_plan import RunPlan
+
+
+# ----------------------------------------------------------------------------- inputs
+@dataclass
+class RunInputs:
+    """Every file the run reads, resolved to a local path (hf:// URIs are in the HF cache by then)."""
+
+    weights: Optional[str] = None  # a consolidated .pt to start from (`load_path`)
+    composer_checkpoint: Optional[str] = None  # a Composer checkpoint to start from (`load_path`)
+    base: Optional[str] = None  # a Predict2.5 checkpoint whose base DiT starts the run (`base_load_path`)
+    resume_from: Optional[Path] = None  # the autoresume checkpoint in save_folder: Composer loads it
+    vae: Optional[str] = None  # a path, or "tiny"
+    text: Optional[str] = None
+
+    @property
+    def resumes(self) -> bool:
+        return self.resume_from is not None
+
+
+def _resolve_key(key: str, value: str) -> str:
+    """`value` (a path or hf:// URI) as an existing local path, or a ConfigError naming `key`."""
+    try:
+        local = resolve(value)
+    except HfResolveError as error:
+        raise ConfigError(f"{key}={value!r}: {error}") from None
+    if not Path(local).exists():
+        raise ConfigError(f"{key}={value!r} does not exist; fix the path, or set {key}=null")
+    return local
+
+
+def resolve_inputs(cfg: DictConfig, save_folder: Optional[str]) -> RunInputs:
+    """Resolve and check every input file before anything heavy is built: a missing file fails in seconds.
+
+    Downloads (hf://) happen here, on every rank (huggingface_hub downloads each file once under a lock).
+    """
+    resume = plan_autoresume(save_folder) if cfg.autoresume and save_folder is not None else ResumePlan()
+    check_not_complete(cfg, resume, save_folder)
+    inputs = RunInputs(resume_from=resume.checkpoint)
+    for name in ("vae", "text"):
+        value = cfg.encoders[name]
+        if value is not None and value != "tiny":
+            value = _resolve_key(f"encoders.{name}", value)
+        setattr(inputs, name, value)
+    if cfg.load_path is not None and not inputs.resumes:  # autoresume wins: never fetch what is not used
+        local = _resolve_key("load_path", cfg.load_path)
+        try:
+            composer_checkpoint = is_composer_checkpoint(local)  # by content: a DCP folder or Composer's file
+        except CheckpointLoadError as error:
+            raise ConfigError(f"load_path={cfg.load_path!r}: {error}") from None
+        if composer_checkpoint:
+            _decided_on_rank_zero(lambda: verify_checksums(local), ChecksumMismatch, f"load_path={cfg.load_path!r}: ")
+            inputs.composer_checkpoint = local
+        else:
+            inputs.weights = local  # its checksums (an export's) are verified when it is read
+    if cfg.base_load_path is not None:
+        # A full Transfer checkpoint (load_path) or the run's own checkpoint (autoresume) holds the base too.
+        overridden_by = (
+            f"the run resumes from {inputs.resume_from}"
+            if inputs.resumes
+            else f"load_path={cfg.load_path!r} (a full Transfer checkpoint) wins"
+            if cfg.load_path is not None
+            else None
+        )
+        if overridden_by is None:
+            inputs.base = _resolve_key("base_load_path", cfg.base_load_path)
+        elif dist.get_global_rank() == 0:
+            print(f"base_load_path={cfg.base_load_path!r} ignored: {overridden_by}", flush=True)
+    return inputs
+
+
+def describe_start(cfg: DictConfig, inputs: RunInputs) -> str:
+    """Where the run starts from, for the summary line."""
+    if inputs.resumes:
+        return f"resumed from {inputs.resume_from.name}"
+    if inputs.composer_checkpoint or inputs.weights:
+        return f"started from {cfg.load_path}"
+    if inputs.base:
+        return f"started from the base {cfg.base_load_path}"
+    return "started fresh"
+
+
+# ----------------------------------------------------------------------------- lock and autoresume
+def _decided_on_rank_zero(decide, refusal: type[Exception] | tuple[type[Exception], ...], prefix: str = ""):
+    """Run `decide()` on global rank 0 only and hand its result to every rank.
+
+    A `refusal` raised there becomes a ConfigError on every rank (so no rank waits for the others forever).
+    """
+    outcome: list = [None, None]  # (result, refusal message)
+    if dist.get_global_rank() == 0:
+        try:
+            outcome = [decide(), None]
+        except refusal as error:
+            outcome = [None, str(error)]
+    dist.broadcast_object_list(outcome, src=0)
+    if outcome[1] is not None:
+        raise ConfigError(prefix + outcome[1])
+    return outcome[0]
+
+
+def lock_run_folder(folder: str) -> None:
+    """Global rank 0 locks the run's checkpoint folder for the run (see run_lock.py); every rank learns the outcome."""
+
+    def lock() -> None:
+        note = acquire_run_lock(folder)
+        if note:
+            print(f"run lock: {note}", flush=True)
+
+    _decided_on_rank_zero(lock, RunFolderInUse)
+
+
+def plan_autoresume(save_folder: str) -> ResumePlan:
+    """Global rank 0 finds the newest intact checkpoint and points Composer's link at it; every rank learns it."""
+
+    def plan() -> ResumePlan:
+        resume = plan_resume(save_folder)
+        point_latest_link(Path(save_folder), resume)
+        print(resume.describe(Path(save_folder)), flush=True)
+        return resume
+
+    return _decided_on_rank_zero(plan, (RuntimeError, UnsafePickleError), prefix="autoresume: ")
+
+
+def check_not_complete(cfg: DictConfig, resume: ResumePlan, save_folder: Optional[str]) -> None:
+    """A finished run that is run again stops at once, saying how to go on (exit 0 in train.py)."""
+    duration = Time.from_timestring(str(cfg.max_duration))
+    if resume.checkpoint is not None and duration.unit == TimeUnit.BATCH and resume.batch >= duration.value:
+        raise RunAlreadyComplete(
+            f"run {cfg.run_name!r} is already complete at batch {resume.batch} ({resume.checkpoint}); to train "
+            f"further raise max_duration, to start over use a new run_name or delete {save_folder}"
+        )
+
+
+# ----------------------------------------------------------------------------- the process and the run folder
+def apply_gpu_memory_cap(cap_gib: Optional[float]) -> None:
+    """Cap this process's CUDA memory, so that a larger GPU stands in for a smaller one (80 GB on an H200)."""
+    if cap_gib is None or not torch.cuda.is_available():
+        return
+    total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    if cap_gib * 2**30 > total:
+        raise ConfigError(f"gpu_memory_cap_gib={cap_gib} is more than this GPU's {total / 2**30:.1f} GiB")
+    torch.cuda.set_per_process_memory_fraction(cap_gib * 2**30 / total)
+
+
+def write_run_config(cfg: DictConfig, plan: RunPlan) -> None:
+    """The run's config as it ran (defaults, YAML and overrides) into <run folder>/config.yaml (global rank 0)."""
+    if dist.get_global_rank() == 0:
+        write_json_or_yaml(plan.run_folder / "config.yaml", OmegaConf.to_container(cfg, resolve=True))
