@@ -23,6 +23,7 @@ from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 from cosmos_composer.checkpoint.keys import with_shared_ema_keys
 from cosmos_composer.models import build_network
 from cosmos_composer.models.composer_model import CosmosTransferModel
+from cosmos_composer.models.parallelize import set_trainable_
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "quickstart_before_ema_sharing"
 CHECKPOINTS = ("out", "cosmos_composer", "quickstart", "quickstart", "checkpoints")
@@ -93,12 +94,18 @@ def test_a_checkpoint_from_before_resumes_exactly(resumed, recorded, tmp_path):
 
 
 # ----------------------------------------------------------------------------- the model's state dict
+def _control_branch_trains(net):
+    """The recipe's trainability, set as prepare_training_network sets it before the model is built."""
+    set_trainable_(net, train_base=False)
+    return net
+
+
 def test_the_model_state_dict_loads_strictly_in_both_layouts():
-    model = CosmosTransferModel(build_network("tiny-multiview"))
+    model = CosmosTransferModel(_control_branch_trains(build_network("tiny-multiview")))
     state = model.state_dict()
     assert {key[len("net_ema.") :] for key in state if key.startswith("net_ema.")} == TRAINABLE
 
-    fresh = CosmosTransferModel(build_network("tiny-multiview"))
+    fresh = CosmosTransferModel(_control_branch_trains(build_network("tiny-multiview")))
     with torch.no_grad():
         for param in fresh.parameters():
             param.zero_()
@@ -108,7 +115,9 @@ def test_the_model_state_dict_loads_strictly_in_both_layouts():
 
     before_sharing = with_shared_ema_keys(state)  # every key under both prefixes, as older checkpoints hold
     assert len(before_sharing) == 2 * len([key for key in state if key.startswith("net.")])
-    CosmosTransferModel(build_network("tiny-multiview")).load_state_dict(before_sharing, strict=True)
+    CosmosTransferModel(_control_branch_trains(build_network("tiny-multiview"))).load_state_dict(
+        before_sharing, strict=True
+    )
 
     del state[f"net_ema.{sorted(TRAINABLE)[0]}"]  # a missing EMA weight is still a missing key
     with pytest.raises(RuntimeError, match="Missing key.*net_ema.control"):

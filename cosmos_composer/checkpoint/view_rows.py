@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..data.cameras import DEFAULT_CAMERAS
+from ..models.official_cameras import DEFAULT_CAMERAS
 
 VIEW_EMBEDDING_KEY = "view_embeddings.weight"
 # Fields that say which cameras the rows are: they may differ between the file's network.json and the network.
