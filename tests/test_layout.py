@@ -126,3 +126,37 @@ def test_a_module_depends_on_the_packages_above_what_it_imports():
     graph, _ = _import_graph()
     # checkpoint/load.py imports cosmos_composer.models.network: the models package's __init__ runs first.
     assert "cosmos_composer.models" in graph["cosmos_composer.checkpoint.load"]
+
+
+# The README's "Layout" rows, top to bottom (module prefixes under cosmos_composer; the longest prefix wins).
+LAYERS = [
+    ["benchmarks"],
+    ["builders", "loggers_and_callbacks", "data.loaders", "run_setup", "run_plan", "config", "quiet", "run_lock"],
+    ["models.prepare", "models.composer_model", "callbacks", "optim", "loggers"],
+    ["evaluation", "generate", "generation"],
+    ["checkpoint", "data", "encoders", "diffusion"],
+    ["models"],
+    ["latent_geometry", "dtypes", "fingerprint", "config_file", "host_memory", "checkpoint.keys", "spec"],
+]
+
+
+def _layer(module: str, graph: dict[str, set[str]]) -> int:
+    """The README row of `module`; a package whose __init__ imports nothing is a leaf."""
+    if not graph[module] and any(other.startswith(module + ".") for other in graph):
+        return len(LAYERS) - 1
+    name = module.removeprefix("cosmos_composer").removeprefix(".")
+    matches = [
+        (len(prefix), index)
+        for index, prefixes in enumerate(LAYERS)
+        for prefix in prefixes
+        if name == prefix or name.startswith(prefix + ".")
+    ]
+    return max(matches)[1] if matches else len(LAYERS)
+
+
+def test_each_layer_of_the_readme_imports_only_from_the_layers_under_it():
+    graph, _ = _import_graph()
+    upward = [f"{a} -> {b}" for a, imports in graph.items() for b in imports if _layer(b, graph) < _layer(a, graph)]
+    assert upward == []
+    unplaced = [module for module in graph if module != "cosmos_composer" and _layer(module, graph) == len(LAYERS)]
+    assert unplaced == []  # every module has its row in the README
