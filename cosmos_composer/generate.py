@@ -99,7 +99,7 @@ OPTION_GROUPS = ("model", "inputs", "sampling", "output")  # the sections of `sc
 @dataclass(frozen=True)
 class Interval:
     """The values a number option takes: ``low`` .. ``high`` (None: unbounded), ``low`` itself out when
-    ``low_open``; a float must also be finite (NaN passes every comparison, so it is refused by name)."""
+    ``low_open``; a float must also be finite (infinity would pass a bound it is not checked against)."""
 
     low: Optional[float] = None
     high: Optional[float] = None

@@ -53,6 +53,7 @@ def _frames(height: int, width: int, num_frames: int = 5) -> np.ndarray:
         ("--guidance", "8", "--guidance 8.0: must be a finite number in [0, 7]"),
         ("--shift", "nan", "--shift nan: must be a finite number > 0"),
         ("--shift", "0", "--shift 0.0: must be a finite number > 0"),
+        ("--shift", "inf", "--shift inf: must be a finite number > 0"),
         ("--control-weight", "2", "--control-weight 2.0: must be a finite number in [0, 1]"),
         ("--control-weight", "inf", "--control-weight inf: must be a finite number in [0, 1]"),
         ("--steps", "0", "--steps 0: must be a whole number >= 1"),
