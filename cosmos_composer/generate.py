@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from typing import Any, Optional, Sequence
 import torch
 import torch.distributed as dist
 
+from .checkpoint.export import LORA_ADAPTER_FOLDER
 from .checkpoint.keys import EMA_WEIGHTS, WEIGHT_CHOICES
 from .checkpoint.network_weights import load_network, read_checkpoint_state, select_network_weights  # noqa: F401
 from .config_file import parse_set_items
@@ -40,7 +42,14 @@ from .dtypes import DTYPES, default_dtype
 from .encoders import build_encoders
 from .encoders.text import REASON1_REPO, REASON1_URI
 from .generation import GenerationError
-from .generation.inputs import largest_valid_frames, probe_size, read_views, select_cameras, video_files
+from .generation.inputs import (
+    check_view_sizes,
+    largest_valid_frames,
+    probe_size,
+    read_views,
+    select_cameras,
+    video_files,
+)
 from .generation.outputs import write_sample
 from .generation.prompts import (
     CAPTION_MODES,
@@ -59,11 +68,14 @@ from .models.presets import PRESETS, NetworkConfig
 __all__ = [
     "GenerateOptions",
     "GenerationError",
+    "Interval",
+    "SEED_RANGE",
     "add_generate_arguments",
     "build_generation_encoders",
     "check_options",
     "device_and_dtype",
     "generate",
+    "lora_adapter_note",
     "option_flag",
     "options_from_args",
     "resolve_geometry",
@@ -84,12 +96,43 @@ DEFAULT_TEXT_ENCODER = REASON1_URI
 OPTION_GROUPS = ("model", "inputs", "sampling", "output")  # the sections of `scripts/generate.py --help`
 
 
+@dataclass(frozen=True)
+class Interval:
+    """The values a number option takes: ``low`` .. ``high`` (None: unbounded), ``low`` itself out when
+    ``low_open``; a float must also be finite (infinity would pass a bound it is not checked against)."""
+
+    low: Optional[float] = None
+    high: Optional[float] = None
+    low_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        return above and (self.high is None or value <= self.high)
+
+    def __str__(self) -> str:
+        """``in [0, 1]``, ``>= 1``, ``> 0``: what follows "must be a number"."""
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {_number(self.low)}"
+        return f"in {'(' if self.low_open else '['}{_number(self.low)}, {_number(self.high)}]"
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+# The official initial noise is drawn by numpy's RandomState (`sampler.initial_noise`), which takes these seeds.
+SEED_RANGE = Interval(0, sampler.MAX_SEED)
+
+
 def _option(help: str, group: str, default: Any = dataclasses.MISSING, **cli: Any) -> Any:
     """A field of :class:`GenerateOptions`: its default (none: required), its help and its ``group``.
 
     ``cli`` says what the field's name and type do not: ``flag`` when it is not ``--<name with dashes>`` (a
     ``--no-...`` flag turns a True default off), ``choices``, ``type`` (the flag's text -> the value) and
-    ``metavar``. A ``%(default)s`` in the help is the default.
+    ``metavar``; ``valid``, an :class:`Interval`, the values a number takes (:func:`check_options` refuses the
+    others before anything is read). A ``%(default)s`` in the help is the default.
     """
     if isinstance(default, (dict, list)):
         return field(default_factory=lambda: type(default)(default), metadata={"help": help, "group": group, **cli})
@@ -184,10 +227,13 @@ class GenerateOptions:
         choices=CAPTION_MODES,
     )
     num_conditional_frames: int = _option(
-        "first frames of --input to condition on (0, 1, 5, ...; default %(default)s)", "inputs", 0
+        "first frames of --input to condition on (0, 1, 5, ...; default %(default)s)", "inputs", 0, valid=Interval(0)
     )
     input: Optional[str] = _option("video (folder for multiview) with the conditioning frames", "inputs", None)
-    control_weight: float = _option("control strength in [0, 1] (default %(default)s)", "inputs", 1.0)
+    # [0, 1]: the official inference's ControlWeight (cosmos_transfer2/config.py).
+    control_weight: float = _option(
+        "control strength in [0, 1] (default %(default)s)", "inputs", 1.0, valid=Interval(0.0, 1.0)
+    )
 
     # ---- sampling
     # 2025 is the official inference's default seed (upstream cosmos_transfer2/config.py), so the same command
@@ -196,24 +242,36 @@ class GenerateOptions:
         "seed of the initial noise, drawn as the official inference draws it (default %(default)s, as upstream)",
         "sampling",
         2025,
+        valid=SEED_RANGE,
     )
+    # [0, 7]: the official inference's Guidance (cosmos_transfer2/config.py); its sample callbacks use 7.
     guidance: float = _option(
-        "classifier-free guidance, v = cond + g * (cond - uncond); 0 = no guidance (default %(default)s)",
+        "classifier-free guidance in [0, 7], v = cond + g * (cond - uncond); 0 = no guidance (default %(default)s)",
         "sampling",
         sampler.DEFAULT_GUIDANCE,
+        valid=Interval(0.0, 7.0),
     )
-    steps: int = _option("UniPC steps (default %(default)s)", "sampling", sampler.DEFAULT_NUM_STEPS)
-    shift: float = _option("sigma shift (default %(default)s)", "sampling", sampler.DEFAULT_SHIFT)
+    steps: int = _option(
+        "UniPC steps, >= 1 (default %(default)s)", "sampling", sampler.DEFAULT_NUM_STEPS, valid=Interval(1)
+    )
+    # sigma' = shift * sigma / (1 + (shift - 1) * sigma) keeps sigma in (0, 1) only for shift > 0.
+    shift: float = _option(
+        "sigma shift, > 0 (default %(default)s)", "sampling", sampler.DEFAULT_SHIFT, valid=Interval(0.0, low_open=True)
+    )
     device: Optional[str] = _option("cuda, cuda:1, cpu (default: cuda when available)", "sampling", None)
     dtype: Optional[str] = _option("default: bf16 on GPU, fp32 on CPU", "sampling", None, choices=tuple(DTYPES))
     progress: bool = _option("no progress bar", "sampling", True, flag="--no-progress")
 
     # ---- output
     output: str = _option("output .mp4 (multiview: the overview; views beside it)", "output")
-    num_frames: Optional[int] = _option("frames per view, 1 + 4k (default: the network's)", "output", None)
-    height: Optional[int] = _option("default: the control video's", "output", None)
-    width: Optional[int] = _option("default: the control video's", "output", None)
-    fps: Optional[float] = _option("output frame rate (default: the control video's)", "output", None)
+    num_frames: Optional[int] = _option(
+        "frames per view, 1 + 4k (default: the network's)", "output", None, valid=Interval(1)
+    )
+    height: Optional[int] = _option("default: the control video's", "output", None, valid=Interval(1))
+    width: Optional[int] = _option("default: the control video's", "output", None, valid=Interval(1))
+    fps: Optional[float] = _option(
+        "output frame rate (default: the control video's)", "output", None, valid=Interval(0.0, low_open=True)
+    )
 
 
 # Options that exclude each other; True: one of them must be given.
@@ -286,8 +344,11 @@ def options_from_args(args: argparse.Namespace, **values: Any) -> GenerateOption
 
 
 def check_options(options: GenerateOptions) -> None:
-    """Refuse options that exclude each other or lack what they need (cheap: nothing is read)."""
+    """Refuse numbers out of their range (NaN too), options that exclude each other or lack what they need
+    (cheap: nothing is read; `evaluate.py run` checks its generation flags here too)."""
     fields = {option.name: option for option in dataclasses.fields(GenerateOptions)}
+    for name, option in fields.items():
+        check_number(option, getattr(options, name))
     for names, required in EXCLUSIVE_OPTIONS.items():
         given = [name for name in names if getattr(options, name) != fields[name].default]
         if len(given) > 1 or (required and not given):
@@ -305,6 +366,20 @@ def check_options(options: GenerateOptions) -> None:
         )
     if options.dtype is not None and options.dtype not in DTYPES:
         raise GenerationError(f"--dtype must be one of {list(DTYPES)}, got {options.dtype!r}")
+
+
+def check_number(option: dataclasses.Field, value: Any) -> None:
+    """Refuse a value of a number option outside its ``valid`` :class:`Interval`, naming the flag and the range."""
+    valid = option.metadata.get("valid")
+    if valid is None or value is None or value in valid:
+        return
+    kind = (
+        "a whole number"
+        if _value_type(typing.get_type_hints(GenerateOptions)[option.name]) is int
+        else "a finite number"
+    )
+    default = "" if option.default is None else f", e.g. the default {option.default}"
+    raise GenerationError(f"{option_flag(option)} {value}: must be {kind} {valid}. Fix: pass a value {valid}{default}")
 
 
 def device_and_dtype(options: GenerateOptions) -> tuple[torch.device, torch.dtype]:
@@ -396,10 +471,31 @@ def join_launch_as_context_parallel(device: torch.device, num_heads: int):
     return context_parallel_groups(world_size)
 
 
+def lora_adapter_note(checkpoint: str) -> Optional[str]:
+    """What to say about a checkpoint file with ``lora_adapter/`` beside it, None for any other.
+
+    Such a file is the export of a LoRA run (checkpoint/export.py), which writes the adapters there either way:
+    merged into the file's weights by default, left out of them with ``--no-merge``. Nothing in the folder
+    records which, and generation loads the file alone, so a ``--no-merge`` export samples the base network.
+    """
+    path = Path(checkpoint)
+    adapter = path.parent / LORA_ADAPTER_FOLDER
+    if not path.is_file() or not adapter.is_dir():
+        return None
+    return (
+        f"{adapter}/ is beside {path.name}: the LoRA adapters of a LoRA export, which generation does not load; "
+        f"{path.name} holds them merged unless it was exported with --no-merge, and then it generates the base "
+        "network without the LoRA. Fix for a --no-merge export: export the checkpoint again without --no-merge"
+    )
+
+
 def generate(options: GenerateOptions) -> list[Path]:
     """Run one generation as ``scripts/generate.py`` does; returns the mp4 files written (by rank 0 under a
     launcher of several processes, which sample with context parallelism: see `join_launch_as_context_parallel`)."""
     check_options(options)
+    note = lora_adapter_note(options.checkpoint)
+    if note and int(os.environ.get("RANK", "0")) == 0:
+        log.warning(note)
     device, dtype = device_and_dtype(options)
     net, report = load_network(
         options.checkpoint,
@@ -424,11 +520,14 @@ def generate(options: GenerateOptions) -> list[Path]:
     num_frames, height, width, fps = resolve_geometry(
         options, net.config, probe_size(control_files[0]), control_files[0]
     )
+    size_given = options.height is not None and options.width is not None
+    _resize_views(control_files, height, width, size_given, "--control", is_rank_zero)
     control_3_VT_H_W = read_views(control_files, num_frames, height, width, "--control")
     num_views = len(control_files)
     input_3_VT_H_W = None
     if options.num_conditional_frames > 0:
         input_files = video_files(options.input, cameras, "--input", options.sample)
+        _resize_views(input_files, height, width, size_given, "--input", is_rank_zero)
         input_3_VT_H_W = read_views(input_files, conditioning_pixel_frames(options), height, width, "--input")
 
     # ---- text
@@ -444,6 +543,13 @@ def generate(options: GenerateOptions) -> list[Path]:
         options, net, vae, control_3_VT_H_W, context, uncond_context, cameras, input_3_VT_H_W, is_rank_zero
     )
     return write_sample(vae, latents, num_views, options.output, fps, cameras) if is_rank_zero else []
+
+
+def _resize_views(files: Sequence[Path], height: int, width: int, size_given: bool, what: str, say: bool) -> None:
+    """Refuse views of mixed sizes without --height / --width; say which views the resize stretches."""
+    stretched = check_view_sizes(files, height, width, size_given, what)
+    if stretched and say:
+        log.warning("%s: resizing to %d x %d changes the aspect ratio of %s", what, height, width, ", ".join(stretched))
 
 
 def conditioning_pixel_frames(options: GenerateOptions) -> int:

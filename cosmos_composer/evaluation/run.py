@@ -89,12 +89,14 @@ from cosmos_composer.evaluation.report import scores_json
 from cosmos_composer.evaluation.side_by_side import side_by_side
 from cosmos_composer.evaluation.videos import EvaluationInputError, read_video
 from cosmos_composer.generate import (
+    SEED_RANGE,
     GenerateOptions,
     add_generate_arguments,
     build_generation_encoders,
     check_options,
     conditioning_pixel_frames,
     device_and_dtype,
+    lora_adapter_note,
     options_from_args,
     resolve_geometry,
     sample_latents,
@@ -211,6 +213,12 @@ def parse_seeds(text: str) -> list[int]:
         raise EvaluationInputError(f"--seeds {text!r}: give whole numbers separated by commas, e.g. 0,1,2") from None
     if not seeds or len(set(seeds)) != len(seeds):
         raise EvaluationInputError(f"--seeds {text!r}: give at least one seed, each once")
+    out_of_range = [seed for seed in seeds if seed not in SEED_RANGE]
+    if out_of_range:
+        raise EvaluationInputError(
+            f"--seeds {text!r}: {out_of_range} out of range; every seed must be {SEED_RANGE} (numpy's RandomState "
+            "draws the initial noise)"
+        )
     return seeds
 
 
@@ -664,6 +672,7 @@ def _sum_over_ranks(counts: list[int], world_size: int) -> list[int]:
 def run_evaluation(options: RunOptions) -> RunSummary:
     """Generate, score and report (see the module docstring). Every input is checked before any model loads."""
     # ---- checks: nothing heavy runs before these pass
+    check_options(dataclasses.replace(options.generation, prompt="", output="check.mp4", input=str(options.data)))
     heldout = HeldOutSet(options.data, options.control_key)
     names = parse_metric_names(options.metrics) if options.metrics else default_metrics(heldout.multiview)
     if "cse" in names and not heldout.multiview:
@@ -673,13 +682,15 @@ def run_evaluation(options: RunOptions) -> RunSummary:
     labels = checkpoint_labels(options.checkpoints, options.labels)
     if not options.seeds:
         raise EvaluationInputError("give at least one seed")
-    check_options(dataclasses.replace(options.generation, prompt="", output="check.mp4", input=str(options.data)))
     output = Path(options.output)
     for label, checkpoint in zip(labels, options.checkpoints):
         _check_settings(output / "generations" / label, _settings(options, checkpoint, heldout.control_key), label)
 
     rank, world_size = _launch()
     show_progress = options.generation.progress and rank == 0
+    notes = [lora_adapter_note(checkpoint) for checkpoint in options.checkpoints]
+    for note in filter(None, notes if rank == 0 else ()):
+        print(f"warning: {note}", file=sys.stderr, flush=True)
     if rank == 0:
         print(
             f"data: {heldout.root}: {len(heldout)} clips ({'MDS' if heldout.is_mds else 'official layout'}, "

@@ -137,6 +137,34 @@ def probe_size(path: Path) -> tuple[int, int, float, int]:
     return info.height, info.width, info.fps, info.num_frames
 
 
+def check_view_sizes(
+    files: Sequence[Path], height: int, width: int, size_given: bool, what: str = "--control"
+) -> list[str]:
+    """Refuse views of different sizes unless ``size_given`` (``--height`` and ``--width``): by default every
+    view is resized to the first one's size, which would stretch the others silently. Returns the views whose
+    aspect ratio the resize to ``height`` x ``width`` changes (``"name: H x W"``), for the caller to say so.
+
+    The official multiview inference resizes every view to 720 x 1280 whatever its size (a plain bilinear resize,
+    no crop: the augmentations of predict2_multiview/datasets/multiview.py with ``resolution_hw``, which
+    cosmos_transfer2/multiview.py sets); given a size, so do we.
+    """
+    sizes = {path: probe_size(path)[:2] for path in files}
+    # A sample's folder in the official layout names every file <sample>.mp4: its camera folder tells them apart.
+    unique = len({path.name for path in files}) == len(files)
+    listing = {
+        path: f"{path.name if unique else path.parent.name + '/' + path.name}: {h} x {w}"
+        for path, (h, w) in sizes.items()
+    }
+    if len(set(sizes.values())) > 1 and not size_given:
+        raise GenerationError(
+            f"{what} views have different sizes ({', '.join(listing.values())}); each would be stretched to the "
+            f"first one's. Fix: re-encode them at one size, or pass --height and --width to resize every view to "
+            "that size (the official multiview inference resizes every view to 720 x 1280)"
+        )
+    target_aspect = width / height
+    return [listing[path] for path, (h, w) in sizes.items() if abs(w / h - target_aspect) > 0.01 * target_aspect]
+
+
 def read_clip(path: Path, num_frames: int, height: int, width: int) -> tuple[torch.Tensor, float]:
     """Frames 0..num_frames-1 of ``path`` resized to ``height`` x ``width`` (bilinear, antialiased, as the
     training loader resizes): uint8 ``[3, F, H, W]``, and the file's fps."""
