@@ -239,6 +239,7 @@ def test_bad_inputs_stop_in_one_line_before_any_model_loads(inputs, tmp_path, ca
             "no_depth does not exist",
         ),
         "bad seeds": ([*good, "--seeds", "1,x"], "--seeds"),
+        "no clip asked for": ([*good, "--max-clips", "0"], "--max-clips 0: give at least 1"),
     }
     for case, (args, message) in cases.items():
         code, out, err = _run(["run", *args, *TINY], capsys)

@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 from cosmos_composer.callbacks.loss_plot import DPI, LOSS_PANEL_HEIGHT_IN, METRIC_PANEL_HEIGHT_IN, LossPlot
 from cosmos_composer.config import load_config
 from cosmos_composer.config_file import REDACTED, write_json_or_yaml
+from cosmos_composer.evaluation.heldout import HeldOutSet
 
 # The sample scores of the quickstart (its YAML leaves out TSE and CSE, which 32x48 frames are too small for).
 SCORES = ("blur_ssim", "edge_f1", "edge_precision", "edge_recall")
@@ -140,6 +141,7 @@ def test_evaluate_run_compares_the_quickstarts_two_checkpoints_and_reuses_them_o
     argv = ["run", "--checkpoint", str(first), "--checkpoint", str(last), "--labels", "ba2,ba4"]
     argv += ["--data", str(root / "data" / "quickstart_mds"), "--output", str(output), "--vae", "tiny"]
     argv += ["--text-encoder", "tiny", "--steps", "2", "--num-frames", "5", "--height", "32", "--width", "48"]
+    argv += ["--max-clips", "1"]  # of the quickstart's clips: a quick look, as a user would take one
     evaluate = load_script("evaluate")
     assert evaluate.main([*argv, "--no-progress"]) == 0
     out = capsys.readouterr().out
@@ -150,6 +152,7 @@ def test_evaluate_run_compares_the_quickstarts_two_checkpoints_and_reuses_them_o
         "| edge_f1",
     }
     clips = json.loads((output / "metrics.json").read_text())["clips"]
+    assert clips == 1 < len(HeldOutSet(root / "data" / "quickstart_mds"))
     rows = (output / "per_sample.csv").read_text().splitlines()
     assert rows[0].startswith("sample,seed,checkpoint,") and len(rows) == 1 + 2 * clips
     assert len(list((output / "side_by_side").rglob("*.mp4"))) == clips

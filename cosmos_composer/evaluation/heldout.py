@@ -78,7 +78,10 @@ class NativeGeometry:
 class HeldOutSet:
     """The clips of ``--data`` (see the module docstring): their names at once (cheap), each clip on demand."""
 
-    def __init__(self, root: str | Path, control_key: str | None = None) -> None:
+    def __init__(self, root: str | Path, control_key: str | None = None, max_clips: int | None = None) -> None:
+        """``max_clips``: only the first that many clips (in the folder's order; None: all)."""
+        if max_clips is not None and max_clips < 1:
+            raise EvaluationInputError(f"--max-clips {max_clips}: give at least 1, or leave it out for every clip")
         self.root = Path(root)
         if not self.root.exists():
             raise EvaluationInputError(f"--data {self.root} does not exist; give an MDS folder or a dataset folder")
@@ -105,7 +108,8 @@ class HeldOutSet:
         except ValueError as error:
             raise EvaluationInputError(f"--control-key: {error}") from None
         self._folder_samples: dict[tuple, dict[str, SampleFiles]] = {}
-        self.names: list[str] = self._rows.names if self.is_mds else list(self._samples(self.stored_cameras))
+        names = self._rows.names if self.is_mds else list(self._samples(self.stored_cameras))
+        self.names: list[str] = names[:max_clips]
         if not self.names:
             raise EvaluationInputError(
                 f"--data {self.root} holds no clip"

@@ -129,6 +129,7 @@ class RunOptions:
     metric_models: Mapping[str, Optional[str]] = field(default_factory=dict)  # models.MODEL_OPTIONS key -> source
     trust_torchscript: bool = False  # load a TorchScript --fvd-model (the published I3D)
     threads: Optional[int] = None  # threads over frames while scoring (None: this process's share of the CPUs)
+    max_clips: Optional[int] = None  # only the first N clips of `data` (None: all)
 
 
 @dataclass(frozen=True)
@@ -673,7 +674,7 @@ def run_evaluation(options: RunOptions) -> RunSummary:
     """Generate, score and report (see the module docstring). Every input is checked before any model loads."""
     # ---- checks: nothing heavy runs before these pass
     check_options(dataclasses.replace(options.generation, prompt="", output="check.mp4", input=str(options.data)))
-    heldout = HeldOutSet(options.data, options.control_key)
+    heldout = HeldOutSet(options.data, options.control_key, options.max_clips)
     names = parse_metric_names(options.metrics) if options.metrics else default_metrics(heldout.multiview)
     if "cse" in names and not heldout.multiview:
         raise EvaluationInputError("cse compares the cameras of a multiview clip; --data holds single-view clips")
@@ -776,6 +777,12 @@ def add_run_arguments(subparsers) -> None:
     evaluation.add_argument("--data", required=True, help="the held-out clips: an MDS folder or an official layout")
     evaluation.add_argument("--output", default="outputs/evaluation", help="output folder (default: %(default)s)")
     evaluation.add_argument(
+        "--max-clips",
+        type=int,
+        default=None,
+        help="only the first N held-out clips, for a quick look at a large set (default: every clip)",
+    )
+    evaluation.add_argument(
         "--metrics",
         default=None,
         help=f"comma-separated, of {', '.join(METRICS)} (default: the model-free ones, "
@@ -817,6 +824,7 @@ def run_command(args: argparse.Namespace) -> int:
         metric_models=metric_model_sources(args),
         trust_torchscript=args.trust_torchscript,
         threads=args.threads,
+        max_clips=args.max_clips,
     )
     try:
         summary = run_evaluation(options)
