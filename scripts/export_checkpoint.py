@@ -19,7 +19,14 @@ Both write lora_adapter/ with the adapters alone in PEFT's format (adapter_model
 the EMA's unless --weights net), for PeftModel.from_pretrained on the plain network.
 
 --verify reloads every written file, checks its tensors bit for bit, loads it strictly into a fresh network
-and compares a forward pass (diffusers: from_pretrained and the velocity).
+and compares a forward pass (diffusers: from_pretrained and the velocity). It also needs the checkpoint's
+checksums.json (what makes an edited network.json or a flipped shard byte an error): a checkpoint without one
+is refused unless --no-checksums is given.
+
+OUT_DIR may not be, or lie inside, a checkpoint folder. It ends up holding exactly this export's files: what
+earlier exports wrote there and this one does not (e.g. lora_adapter/ of a LoRA export) is removed; other files
+are kept. The checkpoint is pinned (hard links) while it is read, so a live run's save_num_checkpoints_to_keep
+rotation may delete it meanwhile.
 
 The network config is the checkpoint's network.json, which training writes into every checkpoint: no
 --preset is needed. For a checkpoint without one (saved before network.json existed) it comes from
@@ -49,7 +56,10 @@ from cosmos_composer.models import PRESETS
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="sharded checkpoint folder, latest-rank0.pt link or checkpoints folder")
-    parser.add_argument("out_dir", help="folder to write into (created; existing export files are replaced)")
+    parser.add_argument(
+        "out_dir",
+        help="folder to write into, outside every checkpoint folder (created; earlier export files are replaced)",
+    )
     parser.add_argument(
         "--format", choices=[*FORMATS, "all"], default="official", help="what to write (default: official)"
     )
@@ -85,6 +95,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="LoRA checkpoints: keep the adapters out of the official files (they are in lora_adapter/ either way)",
     )
+    parser.add_argument(
+        "--no-checksums",
+        action="store_true",
+        help="with --verify: accept a checkpoint without checksums.json (its files cannot be checked against its save)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
 
@@ -109,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             verify=args.verify,
             progress=not args.quiet,
             merge_lora=not args.no_merge,
+            require_checksums=not args.no_checksums,
         )
     except (ExportError, DiskFullError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -295,7 +295,7 @@ def test_a_shape_neutral_override_travels_with_the_checkpoint_to_export_generate
 def test_a_checkpoint_without_network_json_gets_its_preset_inferred_and_says_so(tmp_path, caplog):
     _write_dcp(tmp_path / "ckpt" / "ep0-ba1")  # as the checkpoints saved before network.json existed
     with caplog.at_level("WARNING", logger="cosmos_composer.checkpoint.network_config"):
-        result = export(tmp_path / "ckpt", tmp_path / "out", verify=True, progress=False)
+        result = export(tmp_path / "ckpt", tmp_path / "out", verify=True, progress=False, require_checksums=False)
     assert result.network.inferred and result.network.preset == "tiny-singleview"
     assert f"inferred from the parameter names and shapes: the checkpoint has no {NETWORK_FILE}" in caplog.text
     assert read_network_config(tmp_path / "out" / NETWORK_FILE).config == build_network("tiny-singleview").config
@@ -325,7 +325,7 @@ def test_single_view_diffusers_export_loads_and_matches_our_velocity(tmp_path):
 
     model_state = _write_dcp(tmp_path / "ckpt" / "ep0-ba1")
     out = tmp_path / "diffusers"
-    result = export(tmp_path / "ckpt", out, formats="diffusers", verify=True, progress=False)
+    result = export(tmp_path / "ckpt", out, formats="diffusers", verify=True, progress=False, require_checksums=False)
     assert result.network.preset == "tiny-singleview" and result.diffusers_relative_error < 1e-5
     assert sorted(p.name for p in out.iterdir()) == [CHECKSUMS_FILE, "controlnet", NETWORK_FILE, "transformer"]
 
@@ -412,7 +412,9 @@ def _next_value(tensor: torch.Tensor) -> torch.Tensor:
 def test_verify_detects_a_modified_file(tmp_path, filename, key):
     _write_dcp(tmp_path / "ckpt" / "ep0-ba1")
     out = tmp_path / "out"
-    assert export(tmp_path / "ckpt", out, verify=True, progress=False).verified  # unchanged files pass
+    assert export(
+        tmp_path / "ckpt", out, verify=True, progress=False, require_checksums=False
+    ).verified  # unchanged files pass
 
     state = torch.load(out / filename, weights_only=True)
     state[key] = _next_value(state[key])
@@ -434,9 +436,16 @@ def test_verify_detects_a_modified_file(tmp_path, filename, key):
 def test_verify_needs_the_preset_when_the_run_overrode_shapes(tmp_path):
     _write_dcp(tmp_path / "ckpt" / "ep0-ba1", num_blocks=3, vace_block_every_n=3)
     with pytest.raises(ExportError, match="match no preset.*--preset"):
-        export(tmp_path / "ckpt", tmp_path / "out", verify=True, progress=False)
+        export(tmp_path / "ckpt", tmp_path / "out", verify=True, progress=False, require_checksums=False)
     with pytest.raises(ExportError, match=r"does not hold a tiny-singleview network[\s\S]*blocks\.3\."):
-        export(tmp_path / "ckpt", tmp_path / "out", preset="tiny-singleview", verify=True, progress=False)
+        export(
+            tmp_path / "ckpt",
+            tmp_path / "out",
+            preset="tiny-singleview",
+            verify=True,
+            progress=False,
+            require_checksums=False,
+        )
     result = export(
         tmp_path / "ckpt",
         tmp_path / "out",
@@ -444,6 +453,7 @@ def test_verify_needs_the_preset_when_the_run_overrode_shapes(tmp_path):
         verify=True,
         progress=False,
         overrides={"num_blocks": 3, "vace_block_every_n": 3},
+        require_checksums=False,  # written as before checksums existed
     )
     assert result.verified and not result.network.inferred
 

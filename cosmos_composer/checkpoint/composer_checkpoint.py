@@ -14,12 +14,13 @@ the checksums) is taken; each newer one left out is named with the reason.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import warnings
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple, Optional, Union
@@ -33,7 +34,7 @@ from ..models.lora import LoraSettings, has_adapters
 from .integrity import CHECKSUMS_FILE, checksum_problem, checksums_path
 from .keys import EMA_PREFIX, NET_PREFIX, is_non_parameter, strip_wrapper_names, with_shared_ema_keys
 from .network_config import NETWORK_FILE, find_network_config
-from .safe_pickle import METADATA_FILE, UnsafePickleError, read_dcp_metadata, safe_dcp_reader
+from .safe_pickle import METADATA_FILE, UnsafePickleError, read_dcp_metadata, safe_dcp_reader, unsafe_pickle_in
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,25 @@ def run_checkpoints(folder: Union[str, os.PathLike], sharded_only: bool = False)
             continue
         found.append(((int(match["batch"]), int(match["epoch"])), path))
     return [(batch, path) for (batch, _), path in sorted(found, key=lambda item: item[0], reverse=True)]
+
+
+def is_checkpoint_folder(folder: Path) -> bool:
+    """Whether `folder` is a sharded checkpoint folder, finished or not: named `ep{E}-ba{B}`, or holding a DCP
+    index or shards (an export folder holds checksums.json and network.json too, but neither of these)."""
+    if not folder.is_dir():
+        return False
+    if CHECKPOINT_NAME.match(folder.name) or (folder / METADATA_FILE).exists():
+        return True
+    return any(folder.glob("*.distcp"))
+
+
+def enclosing_checkpoint_folder(path: Union[str, os.PathLike]) -> Optional[Path]:
+    """The checkpoint folder that `path` is or lies inside (links resolved), or None."""
+    resolved = Path(path).resolve()
+    for folder in (resolved, *resolved.parents):
+        if is_checkpoint_folder(folder):
+            return folder
+    return None
 
 
 def why_not_intact(path: Path, verify: bool = True) -> Optional[str]:
@@ -290,7 +310,7 @@ def read_composer_model_state(
     with tqdm(total=total, unit="B", unit_scale=True, desc=f"read {checkpoint_dir.name}", disable=not progress) as bar:
         for chunk in _chunks(list(entries.items()), _READ_CHUNK_BYTES):
             buffers = {dcp_key: torch.empty(entry.size, dtype=entry.properties.dtype) for _, (dcp_key, entry) in chunk}
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _naming_unreadable_shards(checkpoint_dir, [key for _, (key, _) in chunk]):
                 # dcp.load announces single-process loading even when no_dist=True is asked for explicitly.
                 warnings.filterwarnings("ignore", message="torch.distributed is disabled")
                 dcp.load(buffers, storage_reader=reader, no_dist=True)
@@ -298,6 +318,62 @@ def read_composer_model_state(
                 state[key] = buffers[dcp_key]
                 bar.update(_nbytes(entry))
     return state
+
+
+@contextlib.contextmanager
+def _naming_unreadable_shards(checkpoint_dir: Path, dcp_keys: Sequence[str]) -> Iterator[None]:
+    """A failed read of `dcp_keys` as one CheckpointReadError naming the shard file(s) they are in.
+
+    torch raises a CheckpointException around whatever its reader hit (PytorchStreamReader, UnpicklingError with
+    the advice to load with weights_only=False, which would run code from the file): neither names the file.
+    A refused pickle (UnsafePickleError) keeps its own message.
+    """
+    try:
+        yield
+    except BaseException as error:  # noqa: BLE001 - CheckpointException is a BaseException
+        if isinstance(error, (KeyboardInterrupt, SystemExit)):
+            raise
+        refused = unsafe_pickle_in(error)
+        if refused is not None:
+            raise CheckpointReadError(str(refused)) from None
+        if isinstance(error, FileNotFoundError) or _cause_of(error, FileNotFoundError):
+            missing = _cause_of(error, FileNotFoundError) or error
+            raise CheckpointReadError(
+                f"{missing.filename or checkpoint_dir} was deleted while it was read (a run's "
+                "save_num_checkpoints_to_keep rotation?). Pass a newer checkpoint of the run"
+            ) from None
+        wanted = set(dcp_keys)
+        storage = read_dcp_metadata(checkpoint_dir).storage_data or {}
+        files = sorted({info.relative_path for index, info in storage.items() if index.fqn in wanted})
+        names = ", ".join(str(checkpoint_dir / name) for name in files) or str(checkpoint_dir)
+        raise CheckpointReadError(
+            f"{names} cannot be read as the tensors its {METADATA_FILE} indexes ({_root_cause_name(error)}): the "
+            f"file is corrupt or the {METADATA_FILE} belongs to another checkpoint, and there is no "
+            f"{CHECKSUMS_FILE} to tell. Pass an earlier checkpoint of the run"
+        ) from None
+
+
+def _failures(error: BaseException) -> list[BaseException]:
+    """`error` and what it wraps: its causes, and each rank's error inside torch's CheckpointException."""
+    found, pending, seen = [], [error], set()
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        found.append(current)
+        pending += [current.__cause__, current.__context__]
+        pending += [failure[0] for failure in (getattr(current, "failures", None) or {}).values()]
+    return found
+
+
+def _cause_of(error: BaseException, kind: type) -> Optional[BaseException]:
+    return next((failure for failure in _failures(error) if isinstance(failure, kind)), None)
+
+
+def _root_cause_name(error: BaseException) -> str:
+    """The innermost error's type (never its text: torch's may advise unpickling with weights_only=False)."""
+    return type(_failures(error)[-1]).__name__
 
 
 def _nbytes(entry: TensorStorageMetadata) -> int:

@@ -48,6 +48,7 @@ loaded with `from_pretrained`, their tensors compared bit for bit, and their vel
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -72,6 +73,7 @@ from ..models.lora import (
 from .composer_checkpoint import (
     CheckpointReadError,
     TensorInfo,
+    enclosing_checkpoint_folder,
     find_checkpoint,
     lora_settings,
     model_state_metadata,
@@ -79,7 +81,7 @@ from .composer_checkpoint import (
     read_composer_model_state,
 )
 from .diffusers_format import diffusers_velocity, save_diffusers, set_qk_norm_eps, to_diffusers
-from .integrity import CHECKSUMS_FILE, digests_of, write_checksums
+from .integrity import CHECKSUMS_FILE, checksums_path, digests_of, write_checksums
 from .keys import (
     EMA_PREFIX,
     EMA_WEIGHTS,
@@ -100,6 +102,7 @@ from .network_config import (
     resolve_checkpoint_network,
     write_network_config,
 )
+from .pin import CheckpointGoneError, pinned_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -133,10 +136,14 @@ MODEL_EMA_BF16 = "model_ema_bf16.pt"
 OFFICIAL_FILES = (MODEL_PT, MODEL_EMA_FP32, MODEL_EMA_BF16)
 DIFFUSERS_FOLDERS = ("transformer", "controlnet")
 LORA_ADAPTER_FOLDER = "lora_adapter"  # PEFT's adapter_model.safetensors + adapter_config.json of a LoRA run
+# Every name an export writes into its folder (besides checksums.json): what a later export may replace or remove.
+EXPORT_ENTRIES = (NETWORK_FILE, *OFFICIAL_FILES, *DIFFUSERS_FOLDERS, LORA_ADAPTER_FOLDER)
 
 # Relative velocity error allowed between diffusers and our network (float rounding only; measured <= 7e-7 in
 # tests/test_network_diffusers_parity.py).
 DIFFUSERS_RELATIVE_TOLERANCE = 1e-5
+# Tries to pin the newest checkpoint of a live run, each after a rotation deleted the one found before.
+_PIN_ATTEMPTS = 3
 
 
 class ExportError(RuntimeError):
@@ -250,17 +257,45 @@ def _export_set(out_dir: Path, source: Path) -> Iterator[Path]:
 
 
 def _publish(staging: Path, out_dir: Path) -> None:
+    """Move the staged set into `out_dir`, then remove what earlier exports wrote that this one does not
+    (`_earlier_export_entries`), so `out_dir` holds exactly this export's files; other files are kept."""
     if not out_dir.exists():
         os.replace(staging, out_dir)
         return
+    new_entries = sorted(staging.iterdir(), key=lambda path: path.name == CHECKSUMS_FILE)  # checksums last
+    stale = _earlier_export_entries(out_dir) - {entry.name for entry in new_entries}
     (out_dir / CHECKSUMS_FILE).unlink(missing_ok=True)
-    for entry in sorted(staging.iterdir(), key=lambda path: path.name == CHECKSUMS_FILE):  # checksums last
+    for entry in new_entries:
+        if entry.name == CHECKSUMS_FILE:
+            for name in sorted(stale):  # before the new checksums: a reader never sees them beside stale files
+                _remove(out_dir / name)
         destination = out_dir / entry.name
         previous = out_dir / f".{entry.name}.old-{os.getpid()}"
         if entry.is_dir() and destination.exists():
             os.replace(destination, previous)  # a folder (diffusers) cannot be replaced in one rename
         os.replace(entry, destination)
         shutil.rmtree(previous, ignore_errors=True)
+
+
+def _earlier_export_entries(out_dir: Path) -> set[str]:
+    """The names in `out_dir` that earlier exports wrote: the top-level entries its checksums.json lists (an
+    export's own, naming its source) and the names this module writes (an export killed while publishing
+    leaves no checksums). A user's other files are not among them."""
+    listed: set[str] = set()
+    try:
+        manifest = json.loads((out_dir / CHECKSUMS_FILE).read_text())
+        if "source" in manifest:  # an export's checksums (a checkpoint's name no source)
+            listed = {Path(name).parts[0] for name in manifest["files"]}
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        pass  # none or unreadable: the known names below still go
+    return {name for name in listed | set(EXPORT_ENTRIES) if (out_dir / name).exists() and name != CHECKSUMS_FILE}
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -468,27 +503,100 @@ def _formats(formats: Union[str, Sequence[str]]) -> tuple[str, ...]:
     return tuple(chosen)
 
 
-def _plan(
+@dataclass
+class _Plan:
+    """What an export reads and writes, settled before a tensor is read."""
+
+    checkpoint_dir: Path  # the checkpoint, as messages name it
+    pinned_dir: Path  # where its files are read: a pin (checkpoint/pin.py) or the checkpoint itself
+    formats: tuple[str, ...]
+    network: ResolvedNetwork
+    prefixes: tuple[str, ...]  # the model-state entries to read
+    lora: Optional[LoraSettings]
+
+
+def _check_out_dir(out_dir: Path, checkpoint: Union[str, os.PathLike]) -> None:
+    """Refuse an output folder that is, or lies inside, a checkpoint folder (this one or any other): the export's
+    checksums.json and network.json would replace the checkpoint's, and it could not be read again."""
+    enclosing = enclosing_checkpoint_folder(out_dir)
+    if enclosing is not None:
+        relation = "is" if enclosing == out_dir.resolve() else "is inside"
+        raise ExportError(
+            f"OUT_DIR {out_dir} {relation} the checkpoint folder {enclosing} (exporting {checkpoint}); an export "
+            f"there would replace the checkpoint's {CHECKSUMS_FILE} and {NETWORK_FILE}. Fix: choose an OUT_DIR "
+            "outside every checkpoint folder, e.g. <run>/exported"
+        )
+
+
+@contextlib.contextmanager
+def _planned(
     checkpoint: Union[str, os.PathLike],
     formats: Union[str, Sequence[str]],
     preset: Optional[str],
     overrides: Optional[Mapping[str, Any]],
     weights: str,
-) -> tuple[Path, tuple[str, ...], ResolvedNetwork, tuple[str, ...], Optional[LoraSettings]]:
-    """Everything that can fail before a tensor is read: checkpoint, formats, network config, EMA presence,
-    the LoRA settings of a checkpoint with adapters."""
+    require_checksums: bool = False,
+) -> Iterator[_Plan]:
+    """The plan of an export of `checkpoint`, read from a pin of it (`checkpoint/pin.py`) held while the block runs.
+
+    A checkpoint that a run's rotation deletes before it is pinned is looked for again (a checkpoints folder or
+    link then gives the next newest); a named one is an error. `require_checksums`: refuse a checkpoint
+    without checksums.json (--verify without --no-checksums).
+    """
     formats = _formats(formats)
     try:
         check_weights_choice(weights)
     except ValueError as error:
         raise ExportError(str(error)) from None
-    with _as_export_error():
-        checkpoint_dir = find_checkpoint(checkpoint, verify=True)
-        metadata = model_state_metadata(checkpoint_dir)
-        lora = lora_settings(checkpoint_dir, metadata)
-        if lora is not None:
-            metadata = official_weights(metadata)  # the network's own keys, for the network config
-        network = resolve_checkpoint_network(checkpoint_dir, _network_shapes(metadata), preset, overrides)
+    for attempt in range(_PIN_ATTEMPTS):
+        with _as_export_error():
+            if require_checksums:  # first the cheap pick (no hashing), to refuse before the reader warns
+                _check_has_checksums(find_checkpoint(checkpoint))
+            checkpoint_dir = find_checkpoint(checkpoint, verify=True)
+        if require_checksums:
+            _check_has_checksums(checkpoint_dir)  # an older one, when the newest failed its checks
+        try:
+            with pinned_checkpoint(checkpoint_dir) as pinned_dir:
+                with _as_export_error(pinned_dir, checkpoint_dir):
+                    plan = _plan(checkpoint_dir, pinned_dir, formats, preset, overrides, weights)
+                yield plan
+                return
+        except CheckpointGoneError as error:
+            if attempt + 1 == _PIN_ATTEMPTS or Path(checkpoint).name == checkpoint_dir.name:  # named: no other
+                raise ExportError(
+                    f"{error} while the export pinned it (a run's save_num_checkpoints_to_keep rotation?). "
+                    "Fix: pass a newer checkpoint, or the run's checkpoints folder to take the newest"
+                ) from None
+            log.warning("%s; taking the newest checkpoint again", error)
+
+
+def _check_has_checksums(checkpoint_dir: Path) -> None:
+    if not checksums_path(checkpoint_dir).is_file():
+        raise ExportError(
+            f"{checkpoint_dir} has no {CHECKSUMS_FILE}, so --verify cannot tell that its files (its "
+            f"{NETWORK_FILE} included) are the ones its save wrote. Fix: pass --no-checksums to export it "
+            "unverified against its save (the written files are still checked), or export a checkpoint "
+            "saved with checksums"
+        )
+
+
+def _plan(
+    checkpoint_dir: Path,
+    pinned_dir: Path,
+    formats: tuple[str, ...],
+    preset: Optional[str],
+    overrides: Optional[Mapping[str, Any]],
+    weights: str,
+) -> _Plan:
+    """Everything that can fail before a tensor is read: network config, EMA presence, the LoRA settings of a
+    checkpoint with adapters (read from `pinned_dir`)."""
+    metadata = model_state_metadata(pinned_dir)
+    lora = lora_settings(pinned_dir, metadata)
+    if lora is not None:
+        metadata = official_weights(metadata)  # the network's own keys, for the network config
+    network = resolve_checkpoint_network(
+        checkpoint_dir, _network_shapes(metadata), preset, overrides, read_from=pinned_dir
+    )
     if DIFFUSERS in formats and network.config.is_multiview:
         raise ExportError(
             f"{checkpoint_dir} holds a multiview network ({network.preset}), and diffusers has no multiview "
@@ -500,21 +608,25 @@ def _plan(
         _require_ema(metadata)
     # Read what the formats need: both networks for model.pt, one for diffusers alone.
     prefixes = (NET_PREFIX, EMA_PREFIX) if OFFICIAL in formats else (prefix_of_weights(metadata, weights),)
-    return checkpoint_dir, formats, network, prefixes, lora
+    return _Plan(checkpoint_dir, pinned_dir, formats, network, prefixes, lora)
 
 
 @contextlib.contextmanager
-def _as_export_error() -> Iterator[None]:
-    """The checkpoint reader's and the network resolver's errors, raised as ExportError (same message)."""
+def _as_export_error(pinned_dir: Optional[Path] = None, checkpoint_dir: Optional[Path] = None) -> Iterator[None]:
+    """The checkpoint reader's and the network resolver's errors, raised as ExportError (same message, naming
+    the checkpoint where it named its pin)."""
     try:
         yield
     except (CheckpointReadError, NetworkConfigError) as error:
-        raise ExportError(str(error)) from None
+        message = str(error)
+        if pinned_dir is not None and pinned_dir != checkpoint_dir:
+            message = message.replace(str(pinned_dir), str(checkpoint_dir))
+        raise ExportError(message) from None
 
 
-def _read_model_state(checkpoint_dir: Path, prefixes: Sequence[str], progress: bool) -> dict[str, torch.Tensor]:
-    with _as_export_error():
-        return read_composer_model_state(checkpoint_dir, prefixes, progress=progress)
+def _read_model_state(plan: _Plan, progress: bool) -> dict[str, torch.Tensor]:
+    with _as_export_error(plan.pinned_dir, plan.checkpoint_dir):
+        return read_composer_model_state(plan.pinned_dir, plan.prefixes, progress=progress)
 
 
 def _without_adapters(model_state: dict[str, torch.Tensor], lora: Optional[LoraSettings], merge: bool):
@@ -547,6 +659,7 @@ def export(
     verify: bool = False,
     progress: bool = True,
     merge_lora: bool = True,
+    require_checksums: bool = True,
 ) -> ExportResult:
     """Export a Composer sharded checkpoint (see the module docstring) and optionally verify what was written.
 
@@ -556,13 +669,19 @@ def export(
     config of a checkpoint without network.json (inferred from its shapes when omitted); with one, they must
     describe the same network. The files, with network.json, are published as one set (`_export_set`).
     merge_lora: for a LoRA checkpoint, merge the adapters into the files (default) or leave them out; the
-    adapters are written alone to `lora_adapter/` either way.
+    adapters are written alone to `lora_adapter/` either way. require_checksums: with `verify`, refuse a checkpoint
+    without checksums.json (False: --no-checksums). `out_dir` may not be or lie inside a checkpoint folder; the
+    checkpoint is pinned while it is read (`checkpoint/pin.py`), so a run's rotation cannot fail the export.
     """
-    checkpoint_dir, formats, network, prefixes, lora = _plan(checkpoint, formats, preset, overrides, weights)
-    model_state = _read_model_state(checkpoint_dir, prefixes, progress)
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir, checkpoint)
+    with _planned(
+        checkpoint, formats, preset, overrides, weights, require_checksums=verify and require_checksums
+    ) as plan:
+        model_state = _read_model_state(plan, progress)  # the pin is released once the tensors are in memory
+    checkpoint_dir, formats, network, lora = plan.checkpoint_dir, plan.formats, plan.network, plan.lora
     adapter_weights = network_weights(model_state, weights) if lora is not None else None
     model_state = _without_adapters(model_state, lora, merge_lora)
-    out_dir = Path(out_dir)
     result = ExportResult(checkpoint_dir, out_dir, [], network)
 
     official_files = official_state_dicts(model_state) if OFFICIAL in formats else {}
@@ -615,10 +734,11 @@ def verify_export(
 
     Raises VerificationError naming the file and the first differing keys; see the module docstring.
     """
-    checkpoint_dir, formats, network, prefixes, lora = _plan(checkpoint, formats, preset, overrides, weights)
-    model_state = _read_model_state(checkpoint_dir, prefixes, progress)
+    with _planned(checkpoint, formats, preset, overrides, weights) as plan:
+        model_state = _read_model_state(plan, progress)
+    formats, network, lora = plan.formats, plan.network, plan.lora
     out_dir = Path(out_dir)
-    result = ExportResult(checkpoint_dir, out_dir, [], network, verified=True)
+    result = ExportResult(plan.checkpoint_dir, out_dir, [], network, verified=True)
     _verify_network_file(out_dir, network)
     if lora is not None:
         _verify_lora_adapter(out_dir / LORA_ADAPTER_FOLDER, network_weights(model_state, weights))

@@ -101,3 +101,20 @@ def checksum_problem(checkpoint: Union[str, os.PathLike]) -> Optional[str]:
     except ChecksumMismatch as error:
         return str(error)
     return None
+
+
+def listed_files_problem(folder: Union[str, os.PathLike]) -> Optional[str]:
+    """The first file that `folder`'s checksums list but that is missing or of another size (no hashing:
+    cheap), or None. For a folder whose files were checked before and might have been deleted since."""
+    manifest_file = checksums_path(folder)
+    try:
+        listed = json.loads(manifest_file.read_text())["files"]
+    except (ValueError, KeyError, TypeError) as error:
+        return f"{manifest_file} is unreadable ({error})"
+    for name, expected in sorted(listed.items()):
+        path = Path(folder) / name
+        if not path.is_file():
+            return f"{path.name} is missing (it is listed in {manifest_file.name})"
+        if path.stat().st_size != expected["bytes"]:
+            return f"{path.name} has {path.stat().st_size} bytes, but its save wrote {expected['bytes']}"
+    return None

@@ -380,15 +380,22 @@ def resolve_checkpoint_network(
     preset: Optional[str] = None,
     overrides: Optional[Mapping[str, Any]] = None,
     check_shapes: bool = True,
+    read_from: Optional[Path] = None,
 ) -> ResolvedNetwork:
     """The network of a checkpoint's weights, the one rule for export and generation: the checkpoint's
     network.json, else `preset` + `overrides`, else the preset the shapes match (`resolve_network`); the log
     says which. `shapes`: `{key without net.: shape}` of one network (non-parameter entries are left out here).
-    Raises NetworkConfigError naming the checkpoint."""
+    `read_from`: where the checkpoint's files are read (a pin of it, checkpoint/pin.py); messages name
+    `checkpoint`. Raises NetworkConfigError naming the checkpoint."""
     shapes = {key: shape for key, shape in shapes.items() if not is_non_parameter(key)}
+    shown = str(checkpoint)
     try:
-        network = resolve_network(shapes, preset, overrides, find_network_config(checkpoint), check_shapes)
+        recorded = find_network_config(read_from or checkpoint)
+        network = resolve_network(shapes, preset, overrides, recorded, check_shapes)
     except NetworkConfigError as error:
-        raise NetworkConfigError(f"{checkpoint}: {error}") from None
+        message = str(error).replace(str(read_from), shown) if read_from else str(error)
+        raise NetworkConfigError(f"{checkpoint}: {message}") from None
+    if read_from and network.source.startswith(str(read_from)):
+        network = dataclasses.replace(network, source=network.source.replace(str(read_from), shown, 1))
     (log.warning if network.inferred else log.info)("network: %s", network.describe())
     return network
