@@ -92,3 +92,12 @@ def use_offline_hf_cache(monkeypatch, home: Path) -> Path:
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     return cache
+
+
+def flip_bytes(path: Path, offset: int = 64, count: int = 4096) -> None:
+    """Invert `count` bytes of a file from `offset`: a corrupted file of the same size."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        data = f.read(count)
+        f.seek(offset)
+        f.write(bytes(b ^ 0xFF for b in data))

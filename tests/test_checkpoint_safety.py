@@ -14,6 +14,7 @@ import warnings
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
+from helpers import flip_bytes
 from torch.distributed.checkpoint.api import CheckpointException
 
 from cosmos_composer.checkpoint.autoresume import plan_resume
@@ -160,20 +161,12 @@ def test_a_planted_load_path_stops_train_py_before_anything_runs(tmp_path):
 
 
 # ----------------------------------------------------------------------------- checksums
-def _flip(path, offset: int = 64, count: int = 4096) -> None:
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        data = f.read(count)
-        f.seek(offset)
-        f.write(bytes(b ^ 0xFF for b in data))
-
-
 def test_flipped_bytes_in_a_shard_are_named_by_resume_export_and_generate(tmp_path):
     folder = tmp_path / "checkpoints"
     _checkpoint(folder / "ep0-ba2")
     _checkpoint(folder / "ep1-ba4")
     assert verify_checksums(folder / "ep1-ba4")
-    _flip(folder / "ep1-ba4" / "__0_0.distcp")
+    flip_bytes(folder / "ep1-ba4" / "__0_0.distcp")
 
     with pytest.raises(ChecksumMismatch, match=r"ep1-ba4/__0_0\.distcp does not match the sha256"):
         verify_checksums(folder / "ep1-ba4")
@@ -263,6 +256,6 @@ def test_an_export_is_written_as_a_set_with_checksums(tmp_path, monkeypatch):
     assert not stale.exists() and verify_checksums(out)
 
     # A file of the set that changes afterwards is named when it is read (load_path, generate).
-    _flip(out / MODEL_EMA_BF16, offset=2000, count=16)
+    flip_bytes(out / MODEL_EMA_BF16, offset=2000, count=16)
     with pytest.raises(CheckpointLoadError, match=rf"{MODEL_EMA_BF16} does not match the sha256"):
         read_state_dict(out / MODEL_EMA_BF16)

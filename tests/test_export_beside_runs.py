@@ -20,6 +20,7 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 from composer.callbacks import CheckpointSaver
+from helpers import flip_bytes
 
 import cosmos_composer.checkpoint.composer_checkpoint as reader_module
 import cosmos_composer.checkpoint.export as export_module
@@ -217,18 +218,10 @@ def test_a_network_json_edited_after_its_checksums_is_caught(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def _flip(path: Path, offset: int, count: int) -> None:
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        data = f.read(count)
-        f.seek(offset)
-        f.write(bytes(b ^ 0xFF for b in data))
-
-
 def test_unreadable_files_of_a_checkpoint_without_checksums_are_named_in_one_line(tmp_path):
     flipped = tmp_path / "flipped" / "ep0-ba2"
     _checkpoint(flipped, checksums=False)
-    _flip(flipped / "__0_0.distcp", offset=0, count=64)  # the first tensor record's header
+    flip_bytes(flipped / "__0_0.distcp", offset=0, count=64)  # the first tensor record's header
     foreign = tmp_path / "foreign" / "ep0-ba2"
     _checkpoint(foreign, checksums=False)
     torch.save({"weights": torch.ones(2)}, tmp_path / "other.pt")  # a torch file where the DCP index belongs
