@@ -500,6 +500,12 @@ def _value_problems(cfg: DictConfig) -> tuple[list[tuple[str, Any, str]], Option
         problems += _camera_problems(cfg, network)
     if cfg.gpu_memory_cap_gib is not None:
         positive("gpu_memory_cap_gib")
+    power_ema = (cfg.callbacks or {}).get("power_ema")
+    check(
+        "model.use_ema",
+        model.use_ema or power_ema is None,
+        "true while callbacks.power_ema is configured (it updates the EMA network); or set callbacks.power_ema=null",
+    )
     check("max_nonfinite_steps", cfg.max_nonfinite_steps >= 0, "an integer >= 0")
     return problems, network
 
@@ -517,8 +523,10 @@ def _validate_values(cfg: DictConfig, yaml_path: Path) -> NetworkConfig:
 # The checks that need the launch (its processes, its GPU, the files): `run_plan.plan_run` runs them before anything
 # heavy is built, so a bad run fails in seconds.
 def check_launch(cfg: DictConfig, network: NetworkConfig, world_size: int, has_gpu: bool) -> None:
-    """Every launch check: dataset folders, W&B credentials, precision, context parallelism, the batch's split."""
+    """Every launch check: dataset and output folders, W&B credentials, precision, context parallelism, the batch's
+    split."""
     check_dataset_paths(cfg)
+    check_output_folders(cfg)
     check_wandb_credentials(cfg)
     check_precision(cfg.precision, has_gpu)
     check_context_parallel(cfg, network, world_size)
@@ -538,6 +546,23 @@ def check_dataset_paths(cfg: DictConfig) -> None:
                 f"(python scripts/convert_to_mds.py --layout ... --input <folder> --output {dataset.local}), "
                 f"or set {section}.dataset.remote to where the shards are"
             )
+
+
+def check_output_folders(cfg: DictConfig) -> None:
+    """The run folder and a local save_folder must be folders this process can create and write: a file in the
+    way, or a read-only parent, is said now with the key to change (an object-store save_folder is Composer's)."""
+    folders = {"output_root": run_folder(cfg)}
+    if cfg.save_folder is not None and "://" not in cfg.save_folder:
+        folders["save_folder"] = Path(cfg.save_folder)
+    for key, folder in folders.items():
+        existing = folder
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        where = f"{key}={OmegaConf.select(cfg, key)!r}"
+        if not existing.is_dir():
+            raise ConfigError(f"{where}: {existing} is a file, not a folder; move it away or set {key} elsewhere")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise ConfigError(f"{where}: {existing} is not writable by this user; set {key} to a writable folder")
 
 
 # WANDB_MODE values with which W&B logs without logging in.

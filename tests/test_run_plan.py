@@ -3,6 +3,8 @@ parallel groups, the folders, the FSDP2 config and the network with the rig's ca
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from composer.utils.parallelism import FSDP2Config
 from helpers import QUICKSTART
@@ -99,3 +101,25 @@ def test_wandb_without_credentials_is_refused_before_the_gpu_checks(tmp_path, mo
     monkeypatch.setenv("WANDB_MODE", "offline")  # then the next check speaks
     with pytest.raises(ConfigError, match=r"precision='amp_bf16' needs a GPU"):
         plan_run(cfg, 1, has_gpu=False)
+
+
+def test_an_output_folder_that_cannot_be_made_is_refused_naming_the_key(tmp_path, monkeypatch):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    for key in ("output_root", "save_folder"):
+        with pytest.raises(ConfigError, match=rf"{key}=.*a_file is a file, not a folder; .*set {key} elsewhere"):
+            plan_run(load_config(QUICKSTART, [f"{key}={blocker / 'sub'}"]), 1, has_gpu=False)
+    # A read-only parent (os.access is what is asked: the tests may run as root, who may write anywhere).
+    read_only = tmp_path / "read_only"
+    read_only.mkdir()
+    real_access = config.os.access
+    monkeypatch.setattr(config.os, "access", lambda path, mode: Path(path) != read_only and real_access(path, mode))
+    with pytest.raises(ConfigError, match=r"save_folder=.*read_only is not writable by this user"):
+        plan_run(load_config(QUICKSTART, [f"save_folder={read_only / 'checkpoints'}"]), 1, has_gpu=False)
+    plan_run(load_config(QUICKSTART, ["save_folder=s3://bucket/run"]), 1, has_gpu=False)  # Composer's to check
+
+
+def test_a_power_ema_without_the_ema_network_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"model.use_ema=False: true while callbacks.power_ema is configured"):
+        load_config(QUICKSTART, ["model.use_ema=false"])
+    load_config(QUICKSTART, ["model.use_ema=false", "callbacks.power_ema=null"])
