@@ -6,6 +6,9 @@ run stops at the first non-finite loss, before the optimizer step and before any
 `max_nonfinite_steps` allows that many in a row (then the step runs as upstream's does).
 
 All ranks agree (one all-reduce per batch), so every rank stops at the same batch.
+
+The eval loss alike: a sample of the eval set whose loss is not finite (non-finite latents, say) stops the run
+naming it, instead of every `metrics/eval/*` becoming NaN with exit 0.
 """
 
 from __future__ import annotations
@@ -62,4 +65,23 @@ class NonFiniteLossGuard(Callback):
             f"the training loss is not finite at {where}; the run stops here, without a checkpoint "
             f"of this step. Usual causes: a learning rate too high (optimizer.lr), or a sample with non-finite "
             f"latents. To step over up to N such batches in a row, as upstream does, set max_nonfinite_steps=N."
+        )
+
+    def eval_batch_end(self, state: State, logger: Logger) -> None:
+        """Stop at an eval batch holding a sample whose loss is not finite at some eval sigma, naming the samples."""
+        if not isinstance(state.outputs, dict) or not state.outputs:  # CosmosTransferModel: {sigma: per-sample loss}
+            return
+        losses_S_B = torch.stack([torch.as_tensor(loss).detach().float() for loss in state.outputs.values()])
+        nonfinite_B = ~torch.isfinite(losses_S_B).all(dim=0)
+        flag = torch.tensor([1.0 if bool(nonfinite_B.any()) else 0.0], device=losses_S_B.device)
+        dist.all_reduce(flag, reduce_operation="MAX")
+        if flag.item() == 0:
+            return
+        names = state.batch.get("sample_name", []) if isinstance(state.batch, dict) else []
+        local = [str(names[index]) for index in nonfinite_B.nonzero().flatten().tolist() if index < len(names)]
+        samples = [name for rank_names in dist.all_gather_object(local) for name in rank_names]
+        raise TrainingDiverged(
+            f"the eval loss is not finite for the eval sample(s) {', '.join(samples) or '(unnamed)'}; the run stops "
+            "here rather than log NaN metrics. Check their latents (convert them again) or leave them out of "
+            "eval_loader.dataset"
         )
