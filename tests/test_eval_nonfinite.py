@@ -27,10 +27,10 @@ def _eval_batch(net, names: list[str]) -> dict:
 def test_an_eval_sample_with_nonfinite_latents_is_named():
     guard = NonFiniteLossGuard()
     finite = {0.5: torch.tensor([0.3, 0.4]), 2.0: torch.tensor([0.2, 0.1])}
-    guard.eval_batch_end(SimpleNamespace(outputs=finite, batch={"sample_name": ["a", "b"]}), logger=None)
+    guard.eval_after_forward(SimpleNamespace(outputs=finite, batch={"sample_name": ["a", "b"]}), logger=None)
     nan_in_b = {0.5: torch.tensor([0.3, 0.4]), 2.0: torch.tensor([0.2, float("nan")])}
     with pytest.raises(TrainingDiverged, match=r"eval loss is not finite for the eval sample\(s\) b;"):
-        guard.eval_batch_end(SimpleNamespace(outputs=nan_in_b, batch={"sample_name": ["a", "b"]}), logger=None)
+        guard.eval_after_forward(SimpleNamespace(outputs=nan_in_b, batch={"sample_name": ["a", "b"]}), logger=None)
 
 
 def test_the_models_eval_outputs_carry_a_nan_latent_to_its_sample_only():
@@ -41,4 +41,4 @@ def test_the_models_eval_outputs_carry_a_nan_latent_to_its_sample_only():
     outputs = model.eval_forward(batch)
     assert all(bool(torch.isfinite(loss[0])) and not bool(torch.isfinite(loss[1])) for loss in outputs.values())
     with pytest.raises(TrainingDiverged, match=r"sample\(s\) broken;"):
-        NonFiniteLossGuard().eval_batch_end(SimpleNamespace(outputs=outputs, batch=batch), logger=None)
+        NonFiniteLossGuard().eval_after_forward(SimpleNamespace(outputs=outputs, batch=batch), logger=None)

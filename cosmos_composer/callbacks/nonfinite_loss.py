@@ -67,8 +67,8 @@ class NonFiniteLossGuard(Callback):
             f"latents. To step over up to N such batches in a row, as upstream does, set max_nonfinite_steps=N."
         )
 
-    def eval_batch_end(self, state: State, logger: Logger) -> None:
-        """Stop at an eval batch holding a sample whose loss is not finite at some eval sigma, naming the samples."""
+    def eval_after_forward(self, state: State, logger: Logger) -> None:
+        """Stop at an eval microbatch (outputs and batch match there) holding a sample whose loss is not finite at some eval sigma, naming the samples."""
         if not isinstance(state.outputs, dict) or not state.outputs:  # CosmosTransferModel: {sigma: per-sample loss}
             return
         losses_S_B = torch.stack([torch.as_tensor(loss).detach().float() for loss in state.outputs.values()])
