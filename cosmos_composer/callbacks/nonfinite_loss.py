@@ -68,7 +68,9 @@ class NonFiniteLossGuard(Callback):
         )
 
     def eval_after_forward(self, state: State, logger: Logger) -> None:
-        """Stop at an eval microbatch (outputs and batch match there) holding a sample whose loss is not finite at some eval sigma, naming the samples."""
+        """Stop at an eval microbatch holding a sample whose loss is not finite at some eval sigma, naming it.
+
+        After each eval forward, where `state.outputs` and `state.batch` are the same microbatch's."""
         if not isinstance(state.outputs, dict) or not state.outputs:  # CosmosTransferModel: {sigma: per-sample loss}
             return
         losses_S_B = torch.stack([torch.as_tensor(loss).detach().float() for loss in state.outputs.values()])
