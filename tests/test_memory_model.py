@@ -14,6 +14,7 @@ from helpers import QUICKSTART, free_port
 from torch.distributed.tensor import DTensor
 
 from cosmos_composer import builders, run_setup
+from cosmos_composer.checkpoint.keys import with_shared_ema_keys
 from cosmos_composer.config import ConfigError, load_config
 from cosmos_composer.models import build_network
 from cosmos_composer.models.composer_model import CosmosTransferModel
@@ -64,9 +65,12 @@ def _two_rank_load(rank: int, world: int, port: int, path: str) -> None:
                 assert ema[name].dtype == torch.float32 and torch.equal(ema[name].full_tensor(), param.full_tensor())
             else:  # the frozen weights are net's own: the EMA holds no copy of them
                 assert ema[name] is param, f"net_ema holds its own copy of the frozen {name}"
-        # The model state still has every key under net_ema. (the official checkpoint format).
-        keys = set(model.state_dict())
-        assert {k[len("net_ema.") :] for k in keys if k.startswith("net_ema.")} == set(dict(net.named_parameters()))
+        # The model state holds net_ema.* only for what the EMA does not share (each tensor once in a checkpoint);
+        # the official key set, every key under net_ema., is rebuilt from it for export.
+        state = model.state_dict()
+        assert {k[len("net_ema.") :] for k in state if k.startswith("net_ema.")} == trainable
+        official = with_shared_ema_keys(state)
+        assert {k[len("net_ema.") :] for k in official if k.startswith("net_ema.")} == set(dict(net.named_parameters()))
     finally:
         dist.destroy_process_group()
 
