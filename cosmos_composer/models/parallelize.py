@@ -74,11 +74,21 @@ def cast_params_for_compute(net: nn.Module, param_dtype: Optional[torch.dtype]) 
     """
     if param_dtype is None:
         return
+    # FSDP2's policy also casts the floating-point forward inputs to param_dtype (`cast_forward_inputs`): the
+    # sampler, say, gives the network inputs in the dtype of its first (frozen, bf16) parameter.
+    net.register_forward_pre_hook(partial(_cast_inputs, dtype=param_dtype), with_kwargs=True)
     for module in net.modules():
         names = [name for name, param in module.named_parameters(recurse=False) if param.dtype != param_dtype]
         if names:
             module.register_forward_pre_hook(partial(_cast_parameters, names=names, dtype=param_dtype))
             module.register_forward_hook(_restore_parameters, always_call=True)
+
+
+def _cast_inputs(module: nn.Module, args: tuple, kwargs: dict, dtype: torch.dtype) -> tuple[tuple, dict]:
+    def cast(value):
+        return value.to(dtype) if isinstance(value, torch.Tensor) and value.is_floating_point() else value
+
+    return tuple(cast(value) for value in args), {key: cast(value) for key, value in kwargs.items()}
 
 
 def _cast_parameters(module: nn.Module, args, names: list[str], dtype: torch.dtype) -> None:
