@@ -295,11 +295,6 @@ def network_and_overrides(cfg: DictConfig) -> tuple[NetworkConfig, dict[str, Any
     return network, overrides
 
 
-def network_overrides(cfg: DictConfig) -> dict[str, Any]:
-    """The `build_network` keywords of the run's network (see `network_and_overrides`)."""
-    return network_and_overrides(cfg)[1]
-
-
 def _camera_problems(cfg: DictConfig, network: NetworkConfig) -> list[tuple[str, Any, str]]:
     """The rig's camera lists against each other and against the network's view-embedding rows."""
     problems = []

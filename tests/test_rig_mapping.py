@@ -29,7 +29,7 @@ from cosmos_composer.checkpoint.network_config import (
     read_network_config,
     write_network_config,
 )
-from cosmos_composer.config import ConfigError, load_config, network_overrides
+from cosmos_composer.config import ConfigError, load_config, network_and_overrides
 from cosmos_composer.data import mds
 from cosmos_composer.data.cameras import (
     DEFAULT_CAMERAS,
@@ -101,7 +101,7 @@ def test_yaml_mapping_reaches_the_network_config_and_bad_ones_are_refused():
     yaml = REPO / "yamls" / "hdmap_3cam.yaml"
     cameras = "train_loader.dataset.cameras=[CAM_FRONT=camera_front_wide_120fov,CAM_L=camera_cross_left_120fov,CAM_R]"
     cfg = load_config(yaml, [cameras])
-    overrides = network_overrides(cfg)
+    overrides = network_and_overrides(cfg)[1]
     assert overrides["camera_names"] == ["CAM_FRONT", "CAM_L", "CAM_R"]
     config = get_config(cfg.model.preset, **overrides)
     assert dict(config.camera_origins) == {"CAM_FRONT": "camera_front_wide_120fov", "CAM_L": "camera_cross_left_120fov"}

@@ -197,11 +197,11 @@ def test_a_rig_trains_from_7view_weights_checkpoints_exports_and_generates(relea
 def test_the_3_camera_recipe_is_the_hdmap_recipe_with_a_rig_and_keeps_the_released_shapes():
     from omegaconf import OmegaConf
 
-    from cosmos_composer.config import load_config, network_overrides
+    from cosmos_composer.config import load_config, network_and_overrides
 
     rig, released = load_config(REPO / "yamls" / "hdmap_3cam.yaml"), load_config(REPO / "yamls" / "hdmap.yaml")
     assert list(rig.train_loader.dataset.cameras) == list(RIG_3)
-    overrides = network_overrides(rig)
+    overrides = network_and_overrides(rig)[1]
     assert overrides["n_cameras_emb"] == 3 and overrides["camera_names"] == list(RIG_3)
     rig_rest, released_rest = OmegaConf.to_container(rig), OmegaConf.to_container(released)
     for cfg in (rig_rest, released_rest):
