@@ -157,9 +157,12 @@ def _acquire_exclusive_file(folder: Path) -> Optional[str]:
         with os.fdopen(fd, "w") as handle:
             record = _holder_record()
             handle.write(json.dumps(record))
-        stop = threading.Event()
-        threading.Thread(target=_renew, args=(path, record, stop), daemon=True, name="run-lock-heartbeat").start()
-        atexit.register(_release_exclusive_file, path, record, stop)
+        stop, writing = threading.Event(), threading.Lock()
+        renew = threading.Thread(
+            target=_renew, args=(path, record, stop, writing), daemon=True, name="run-lock-heartbeat"
+        )
+        renew.start()
+        atexit.register(_release_exclusive_file, path, record, stop, writing)
         return took_over
     raise RunFolderInUse(f"{folder}: could not take the lock file {path}; another run took it at the same moment")
 
@@ -172,18 +175,20 @@ def _is_ours(path: Path, record: dict) -> bool:
     return holder.get("host") == record["host"] and holder.get("pid") == record["pid"]
 
 
-def _renew(path: Path, record: dict, stop: threading.Event) -> None:
+def _renew(path: Path, record: dict, stop: threading.Event, writing: threading.Lock) -> None:
     """Rewrite the heartbeat every HEARTBEAT_S while the file is still this process's."""
     while not stop.wait(HEARTBEAT_S):
-        if not _is_ours(path, record):
-            return
-        record = {**record, "heartbeat": time.time()}
-        staging = path.with_name(path.name + f".{record['pid']}.tmp")
-        staging.write_text(json.dumps(record))
-        os.replace(staging, path)
+        with writing:  # a release between the check and the rewrite would see its file written back
+            if stop.is_set() or not _is_ours(path, record):
+                return
+            record = {**record, "heartbeat": time.time()}
+            staging = path.with_name(path.name + f".{record['pid']}.tmp")
+            staging.write_text(json.dumps(record))
+            os.replace(staging, path)
 
 
-def _release_exclusive_file(path: Path, record: dict, stop: threading.Event) -> None:
-    stop.set()
-    if _is_ours(path, record):
-        path.unlink(missing_ok=True)
+def _release_exclusive_file(path: Path, record: dict, stop: threading.Event, writing: threading.Lock) -> None:
+    with writing:
+        stop.set()
+        if _is_ours(path, record):
+            path.unlink(missing_ok=True)

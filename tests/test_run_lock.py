@@ -45,14 +45,19 @@ def test_without_flock_the_owner_file_locks_the_folder_and_says_so(no_flock, tmp
 @pytest.mark.parametrize(
     "holder, taken",
     [
-        ({"host": socket.gethostname(), "pid": None, "heartbeat": time.time()}, True),  # dead process, this host
-        ({"host": "other-node", "pid": 1, "heartbeat": time.time() - 2 * run_lock.STALE_AFTER_S}, True),
-        ({"host": "other-node", "pid": 1, "heartbeat": time.time()}, False),  # renewed just now elsewhere
+        ({"host": socket.gethostname(), "pid": None, "heartbeat_age_s": 0}, True),  # dead process, this host
+        ({"host": "other-node", "pid": 1, "heartbeat_age_s": 2 * run_lock.STALE_AFTER_S}, True),
+        ({"host": "other-node", "pid": 1, "heartbeat_age_s": 0}, False),  # renewed just now elsewhere
     ],
     ids=["dead on this host", "stale on another host", "live on another host"],
 )
 def test_a_dead_holders_owner_file_is_taken_over_and_a_live_ones_is_not(no_flock, tmp_path, holder, taken):
-    holder = {**holder, "pid": holder["pid"] or _dead_pid(), "started": time.time() - 60}
+    # Ages, not times: parameters are made at collection, which may be many minutes before this test runs.
+    holder = {key: value for key, value in holder.items() if key != "heartbeat_age_s"} | {
+        "pid": holder["pid"] or _dead_pid(),
+        "heartbeat": time.time() - holder["heartbeat_age_s"],
+        "started": time.time() - 60,
+    }
     owner = tmp_path / "checkpoints.lock.owner"
     owner.write_text(json.dumps(holder))
     if not taken:
