@@ -53,6 +53,12 @@ def build_callbacks(cfg: DictConfig, plan: RunPlan, model_description: str = "",
     for name, defaults in always_on.items():
         if name not in kwargs_by_name or kwargs_by_name[name] is not None:
             kwargs_by_name[name] = {**defaults, **(kwargs_by_name.get(name) or {})}
+    if kwargs_by_name.get("data_log") is not None:
+        kwargs_by_name["data_log"] = {
+            "path": str(folder / "data_log.jsonl"),
+            "context_parallel_size": plan.context_parallel_size,
+            **kwargs_by_name["data_log"],
+        }
     if kwargs_by_name.get("sample_videos") is not None:  # samples go into the run folder, beside its other files
         kwargs_by_name["sample_videos"] = {"output_dir": str(folder / "samples"), **kwargs_by_name["sample_videos"]}
     callbacks = []

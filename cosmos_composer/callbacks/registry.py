@@ -20,6 +20,7 @@ CALLBACKS: dict[str, str] = {
     "run_summary": "cosmos_composer.callbacks.run_summary.RunSummary",  # always on; name it to set its `path`
     # always on (<run folder>/loss.png); `callbacks.loss_plot=null` turns it off
     "loss_plot": "cosmos_composer.callbacks.loss_plot.LossPlot",
+    "data_log": "cosmos_composer.callbacks.data_log.DataLog",  # the sample names of every batch: data_log.jsonl
     "attention_kernel": "cosmos_composer.callbacks.attention_kernel.AttentionKernel",  # always on; name it to choose the backend
 }
 
