@@ -33,14 +33,21 @@ def _run(tmp_path, demo_mds, *args):
     )
 
 
-@pytest.fixture
-def four_batches(tmp_path, demo_mds):
-    """A finished 4-batch run with checkpoints at batches 2 and 4; returns its checkpoint folder."""
-    result = _run(tmp_path, demo_mds, "max_duration=4ba")
+@pytest.fixture(scope="module")
+def four_batches_run(tmp_path_factory, demo_mds):
+    """A finished 4-batch run with checkpoints at batches 2 and 4, made once for this file; returns its root."""
+    root = tmp_path_factory.mktemp("four_batches")
+    result = _run(root, demo_mds, "max_duration=4ba")
     assert result.returncode == 0, result.stderr[-3000:]
-    folder = tmp_path.joinpath(*RUN)
-    assert sorted(p.name for p in folder.iterdir()) == ["ep0-ba2", "ep1-ba4", "latest-rank0.pt"]
-    return folder
+    assert sorted(p.name for p in root.joinpath(*RUN).iterdir()) == ["ep0-ba2", "ep1-ba4", "latest-rank0.pt"]
+    return root
+
+
+@pytest.fixture
+def four_batches(tmp_path, four_batches_run):
+    """A copy of that run's output root in this test's folder (the tests damage it); returns its checkpoint folder."""
+    shutil.copytree(four_batches_run / RUN[0], tmp_path / RUN[0], symlinks=True)
+    return tmp_path.joinpath(*RUN)
 
 
 def test_a_dangling_latest_link_resumes_from_the_newest_intact_checkpoint(tmp_path, demo_mds, four_batches):
