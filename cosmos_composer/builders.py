@@ -111,6 +111,8 @@ def build_trainer(cfg: DictConfig) -> Trainer:
     apply_gpu_memory_cap(cfg.gpu_memory_cap_gib)
     # Cheap checks first: a missing dataset, W&B credentials or a missing file fail before the model is built.
     plan = plan_run(cfg, dist.get_world_size(), has_gpu=torch.cuda.is_available())
+    if dist.get_global_rank() == 0:
+        print(plan.describe_layout(), flush=True)
     loggers = build_loggers(cfg, plan)
     lock_run_folder(plan.locked_folder)  # before anything reads or writes the checkpoints
     inputs = resolve_inputs(cfg, plan.save_folder)

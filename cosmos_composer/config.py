@@ -31,7 +31,7 @@ from .diffusion.objective import ObjectiveConfig
 from .encoders.vae import TEMPORAL_COMPRESSION, latent_num_frames
 from .loggers import LOGGERS, wandb_credentials_found
 from .models import PRESETS, NetworkConfig, get_config
-from .models.context_parallel import check_context_parallel_size
+from .models.context_parallel import check_context_parallel_size, valid_context_parallel_sizes
 from .models.lora import LORA_TARGETS
 from .optim import OptimizerConfig, SchedulerConfig
 
@@ -155,7 +155,9 @@ class TrainConfig:
     # Ranks that share one sample (Ulysses sequence parallelism): each runs 1/N of its latent frames and
     # 1/N of the attention heads. It divides the heads (16 in the 2B) and the processes; the data-parallel
     # size is processes / N, and global_train_batch_size counts samples, so it is a multiple of that.
-    context_parallel_size: int = 1
+    # auto: the largest N that also divides the sample's latent frames and leaves data-parallel groups that
+    # split global_train_batch_size; with a batch of 1 that is N = processes (upstream sets it from WORLD_SIZE).
+    context_parallel_size: Any = 1
     # Where run folders go: <output_root>/<project>/<group>/<run_name>; a relative path is relative to the
     # current directory. null: $COSMOS_OUTPUT_ROOT, else $IMAGINAIRE_OUTPUT_ROOT, else /tmp/cosmos-composer-output.
     output_root: Optional[str] = None
@@ -189,6 +191,10 @@ class TrainConfig:
 
 class ConfigError(ValueError):
     pass
+
+
+# `context_parallel_size: auto`: the size is taken from the launch (`resolve_context_parallel_size`).
+AUTO_CONTEXT_PARALLEL = "auto"
 
 
 def output_root(configured: Optional[str] = None) -> Path:
@@ -438,12 +444,14 @@ def _value_problems(cfg: DictConfig) -> tuple[list[tuple[str, Any, str]], Option
     positive("global_train_batch_size")
     micro = cfg.device_train_microbatch_size
     uses_fsdp2 = bool(cfg.parallelism_config and cfg.parallelism_config.get("fsdp") is not None)
+    context_parallel_size = cfg.context_parallel_size
+    is_size = isinstance(context_parallel_size, int) and not isinstance(context_parallel_size, bool)
     check(
         "context_parallel_size",
-        isinstance(cfg.context_parallel_size, int) and cfg.context_parallel_size >= 1,
-        "an integer >= 1",
+        context_parallel_size == AUTO_CONTEXT_PARALLEL or (is_size and context_parallel_size >= 1),
+        f"an integer >= 1 or '{AUTO_CONTEXT_PARALLEL}'",
     )
-    if cfg.context_parallel_size > 1:
+    if is_size and context_parallel_size > 1:
         check(
             "context_parallel_size",
             uses_fsdp2,
@@ -597,6 +605,31 @@ def check_context_parallel(cfg: DictConfig, network: NetworkConfig, world_size: 
             f"train_loader.dataset.num_frames={num_frames}; choose num_frames = "
             f"1 + {TEMPORAL_COMPRESSION} k with 1 + k a multiple of {size}"
         )
+
+
+def resolve_context_parallel_size(cfg: DictConfig, network: NetworkConfig, world_size: int) -> int:
+    """`context_parallel_size` for a launch of `world_size` processes, `auto` resolved: the largest size that
+    splits the network's heads, the processes and the sample's latent frames (views x frames in multiview) into
+    whole shares and whose data-parallel groups (processes / size) split global_train_batch_size; 1 without
+    FSDP2 (context parallelism runs under it). An integer is returned as it is (`check_launch` checks it)."""
+    size = cfg.context_parallel_size
+    if size != AUTO_CONTEXT_PARALLEL:
+        return size
+    frames = latent_num_frames(cfg.train_loader.dataset.num_frames) * max(network.n_cameras_emb, 1)
+    uses_fsdp2 = bool(cfg.parallelism_config and cfg.parallelism_config.get("fsdp") is not None)
+    sizes = valid_context_parallel_sizes(network.num_heads, world_size, frames) if uses_fsdp2 else [1]
+    batch = cfg.global_train_batch_size
+    fitting = [n for n in sizes if batch % (world_size // n) == 0]
+    if not fitting:
+        raise ConfigError(
+            f"context_parallel_size=auto: no size fits {world_size} processes with global_train_batch_size={batch}: "
+            f"the sizes that split the network's {network.num_heads} heads, the processes and the sample's {frames} "
+            f"latent frames{'' if uses_fsdp2 else ' without parallelism_config.fsdp'} are {sizes}, leaving "
+            f"{[world_size // n for n in sizes]} data-parallel groups, none of which divides {batch}; set "
+            f"global_train_batch_size to a multiple of {world_size // sizes[-1]}, or set context_parallel_size and "
+            "global_train_batch_size explicitly"
+        )
+    return fitting[-1]
 
 
 def check_batch_split(cfg: DictConfig, world_size: int) -> None:

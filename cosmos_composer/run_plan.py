@@ -14,7 +14,13 @@ from typing import Any, Optional
 from composer.utils.parallelism import FSDP2Config
 from omegaconf import DictConfig, OmegaConf
 
-from .config import check_launch, network_and_overrides, run_folder
+from .config import (
+    AUTO_CONTEXT_PARALLEL,
+    check_launch,
+    network_and_overrides,
+    resolve_context_parallel_size,
+    run_folder,
+)
 from .models import NetworkConfig
 
 
@@ -31,6 +37,16 @@ class RunPlan:
     run_folder: Path  # <output_root>/<project>/<group>/<run_name>: config.yaml, metrics, plots, samples
     save_folder: Optional[str]  # where checkpoints go; None: no checkpoints (save_interval=null), no autoresume
     fsdp: Optional[FSDP2Config]  # None: one process without FSDP2
+    context_parallel_auto: bool = False  # context_parallel_size was `auto`, resolved from world_size
+
+    def describe_layout(self) -> str:
+        """The start line that says how the processes share the batch."""
+        source = " (context_parallel_size=auto)" if self.context_parallel_auto else ""
+        return (
+            f"layout: {self.world_size} processes = {self.data_parallel_size} data-parallel group(s) x "
+            f"context_parallel_size {self.context_parallel_size}{source}; "
+            f"{self.batch_size_per_rank * self.data_parallel_size} samples per step, {self.batch_size_per_rank} per group"
+        )
 
     @property
     def parallelism_config(self) -> Optional[dict[str, FSDP2Config]]:
@@ -52,8 +68,11 @@ def fsdp2_config(cfg: DictConfig) -> Optional[FSDP2Config]:
 
 def plan_run(cfg: DictConfig, world_size: int, has_gpu: bool) -> RunPlan:
     """The run plan of a config loaded by `load_config`, for `world_size` processes; a ConfigError first when
-    the launch cannot run it (see `config.check_launch`)."""
+    the launch cannot run it (see `config.check_launch`). `context_parallel_size: auto` is resolved into `cfg`."""
     network, overrides = network_and_overrides(cfg)
+    auto = cfg.context_parallel_size == AUTO_CONTEXT_PARALLEL
+    # `auto` becomes this launch's size here, once: the checks, the builders and config.yaml see the integer.
+    cfg.context_parallel_size = resolve_context_parallel_size(cfg, network, world_size)
     check_launch(cfg, network, world_size, has_gpu)
     data_parallel_size = world_size // cfg.context_parallel_size
     folder = run_folder(cfg)
@@ -70,4 +89,5 @@ def plan_run(cfg: DictConfig, world_size: int, has_gpu: bool) -> RunPlan:
         run_folder=folder,
         save_folder=save_folder,
         fsdp=fsdp2_config(cfg),
+        context_parallel_auto=auto,
     )

@@ -19,7 +19,12 @@ import torch
 from torch import nn
 
 from cosmos_composer import generate as gen
-from cosmos_composer.callbacks.sample_videos import SampleVideos
+from cosmos_composer.callbacks.sample_videos import (
+    FramesRun,
+    SampleVideos,
+    sampling_context_parallel_size,
+    sampling_layout,
+)
 from cosmos_composer.data.cameras import DEFAULT_CAMERAS
 from cosmos_composer.data.video import write_mp4
 from cosmos_composer.diffusion import sampler
@@ -27,6 +32,8 @@ from cosmos_composer.generation import GenerationError
 from cosmos_composer.generation.outputs import view_output_path
 from cosmos_composer.generation.prompts import load_text_embedding, negative_view_prompts, view_prompts
 from cosmos_composer.models import build_network
+from cosmos_composer.models.context_parallel import ContextParallel
+from cosmos_composer.models.parallelize import apply_context_parallel
 
 REPO = Path(__file__).resolve().parents[1]
 GENERATE = REPO / "scripts" / "generate.py"
@@ -456,6 +463,67 @@ def test_callback_logs_its_videos_to_wandb(tmp_path, monkeypatch):
     assert step == 40 and type(metrics["samples/item0_seed3"]).__name__ == "Video"
 
 
+# Each video over the ranks: the split without a launch (the launch: the two-process quickstart below).
+@pytest.mark.parametrize(
+    "world_size, num_heads, num_frames, group",
+    [
+        (1, 16, 56, 1),  # one process samples alone
+        (8, 16, 56, 8),  # the 2B recipe's 7 views x 8 latent frames over a node of 8: every rank
+        (16, 16, 56, 8),  # 56 frames do not split in 16: groups of 8 (the two groups sample the same video)
+        (2, 2, 14, 2),  # the quickstart: 7 views x 2 latent frames over 2 processes, the tiny network's 2 heads
+        (4, 2, 14, 2),  # 2 heads: pairs
+        (3, 16, 56, 1),  # 3 processes split neither: each rank samples the whole video
+    ],
+)
+def test_each_video_is_sampled_by_the_largest_group_of_ranks_that_splits_it(world_size, num_heads, num_frames, group):
+    assert sampling_context_parallel_size(world_size, num_heads, num_frames) == group
+    # The group's ranks take equal, adjacent shares of the frames that together are the whole video.
+    shares = [ContextParallel(group=None, size=group, rank=rank).frame_range(num_frames) for rank in range(group)]
+    assert [frame for first, end in shares for frame in range(first, end)] == list(range(num_frames))
+
+
+def test_the_callback_makes_each_sampling_group_once_and_reuses_the_training_one(monkeypatch):
+    from cosmos_composer.callbacks import sample_videos
+
+    made = []
+    monkeypatch.setattr(sample_videos.dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(sample_videos, "context_parallel_groups", lambda size: made.append(size) or f"group of {size}")
+    callback = SampleVideos()
+    net = SimpleNamespace(config=SimpleNamespace(num_heads=2), context_parallel=None)
+    assert callback._context_parallel(net, 14) == callback._context_parallel(net, 14) == "group of 2"
+    assert made == [2]  # a collective: made once, at the first call
+    assert callback._context_parallel(net, 7) is None and made == [2]  # 7 frames do not split: each rank alone
+    net.context_parallel = training = ContextParallel(group=None, size=2, rank=1)
+    assert SampleVideos()._context_parallel(net, 14) is training and made == [2]  # training's group, as it is
+
+
+def test_the_sampling_layout_is_undone_and_each_ranks_frames_are_counted():
+    net = build_network("tiny-singleview")
+    training = ContextParallel(group=None, size=2, rank=1)  # the training layout a CP run sets
+    apply_context_parallel(net, training)
+    with pytest.raises(RuntimeError, match="sampling failed"), sampling_layout(net, None):
+        assert net.context_parallel is None
+        raise RuntimeError("sampling failed")
+    assert net.context_parallel is training  # back, also after an error
+
+    apply_context_parallel(net, None)
+    config = net.config
+    x = torch.randn(1, config.in_channels, config.state_t, 2 * config.patch_spatial, 3 * config.patch_spatial)
+    inputs = dict(
+        x_B_C_T_H_W=x,
+        timesteps_B_T=torch.full((1, 1), 500.0),
+        crossattn_emb=torch.randn(1, 4, config.crossattn_proj_in_channels),
+        latent_control_input=torch.randn_like(x),
+    )
+    with torch.no_grad(), FramesRun(net) as run:
+        net(**inputs)
+        net(**inputs)
+    assert (run.forwards, run.frames) == (2, 2 * config.state_t)  # one process: every frame of every forward
+    with torch.no_grad():
+        net(**inputs)
+    assert run.forwards == 2  # counted only inside the block
+
+
 def test_the_callback_registry_imports_no_callback():
     # The config checks callback names through the registry; the callbacks import code that reads the config.
     code = "import sys; from cosmos_composer.callbacks.registry import CALLBACKS; print(' '.join(sys.modules))"
@@ -521,7 +589,44 @@ def quickstart_run(tmp_path_factory):
         timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return SimpleNamespace(root=root, run=root / "out" / "cosmos_composer" / "quickstart" / "quickstart")
+    return SimpleNamespace(
+        root=root, run=root / "out" / "cosmos_composer" / "quickstart" / "quickstart", stdout=result.stdout
+    )
+
+
+def _one_process_samples(run: SimpleNamespace, output: Path) -> None:
+    """The fixture's ba2 samples as one process makes them: the callback without a launch (no context
+    parallelism), on the run's ba2 EMA weights in one process's training layout (frozen weights in bf16)."""
+    from composer.devices import DeviceCPU
+
+    from cosmos_composer.checkpoint.keys import EMA_WEIGHTS
+    from cosmos_composer.checkpoint.network_weights import load_network
+    from cosmos_composer.config import load_config
+    from cosmos_composer.data.dataset import TransferStreamingDataset
+    from cosmos_composer.encoders import build_encoders
+    from cosmos_composer.models.composer_model import CosmosTransferModel
+    from cosmos_composer.models.prepare import WeightSource, prepare_training_network
+
+    cfg = load_config(QUICKSTART)
+    ema, _ = load_network(run.run / "checkpoints", cfg.model.preset, weights=EMA_WEIGHTS)
+    net = prepare_training_network(
+        ema.config, lora=None, train_base=False, precision="fp32", fsdp=None, weights=WeightSource(), device="cpu"
+    )
+    net.load_state_dict(ema.state_dict())
+    vae, text = build_encoders("tiny", "tiny", torch.device("cpu"))
+    model = CosmosTransferModel(net, use_ema=False, control_key="hdmap_bbox", vae=vae, text_embedder=text)
+    data = cfg.train_loader.dataset
+    dataset = TransferStreamingDataset(
+        local=str(run.root / data.local), num_frames=data.num_frames, height=data.height, width=data.width,
+        decode_video=data.decode_video,
+    )  # fmt: skip
+    overrides = {"every_n_batches": 2, "steps": 2, "metrics": [], "output_dir": str(output)}  # the fixture's
+    callback = SampleVideos(**{**cfg.callbacks.sample_videos, **overrides})
+    state = SimpleNamespace(
+        model=model, train_dataloader=SimpleNamespace(dataset=dataset), evaluators=[], device=DeviceCPU(),
+        precision="fp32", callbacks=[], run_name="quickstart", timestamp=SimpleNamespace(batch=2),
+    )  # fmt: skip
+    callback.batch_end(state, SimpleNamespace(destinations=[], log_metrics=lambda *args, **kwargs: None))
 
 
 def test_callback_writes_samples_in_a_two_process_fsdp2_quickstart(quickstart_run):
@@ -534,6 +639,18 @@ def test_callback_writes_samples_in_a_two_process_fsdp2_quickstart(quickstart_ru
     assert frames.shape == (5, 96, 144, 3)
     view, _ = _decode(next(p for p in files if DEFAULT_CAMERAS[0] in p.name))
     assert view.shape == (5, 32, 48, 3)
+
+    # Both ranks sampled each video together, each running half of its latent frames (7 views x 2 each).
+    line = next(line for line in quickstart_run.stdout.splitlines() if line.startswith("sample_videos: wrote 16"))
+    assert "each video over 2 rank(s) (context parallelism)" in line, line
+    assert "latent frames run per rank [56, 56], one process runs 112" in line, line  # 2 items x 2 steps x 2 passes
+    # And wrote the videos that one process writes.
+    _one_process_samples(quickstart_run, quickstart_run.root / "one_process")
+    expected = sorted((quickstart_run.root / "one_process" / "ba2").glob("*.mp4"))
+    assert [p.name for p in expected] == [p.name for p in files]
+    for launched, alone in zip(files, expected):
+        difference = np.abs(_decode(launched)[0].astype(int) - _decode(alone)[0].astype(int))
+        assert difference.max() <= 1, (launched.name, difference.max())
 
 
 def test_generate_from_the_quickstart_composer_checkpoint(quickstart_run, tmp_path, capsys):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from composer.utils.parallelism import FSDP2Config
-from helpers import QUICKSTART
+from helpers import QUICKSTART, REPO
 
 from cosmos_composer import config
 from cosmos_composer.config import ConfigError, load_config
@@ -47,6 +47,56 @@ def test_a_batch_or_a_context_parallel_size_the_launch_cannot_split_is_refused_n
         plan_run(load_config(QUICKSTART, ["context_parallel_size=2"]), 3, has_gpu=False)
     with pytest.raises(ConfigError, match=r"precision='amp_bf16' needs a GPU"):
         plan_run(load_config(QUICKSTART, ["precision=amp_bf16"]), 1, has_gpu=False)
+
+
+@pytest.mark.parametrize(
+    "overrides, world_size, context_parallel, data_parallel, batch_per_rank",
+    [
+        (["global_train_batch_size=2"], 1, 1, 1, 2),  # one process: nothing to split
+        (["global_train_batch_size=1"], 2, 2, 1, 1),  # one sample over the launch, as upstream's WORLD_SIZE
+        (["global_train_batch_size=2"], 2, 2, 1, 2),  # the largest size, the batch in one group
+        (["global_train_batch_size=2"], 4, 2, 2, 1),  # the tiny network's 2 heads: pairs, 2 groups
+        # 4 heads and 4 processes, but 7 views x 2 latent frames = 14 frames do not split in 4: pairs
+        (["global_train_batch_size=2", "model.overrides.num_heads=4"], 4, 2, 2, 1),
+        (["global_train_batch_size=2", "parallelism_config=null"], 2, 1, 2, 1),  # CP runs under FSDP2 only
+    ],
+)
+def test_auto_takes_the_largest_context_parallel_size_that_the_launch_and_the_batch_split(
+    overrides, world_size, context_parallel, data_parallel, batch_per_rank
+):
+    cfg = load_config(QUICKSTART, ["context_parallel_size=auto", *overrides])
+    plan = plan_run(cfg, world_size, has_gpu=False)
+    assert (plan.context_parallel_size, plan.data_parallel_size) == (context_parallel, data_parallel)
+    assert plan.batch_size_per_rank == batch_per_rank and plan.context_parallel_auto
+    assert cfg.context_parallel_size == context_parallel  # what config.yaml records and the builders read
+    assert f"x context_parallel_size {context_parallel} (context_parallel_size=auto)" in plan.describe_layout()
+
+
+def test_auto_without_a_size_that_fits_the_launch_is_refused_naming_the_values():
+    with pytest.raises(
+        ConfigError,
+        match=r"context_parallel_size=auto: no size fits 3 processes with global_train_batch_size=1: .*2 heads.*"
+        r"14 latent frames are \[1\], leaving \[3\] data-parallel groups.*a multiple of 3",
+    ):
+        plan_run(load_config(QUICKSTART, ["context_parallel_size=auto", "global_train_batch_size=1"]), 3, False)
+    with pytest.raises(ConfigError, match=r"context_parallel_size='eight': an integer >= 1 or 'auto'"):
+        load_config(QUICKSTART, ["context_parallel_size=eight"])
+    explicit = load_config(QUICKSTART, ["context_parallel_size=1"])  # an integer is taken as it is
+    assert plan_run(explicit, 2, has_gpu=False).context_parallel_size == 1 and explicit.context_parallel_size == 1
+
+
+def test_the_hdmap_recipe_trains_the_released_batch_over_8_processes(tmp_path):
+    # The released example: one 7-view sample per step, context parallel over the 8 GPUs of a node.
+    cfg = load_config(REPO / "yamls" / "hdmap.yaml", [f"train_loader.dataset.local={tmp_path}", "loggers=null"])
+    assert cfg.context_parallel_size == "auto" and cfg.global_train_batch_size == 1
+    plan = plan_run(cfg, 8, has_gpu=True)  # the plan only: no model is built
+    assert (plan.context_parallel_size, plan.data_parallel_size, plan.batch_size_per_rank) == (8, 1, 1)
+    assert plan.network.num_heads == 16 and plan.network.n_cameras_emb == 7
+    # Data parallelism stays an override away, for cards that hold a whole sample.
+    dp = load_config(REPO / "yamls" / "hdmap.yaml", [f"train_loader.dataset.local={tmp_path}", "loggers=null",
+                                                     "context_parallel_size=1", "global_train_batch_size=8"])  # fmt: skip
+    plan = plan_run(dp, 8, has_gpu=True)
+    assert (plan.context_parallel_size, plan.data_parallel_size, plan.batch_size_per_rank) == (1, 8, 1)
 
 
 def test_the_folders_come_from_the_output_root_and_the_save_keys(tmp_path):

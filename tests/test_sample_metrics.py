@@ -94,7 +94,10 @@ class NoNetworkModel:
 
     def __init__(self, names: list[str]):
         self.names = names
-        self.net = SimpleNamespace(config=SimpleNamespace(camera_origins=()))  # a rig without mapped cameras
+        self.net = torch.nn.Module()  # a rig without mapped cameras; its patch embedding is what the callback counts
+        self.net.config = SimpleNamespace(camera_origins=(), num_heads=2, patch_temporal=1)
+        self.net.context_parallel = None
+        self.net.x_embedder = torch.nn.Identity()
         self.encoders = SimpleNamespace(vae=object(), text_embedder=None)
 
     def encode_batch(self, batch: dict) -> dict:

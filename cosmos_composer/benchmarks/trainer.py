@@ -17,13 +17,14 @@ from composer.utils import reproducibility
 from streaming import MDSWriter
 
 from ..checkpoint.load import read_state_dict, select_network_weights
-from ..config import load_config
+from ..config import AUTO_CONTEXT_PARALLEL, load_config
 from ..data import mds
 from ..data.cameras import DEFAULT_CAMERAS
 from ..data.layouts import MULTIVIEW_HDMAP, ON_THE_FLY_CONTROLS, SINGLEVIEW
 from ..data.precompute import crossattn_proj_fingerprint
 from ..latent_geometry import LATENT_CHANNELS, SPATIAL_COMPRESSION, pixel_num_frames
 from ..models import build_network, get_config
+from ..models.context_parallel import valid_context_parallel_sizes
 from ..models.parallelize import FROZEN_DTYPE
 from ..models.prepare import WeightSource, prepare_training_network
 from .common import PEAK_BF16_FLOPS, REPO
@@ -148,7 +149,11 @@ def run(args: argparse.Namespace) -> None:
     )
 
     # One sample per data-parallel group and step: with context parallelism a group of ranks shares one.
-    samples_per_step = args.nproc // cfg.context_parallel_size
+    # `auto` (the recipe's) is resolved as train.py would for one sample per step: the largest valid size.
+    context_parallel_size = cfg.context_parallel_size
+    if context_parallel_size == AUTO_CONTEXT_PARALLEL:
+        context_parallel_size = valid_context_parallel_sizes(network.num_heads, args.nproc, views * latent_frames)[-1]
+    samples_per_step = args.nproc // context_parallel_size
     with tempfile.TemporaryDirectory(prefix="cosmos-trainer-bench-") as tmp:
         tmp = Path(tmp)
         pixels = _write_synthetic_shards(
@@ -163,7 +168,8 @@ def run(args: argparse.Namespace) -> None:
             "train_loader.dataset.random_start=false", "train_loader.dataset.shuffle=false",
             f"train_loader.dataset.num_frames={pixels['num_frames']}",
             f"train_loader.dataset.height={pixels['height']}", f"train_loader.dataset.width={pixels['width']}",
-            "train_loader.num_workers=0", f"global_train_batch_size={samples_per_step}", "device_train_microbatch_size=1",
+            "train_loader.num_workers=0", f"global_train_batch_size={samples_per_step}",
+            f"context_parallel_size={context_parallel_size}", "device_train_microbatch_size=1",
             f"max_duration={args.steps}ba", f"callbacks.run_summary.path={summary_path}", "progress_bar=false",
             *([f"gpu_memory_cap_gib={args.gpu_memory_cap_gib}"] if args.gpu_memory_cap_gib else []),
             # Composer has no amp_bf16 on a CPU: the weights keep their dtypes, the compute is fp32.

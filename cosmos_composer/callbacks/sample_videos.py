@@ -21,8 +21,14 @@ the held-out items and seeds is logged as ``metrics/samples/<name>`` and their s
 ``loss.png`` is redrawn with them. A non-finite value (TSE / CSE when no frame pair has enough keypoint
 matches) is logged as it is, so the mean is non-finite too, and warned about once per metric, naming the item.
 
-Under FSDP2 every rank runs the same sampling (each network forward gathers the sharded parameters,
-a collective); only rank 0 decodes, writes, scores and logs.
+Each video is sampled by all the launch's ranks together, with context parallelism as ``scripts/generate.py``
+under a launcher: every rank runs the network on its share of the video's latent frames and heads
+(:mod:`cosmos_composer.models.context_parallel`), so a call costs each of N ranks about 1/N of one process's
+network work, whatever the training layout (data parallel, or context parallel over fewer ranks). The group is
+the largest size that splits the network's heads, the ranks and the video's latent frames (all ranks when they
+do; the groups beyond it then sample the same video). Every rank ends with the whole video; only rank 0 decodes,
+writes, scores and logs, so the files and metrics are those of one process. Its line ``sample_videos: ...``
+says the latent frames each rank's network ran, against one process's.
 
 YAML::
 
@@ -39,6 +45,7 @@ YAML::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -58,7 +65,8 @@ from ..diffusion import sampler
 from ..evaluation.registry import METRICS, MODEL_FREE_METRICS, default_metrics, parse_metric_names, score_video
 from ..generation.outputs import decode_sample, write_frames
 from ..generation.prompts import negative_context, prompt_context
-from ..models.parallelize import ema_weights
+from ..models.context_parallel import ContextParallel, context_parallel_groups, valid_context_parallel_sizes
+from ..models.parallelize import apply_context_parallel, ema_weights, reshard
 from .loss_plot import SAMPLES_PREFIX, SPREAD_SUFFIX, LossPlot
 
 log = logging.getLogger(__name__)
@@ -81,6 +89,44 @@ def held_out_dataset(state: State) -> tuple[Any, str]:
 def dataset_size(dataset) -> int:
     """Items of the whole dataset (a StreamingDataset's ``num_samples``; ``len`` is one rank's share)."""
     return int(getattr(dataset, "num_samples", None) or len(dataset))
+
+
+def sampling_context_parallel_size(world_size: int, num_heads: int, num_frames: int) -> int:
+    """Ranks that sample one video together: the largest group of consecutive ranks whose size splits the
+    network's heads, the ranks and the video's ``num_frames`` latent frames (views x frames)."""
+    return valid_context_parallel_sizes(num_heads, world_size, num_frames)[-1]
+
+
+@contextlib.contextmanager
+def sampling_layout(net, context_parallel: Optional[ContextParallel]):
+    """Run ``net`` with ``context_parallel`` (None: each rank the whole video), the training layout back on exit."""
+    training = net.context_parallel
+    apply_context_parallel(net, context_parallel)
+    try:
+        yield net
+    finally:
+        apply_context_parallel(net, training)
+
+
+class FramesRun:
+    """Counts the latent frames this rank's network embeds (its share of each video's work) and its forwards,
+    with a hook on the patch embedding while the ``with`` block runs."""
+
+    def __init__(self, net):
+        self.net = net
+        self.frames = 0
+        self.forwards = 0
+
+    def _count(self, module, args, output) -> None:
+        self.frames += args[0].shape[2]  # [B, C, T, H, W]: this rank's latent frames
+        self.forwards += 1
+
+    def __enter__(self) -> "FramesRun":
+        self.handle = self.net.x_embedder.register_forward_hook(self._count)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.handle.remove()
 
 
 def reference_frames(dataset, index: int, item: dict[str, Any]) -> np.ndarray:
@@ -186,6 +232,10 @@ class SampleVideos(Callback):
         self.metrics = _check_metric_names(metrics)  # None: the defaults for the sample's views
         self.scoring = self.metrics != []
         self.written: list[Path] = []  # every file this callback wrote (rank 0)
+        self.groups: dict[int, ContextParallel] = {}  # sampling groups by size, made at the first call that needs one
+        # The last call's work: latent frames each rank's network ran, and what one process runs (rank 0).
+        self.frames_per_rank: list[int] = []
+        self.frames_one_process = 0
         self.warned_nonfinite: set[str] = set()  # metrics whose non-finite value was warned about (rank 0)
 
     # ------------------------------------------------------------------ checks
@@ -251,6 +301,19 @@ class SampleVideos(Callback):
         """The dataset items every call samples: the first ``num_samples`` (all of them in a smaller dataset)."""
         return list(range(min(self.num_samples, size)))
 
+    def _context_parallel(self, net, num_frames: int) -> Optional[ContextParallel]:
+        """This rank's group for sampling a video of ``num_frames`` latent frames (None: one rank per video)."""
+        size = sampling_context_parallel_size(dist.get_world_size(), net.config.num_heads, num_frames)
+        if size == 1:
+            return None
+        training = net.context_parallel
+        if training is not None and training.size == size:
+            return training
+        if size not in self.groups:
+            # Collective: every rank reaches it at the same item (all ranks sample the same items in turn).
+            self.groups[size] = context_parallel_groups(size)
+        return self.groups[size]
+
     @torch.no_grad()
     def _sample(self, state: State, logger: Logger, batch_index: int) -> None:
         model = _unwrap(state.model)
@@ -267,6 +330,10 @@ class SampleVideos(Callback):
         camera_origins = dict(model.net.config.camera_origins)  # the caption prefixes of the rig's cameras
         scores: dict[str, dict[str, float]] = {}  # {sample: {metric: value}}, rank 0
         scoring_s = 0.0
+        started_call = time.perf_counter()
+        frames_run = FramesRun(net)
+        frames_one_process = 0
+        group_sizes = set()
 
         for sample_number, index in enumerate(self.held_out_items(dataset_size(dataset))):
             item = dataset[index]
@@ -295,8 +362,16 @@ class SampleVideos(Callback):
             fps = self.fps or float(item["fps"])
             name = str(item.get("sample_name", f"item{index}"))
             reference_VF_H_W_3 = None
+            num_frames = inputs["control"].shape[2]
+            context_parallel = self._context_parallel(net, num_frames // net.config.patch_temporal)
+            group_sizes.add(1 if context_parallel is None else context_parallel.size)
             for seed in self.seeds:
-                with get_precision_context(state.precision):
+                # The sampler feeds the network in its first parameter's dtype: the stored one (bf16, frozen) for
+                # every video as for the first and as in one process, not the compute dtype of the root's copy
+                # that FSDP2 keeps after a forward (fp32 in an fp32 run), so each video is the one of its seed.
+                reshard(net)
+                forwards_before = frames_run.forwards
+                with get_precision_context(state.precision), sampling_layout(net, context_parallel), frames_run:
                     latents = sampler.sample(
                         net,
                         conditioning,
@@ -306,6 +381,7 @@ class SampleVideos(Callback):
                         seed=seed,
                         progress=self.progress and is_rank_zero,
                     )
+                frames_one_process += (frames_run.forwards - forwards_before) * num_frames
                 if not is_rank_zero:
                     continue
                 output = folder / f"{index:05d}_{_safe(name)}_seed{seed}.mp4"
@@ -321,9 +397,16 @@ class SampleVideos(Callback):
                     generated_VT_H_W_3, reference_VF_H_W_3, num_views, self.metrics, cameras
                 )
                 scoring_s += time.perf_counter() - started
+        frames_per_rank = dist.all_gather_object(frames_run.frames)
         if is_rank_zero:
             self.written += written
-            log.info("sample_videos: wrote %d files to %s", len(written), folder)
+            self.frames_per_rank, self.frames_one_process = frames_per_rank, frames_one_process
+            print(
+                f"sample_videos: wrote {len(written)} files to {folder} in {time.perf_counter() - started_call:.1f} s; "
+                f"each video over {'/'.join(map(str, sorted(group_sizes)))} rank(s) (context parallelism): latent "
+                f"frames run per rank {frames_per_rank}, one process runs {frames_one_process}",
+                flush=True,
+            )
             if scores:
                 started = time.perf_counter()
                 self._log_scores(state, logger, batch_index, scores)

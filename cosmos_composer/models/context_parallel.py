@@ -97,10 +97,20 @@ class ContextParallel:
         return x_n_B_h_l_d.transpose(0, 1).reshape(B, n * h, L // n, d)
 
 
+def valid_context_parallel_sizes(num_heads: int, world_size: int, num_frames: int = 0) -> list[int]:
+    """The CP sizes, smallest first, that split the heads and the ranks (and `num_frames`, a sample's token
+    frames, when given): each rank takes a whole share of each."""
+    return [
+        n
+        for n in range(1, num_heads + 1)
+        if num_heads % n == 0 and world_size % n == 0 and (num_frames == 0 or num_frames % n == 0)
+    ]
+
+
 def check_context_parallel_size(size: int, num_heads: int, world_size: int) -> None:
     """Refuse a CP size that cannot split the heads or the ranks, naming the sizes that can."""
     if size < 1 or num_heads % size or world_size % size:
-        valid = [n for n in range(1, num_heads + 1) if num_heads % n == 0 and world_size % n == 0]
+        valid = valid_context_parallel_sizes(num_heads, world_size)
         raise ValueError(
             f"context_parallel_size={size} must divide the network's {num_heads} attention heads and the "
             f"{world_size} processes; valid sizes here: {valid}"

@@ -205,16 +205,18 @@ def ema_weights(net: nn.Module, net_ema: Optional[nn.Module]) -> Iterator[nn.Mod
                 param.copy_(ema)
                 ema.copy_(saved)
 
-    _reshard(net)  # FSDP2 keeps the root unsharded after a forward: drop those copies first
+    reshard(net)  # FSDP2 keeps the root unsharded after a forward: drop those copies first
     swap()
     try:
         yield net
     finally:
-        _reshard(net)
+        reshard(net)
         swap()
 
 
-def _reshard(net: nn.Module) -> None:
+def reshard(net: nn.Module) -> None:
+    """Drop FSDP2's unsharded copies (it keeps the root's after a forward, in the compute dtype): every parameter
+    is its stored shard again."""
     for module in net.modules():
         if isinstance(module, FSDPModule):
             module.reshard()
