@@ -7,6 +7,7 @@ data_log.jsonl names the samples of every batch trained: the record of what was 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -46,7 +47,7 @@ def twelve_samples(demo_mds, tmp_path) -> Path:
     return out
 
 
-def _launch(root: Path, mds: Path) -> subprocess.Popen:
+def _launch(root: Path, mds: Path, args: tuple) -> subprocess.Popen:
     command = [
         os.path.join(os.path.dirname(sys.executable), "composer"),
         "-n",
@@ -65,6 +66,7 @@ def _launch(root: Path, mds: Path) -> subprocess.Popen:
         f"max_duration={MAX_BATCHES}ba",
         f"save_interval={SAVE_INTERVAL}ba",
         "console_log_interval=1ba",
+        *args,
     ]
     return subprocess.Popen(
         command,
@@ -77,16 +79,16 @@ def _launch(root: Path, mds: Path) -> subprocess.Popen:
     )
 
 
-def _run(root: Path, mds: Path, stop=None) -> tuple[int, str]:
-    """Launch; `stop(launcher)` once the first batch is logged. The exit code and the whole output, rank 1's too."""
-    launcher = _launch(root, mds)
-    lines = []
+def _run(root: Path, mds: Path, *stops, args: tuple = ()) -> tuple[int, str]:
+    """Launch with `args` added; call `stops[i](launcher)` when the (i+1)th batch is logged. The exit code and the whole output,
+    rank 1's console included."""
+    launcher = _launch(root, mds, args)
+    stops, lines = list(stops), []
     try:
         for line in launcher.stdout:
             lines.append(line)
-            if stop is not None and re.match(r"\[batch=\d+/", line):
-                stop(launcher)
-                stop = None
+            if stops and re.match(r"\[batch=\d+/", line):
+                stops.pop(0)(launcher)
         launcher.wait(timeout=300)
     finally:
         if launcher.poll() is None:
@@ -97,10 +99,16 @@ def _run(root: Path, mds: Path, stop=None) -> tuple[int, str]:
     return launcher.returncode, "".join(lines) + rank1
 
 
-def _sigterm_to_every_rank(launcher: subprocess.Popen) -> None:
-    """What SLURM does at a job's time limit: SIGTERM to every task."""
-    for rank in psutil.Process(launcher.pid).children():
-        rank.send_signal(signal.SIGTERM)
+def _sigterm_to_rank(rank: int):
+    """What SLURM does at a job's time limit, to one of the tasks: SIGTERM."""
+
+    def stop(launcher: subprocess.Popen) -> None:
+        for process in psutil.Process(launcher.pid).children():
+            with contextlib.suppress(psutil.NoSuchProcess):  # it may have saved and exited already
+                if process.environ().get("RANK") == str(rank):
+                    process.send_signal(signal.SIGTERM)
+
+    return stop
 
 
 def _ctrl_c(launcher: subprocess.Popen) -> None:
@@ -131,7 +139,8 @@ def _assert_quiet(output: str, launcher_tracebacks: int = 0) -> None:
 def test_preempted_runs_resume_at_the_batch_they_stopped(tmp_path, twelve_samples):
     folder = tmp_path.joinpath(*RUN)
 
-    code, output = _run(tmp_path, twelve_samples, _sigterm_to_every_rank)
+    # SIGTERM to every rank as SLURM sends it, here a batch apart: the ranks must agree on the batch to stop at.
+    code, output = _run(tmp_path, twelve_samples, _sigterm_to_rank(1), _sigterm_to_rank(0))
     assert code == PREEMPTED_EXIT_CODE, output[-3000:]
     first_stop = _preempted_at(output, "SIGTERM")
     assert first_stop % SAVE_INTERVAL != 0  # saved because of the signal, not the interval
@@ -159,3 +168,11 @@ def test_preempted_runs_resume_at_the_batch_they_stopped(tmp_path, twelve_sample
     assert [entry["batch"] for entry in trained] == list(range(1, MAX_BATCHES + 1))  # none twice, none skipped
     epoch0 = [name for entry in trained if entry["epoch"] == 0 for name in entry["samples"]]
     assert sorted(epoch0) == [f"demo_{number:04d}" for number in range(SAMPLES)]
+
+
+def test_a_config_error_on_two_processes_shows_once(tmp_path, demo_mds):
+    """Every rank refuses the config alike: the line shows once, and rank 1's console is not printed again."""
+    code, output = _run(tmp_path, demo_mds, args=("global_train_batch_size=3",))
+    assert code == 1, output[-3000:]
+    assert output.count("config error: global_train_batch_size=3 is not divisible") == 1, output[-3000:]
+    assert "Begin global rank" not in output and "Traceback" not in output
