@@ -17,6 +17,7 @@ from cosmos_composer.callbacks.preemption import (
     Preempted,
     catch_stop_signals,
     received_stop_signal,
+    stop_signals_wait_for_the_batch,
     stopped_before_training,
 )
 from cosmos_composer.checkpoint.autoresume import RunAlreadyComplete
@@ -71,6 +72,7 @@ def main(argv: list[str]) -> None:
             raise
         # Another rank stopped first (a collective failed): this rank's stop signal explains it.
         stop_run(str(stopped_before_training()), PREEMPTED_EXIT_CODE, every_rank_alike=True)
+    stop_signals_wait_for_the_batch()  # from here a stop signal saves the batch in flight (callbacks/preemption.py)
     try:
         trainer.fit()
     except TrainingDiverged as error:  # every rank agreed on the batch (one all-reduce)

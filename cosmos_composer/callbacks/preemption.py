@@ -8,10 +8,10 @@ each rank asks the kernel for SIGHUP when its parent process dies, so a launcher
 handle, SIGUSR1 or SIGKILL, still has its ranks save).
 
 Composer installs, when it is imported, handlers that `sys.exit(128 + signal)` at once: a rank then dies wherever
-it is, losing every batch since the last checkpoint. `catch_stop_signals` replaces them. Before training starts
-(the model is built, nothing to save) the first signal stops the rank at once (`Preempted`). From `fit_start` on
-a signal only notes itself (a handler runs in the main thread between bytecodes: nothing may be saved from
-there), and the `Preemption` callback acts on it at the end of the batch:
+it is, losing every batch since the last checkpoint. `catch_stop_signals` replaces them. While the Trainer is
+built (nothing to save yet) the first signal stops the rank at once (`Preempted`). From then on (train.py calls
+`stop_signals_wait_for_the_batch`) a signal only notes itself (a handler runs in the main thread between
+bytecodes: nothing may be saved from there), and the `Preemption` callback acts on it at the end of the batch:
 
 - BATCH_END: one all-reduce of the noted signal per batch, so every rank stops at the same batch although each
   got its signal at a slightly different time; an eval due at this batch is skipped (it would spend the grace
@@ -62,7 +62,12 @@ def catch_stop_signals() -> None:
 
 def received_stop_signal() -> Optional[str]:
     """The name of the first stop signal this process got (`SIGTERM`), or None."""
-    return None if _received is None else signal.Signals(_received).name
+    return None if _received is None else _signal_name(_received)
+
+
+def _signal_name(signum: int) -> str:
+    name = signal.Signals(signum).name
+    return f"{name} (the launcher or the terminal went away)" if signum == signal.SIGHUP else name
 
 
 def stopped_before_training() -> Preempted:
@@ -82,8 +87,9 @@ def _note_stop_signal(signum: int, frame) -> None:
         raise stopped_before_training()
 
 
-def _stop_after_this_batch() -> None:
-    """From now on a stop signal is only noted; `Preemption` stops the run at the end of the batch."""
+def stop_signals_wait_for_the_batch() -> None:
+    """From now on a stop signal is only noted; `Preemption` stops the run at the end of the batch (call once the
+    Trainer is built: a signal before the first batch ends then stops the run after that batch, saved)."""
     global _stop_at_once
     _stop_at_once = False
 
@@ -114,15 +120,12 @@ class Preemption(Callback):
         trainer.state.callbacks.append(preemption)
         return preemption
 
-    def fit_start(self, state: State, logger: Logger) -> None:
-        _stop_after_this_batch()
-
     def batch_end(self, state: State, logger: Logger) -> None:
         # The highest signal number any rank got (0: none): every rank learns the same one at the same batch.
         signum = state.device.tensor_to_device(torch.tensor([_received or 0], dtype=torch.int64))
         dist.all_reduce(signum, reduce_operation="MAX")
         if signum.item():
-            self.stop_signal = signal.Signals(int(signum.item())).name
+            self.stop_signal = _signal_name(int(signum.item()))
 
     def batch_checkpoint(self, state: State, logger: Logger) -> None:
         if self.stop_signal is None:
