@@ -14,8 +14,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from .callbacks.checkpoint_checksums import CheckpointChecksums
 from .callbacks.nonfinite_loss import NonFiniteLossGuard
+from .callbacks.preemption import Preemption
 from .callbacks.step_seed import StepSeed
 from .checkpoint.safe_pickle import composer_loads_safely
+from .config import ConfigError
 from .data.loaders import build_run_dataloader, release_stale_dataset_memory
 from .encoders import build_encoders
 from .loggers_and_callbacks import build_callbacks, build_loggers, describe_model
@@ -29,6 +31,7 @@ from .optim import FiniteGradClip, LambdaLinearSchedule, build_optimizer
 from .quiet import silence_known_warnings, silence_resume_warnings
 from .run_plan import RunPlan, plan_run
 from .run_setup import (
+    ConfigErrorOnEveryRank,
     RunInputs,
     apply_gpu_memory_cap,
     describe_start,
@@ -110,7 +113,10 @@ def build_trainer(cfg: DictConfig) -> Trainer:
     silence_known_warnings()
     apply_gpu_memory_cap(cfg.gpu_memory_cap_gib)
     # Cheap checks first: a missing dataset, W&B credentials or a missing file fail before the model is built.
-    plan = plan_run(cfg, dist.get_world_size(), has_gpu=torch.cuda.is_available())
+    try:
+        plan = plan_run(cfg, dist.get_world_size(), has_gpu=torch.cuda.is_available())
+    except ConfigError as error:  # a function of the config and the world size: every rank refuses alike
+        raise ConfigErrorOnEveryRank(str(error)) from None
     if dist.get_global_rank() == 0:
         print(plan.describe_layout(), flush=True)
     loggers = build_loggers(cfg, plan)
@@ -170,4 +176,5 @@ def build_trainer(cfg: DictConfig) -> Trainer:
         )
     # After Composer's checkpoint saver: writes network.json and sums what it has just written.
     CheckpointChecksums.attach(trainer, cfg.model.preset)
+    Preemption.attach(trainer)  # last: stops a preempted run after its checkpoint and checksums are written
     return trainer

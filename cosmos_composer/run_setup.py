@@ -103,10 +103,24 @@ def describe_start(cfg: DictConfig, inputs: RunInputs) -> str:
 
 
 # ----------------------------------------------------------------------------- lock and autoresume
-def _decided_on_rank_zero(decide, refusal: type[Exception] | tuple[type[Exception], ...], prefix: str = ""):
+class ConfigErrorOnEveryRank(ConfigError):
+    """A config error that every rank raises alike (decided on global rank 0, or a function of the config and the
+    world size): train.py prints it once."""
+
+
+class AutoresumeError(ConfigErrorOnEveryRank):
+    """A problem with the checkpoints in save_folder that autoresume found (a checkpoint error, not the config's)."""
+
+
+def _decided_on_rank_zero(
+    decide,
+    refusal: type[Exception] | tuple[type[Exception], ...],
+    prefix: str = "",
+    raises: type[ConfigErrorOnEveryRank] = ConfigErrorOnEveryRank,
+):
     """Run `decide()` on global rank 0 only and hand its result to every rank.
 
-    A `refusal` raised there becomes a ConfigError on every rank (so no rank waits for the others forever).
+    A `refusal` raised there becomes a `raises` error on every rank (so no rank waits for the others forever).
     """
     outcome: list = [None, None]  # (result, refusal message)
     if dist.get_global_rank() == 0:
@@ -116,7 +130,7 @@ def _decided_on_rank_zero(decide, refusal: type[Exception] | tuple[type[Exceptio
             outcome = [None, str(error)]
     dist.broadcast_object_list(outcome, src=0)
     if outcome[1] is not None:
-        raise ConfigError(prefix + outcome[1])
+        raise raises(prefix + outcome[1])
     return outcome[0]
 
 
@@ -140,7 +154,7 @@ def plan_autoresume(save_folder: str) -> ResumePlan:
         print(resume.describe(Path(save_folder)), flush=True)
         return resume
 
-    return _decided_on_rank_zero(plan, (RuntimeError, UnsafePickleError), prefix="autoresume: ")
+    return _decided_on_rank_zero(plan, (RuntimeError, UnsafePickleError), "autoresume: ", AutoresumeError)
 
 
 def check_not_complete(cfg: DictConfig, resume: ResumePlan, save_folder: Optional[str]) -> None:

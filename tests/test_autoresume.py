@@ -132,6 +132,7 @@ def test_no_intact_checkpoint_stops_instead_of_starting_over(tmp_path, demo_mds,
     result = _run(tmp_path, demo_mds, "max_duration=6ba")
     assert result.returncode != 0
     assert "none is intact" in result.stderr and "a new run_name" in result.stderr
+    assert "checkpoint error: autoresume: " in result.stderr  # a problem of the checkpoints, not of the config
     assert sorted(p.name for p in (four_batches / "ep0-ba2").iterdir()) == [  # kept
         "__0_0.distcp",
         "checksums.json",
