@@ -136,7 +136,7 @@ LAYERS = [
     ["evaluation", "generate", "generation"],
     ["checkpoint", "data", "encoders", "diffusion"],
     ["models"],
-    ["latent_geometry", "dtypes", "fingerprint", "config_file", "host_memory", "checkpoint.keys", "spec"],
+    ["latent_geometry", "dtypes", "fingerprint", "config_file", "host_memory", "run_exit", "checkpoint.keys", "spec"],
 ]
 
 
