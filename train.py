@@ -17,6 +17,7 @@ from cosmos_composer.checkpoint.hf import HfResolveError
 from cosmos_composer.checkpoint.load import CheckpointLoadError
 from cosmos_composer.checkpoint.safe_pickle import unsafe_pickle_in
 from cosmos_composer.config import ConfigError, describe_config, load_config
+from cosmos_composer.data.output import DiskFullError
 from cosmos_composer.encoders import EncoderLoadError
 from cosmos_composer.host_memory import return_freed_memory_to_os
 from cosmos_composer.quiet import remove_streaming_filelocks
@@ -48,7 +49,7 @@ def main(argv: list[str]) -> None:
         sys.exit(f"checkpoint error: {refusal}")
     try:
         trainer.fit()
-    except TrainingDiverged as error:
+    except (TrainingDiverged, DiskFullError) as error:  # a full disk: its partial checkpoint is removed already
         sys.exit(f"training stopped: {error}")
     remove_streaming_filelocks(trainer)
 

@@ -17,6 +17,7 @@ from .callbacks.nonfinite_loss import NonFiniteLossGuard
 from .callbacks.step_seed import StepSeed
 from .checkpoint.object_store import is_object_store
 from .checkpoint.safe_pickle import composer_loads_safely
+from .checkpoint.save_guard import guard_saves
 from .data.loaders import build_run_dataloader, release_stale_dataset_memory
 from .encoders import build_encoders
 from .loggers_and_callbacks import build_callbacks, build_loggers, describe_model
@@ -175,6 +176,7 @@ def build_trainer(cfg: DictConfig) -> Trainer:
             dist_timeout=cfg.dist_timeout,
         )
     remove_download(inputs)
+    guard_saves(trainer)  # a failed save (a full disk) leaves no partial checkpoint and says so in one line
     # After Composer's checkpoint saver: writes network.json and sums what it has just written.
     CheckpointChecksums.attach(trainer, cfg.model.preset)
     return trainer

@@ -30,6 +30,7 @@ from ..checkpoint.integrity import CHECKSUMS_FILE, checksums_path, digests_of, w
 from ..checkpoint.network_config import NETWORK_FILE, network_config_path, write_network_config
 from ..checkpoint.object_store import upload_beside
 from ..checkpoint.safe_pickle import METADATA_FILE
+from ..checkpoint.save_guard import removing_partial_checkpoint
 from ..models import NetworkConfig
 
 
@@ -59,7 +60,13 @@ class CheckpointChecksums(Callback):
         if not self.saver.saved_checkpoints or self.saver.saved_checkpoints[-1] == self.summed:
             return
         self.summed = saved = self.saver.saved_checkpoints[-1]
-        if state.fsdp_sharded_state_dict_enabled:  # every rank saved its shard into one folder
+        sharded = state.fsdp_sharded_state_dict_enabled  # every rank saved its shard into one folder
+        folder = Path(saved).parent.parent if sharded else Path(saved).parent
+        with removing_partial_checkpoint(folder, int(state.timestamp.batch)):  # a full disk: no half-summed one
+            self._sum(Path(saved), sharded)
+
+    def _sum(self, saved: Path, sharded: bool) -> None:
+        if sharded:
             folder, rank = Path(saved).parent, dist.get_global_rank()
             mine = [path.name for path in folder.glob(f"__{rank}_*.distcp")]
             if rank == 0:
