@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from streaming.base.format import reader_from_json
 
+from cosmos_composer.data import dataset as dataset_module
 from cosmos_composer.data import mds
 from cosmos_composer.data.convert import convert_to_mds
 from cosmos_composer.data.dataset import ShardError, TransferStreamingDataset
@@ -236,6 +237,19 @@ def test_a_corrupt_local_shard_fails_on_its_first_read_naming_it(converted, tmp_
     corrupt(folder / FIRST_SHARD)
     dataset = TransferStreamingDataset(local=str(folder), batch_size=1, **SMALL)
     assert [stream.validate_hash for stream in dataset.streams] == ["xxh64"]  # what Streaming checks on download
+    with pytest.raises(ShardError, match=f"shard file {folder / FIRST_SHARD} is corrupt: its xxh64 hash"):
+        dataset[0]
+
+
+def test_a_shard_that_changes_after_it_was_hashed_is_hashed_again(converted, tmp_path, monkeypatch):
+    hashed = []
+    real_hash = dataset_module.get_hash
+    monkeypatch.setattr(dataset_module, "get_hash", lambda *args: hashed.append(1) or real_hash(*args))
+    folder = Path(shutil.copytree(converted, tmp_path / "mds"))
+    dataset = TransferStreamingDataset(local=str(folder), batch_size=1, **SMALL)
+    first = dataset[0]["sample_name"]  # hashes the shard: it is intact
+    assert dataset[0]["sample_name"] == first and len(hashed) == 1  # read again, unchanged: not hashed again
+    corrupt(folder / FIRST_SHARD)  # rewritten in place after the hash, at the same size
     with pytest.raises(ShardError, match=f"shard file {folder / FIRST_SHARD} is corrupt: its xxh64 hash"):
         dataset[0]
 
