@@ -17,6 +17,7 @@ from cosmos_composer.checkpoint.hf import HfResolveError
 from cosmos_composer.checkpoint.load import CheckpointLoadError
 from cosmos_composer.checkpoint.safe_pickle import unsafe_pickle_in
 from cosmos_composer.config import ConfigError, describe_config, load_config
+from cosmos_composer.data.dataset import ShardError
 from cosmos_composer.data.output import DiskFullError
 from cosmos_composer.encoders import EncoderLoadError
 from cosmos_composer.host_memory import return_freed_memory_to_os
@@ -51,6 +52,8 @@ def main(argv: list[str]) -> None:
         trainer.fit()
     except (TrainingDiverged, DiskFullError) as error:  # a full disk: its partial checkpoint is removed already
         sys.exit(f"training stopped: {error}")
+    except ShardError as error:  # raised on every rank at once (callbacks/shard_errors.py)
+        sys.exit(f"data error: {error}")
     remove_streaming_filelocks(trainer)
 
 

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .callbacks.checkpoint_checksums import CheckpointChecksums
 from .callbacks.nonfinite_loss import NonFiniteLossGuard
+from .callbacks.shard_errors import StopOnShardError
 from .callbacks.step_seed import StepSeed
 from .checkpoint.object_store import is_object_store
 from .checkpoint.safe_pickle import composer_loads_safely
@@ -160,6 +161,7 @@ def build_trainer(cfg: DictConfig) -> Trainer:
             callbacks=[
                 StepSeed(cfg.seed, cp_size),
                 NonFiniteLossGuard(cfg.max_nonfinite_steps),
+                StopOnShardError(),
                 *build_callbacks(cfg, plan, describe_model(cfg), describe_start(cfg, inputs)),
             ],
             loggers=loggers,

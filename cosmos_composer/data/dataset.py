@@ -48,8 +48,8 @@ from __future__ import annotations
 import logging
 import mmap
 import os
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -456,13 +456,49 @@ def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
     return batch
 
 
+class TransferDataLoader(StreamingDataLoader):
+    """Streaming's resumable loader; with ``defer_shard_errors`` set (training sets it: callbacks/shard_errors.py),
+    a :class:`ShardError` ends this rank's pass instead of raising, its one line kept in ``shard_error``.
+
+    One rank raising alone would leave the others waiting in a collective until gloo or NCCL fails them
+    ("Connection closed by peer"), and that error, not the shard, is what the user would read. Composer
+    all-reduces after every fetch whether any rank's pass has ended, so all ranks leave the pass together, and
+    the callback then raises the shard's line on every rank.
+    """
+
+    defer_shard_errors = False
+    shard_error: Optional[str] = None
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        if not self.defer_shard_errors:
+            yield from super().__iter__()
+            return
+        batches = super().__iter__()
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except ShardError as error:
+                self.shard_error = shard_error_line(error)
+                return
+            yield batch
+
+
+def shard_error_line(error: ShardError) -> str:
+    """The message of a ShardError; raised in a DataLoader worker, torch re-raises it with the worker's traceback
+    in the message, whose last line is the original one."""
+    last = str(error).strip().splitlines()[-1]
+    return last.split("ShardError: ", 1)[1] if "ShardError: " in last else last
+
+
 def build_dataloader(
     dataset: TransferStreamingDataset,
     batch_size: int,
     num_workers: int = 0,
     **dataloader_kwargs: Any,
-) -> StreamingDataLoader:
-    """A ``StreamingDataLoader`` (resumable) over ``dataset`` with :func:`collate_samples`.
+) -> TransferDataLoader:
+    """A ``TransferDataLoader`` (resumable) over ``dataset`` with :func:`collate_samples`.
 
     Streaming needs the per-device batch size on the dataset too; it is set here when missing.
     """
@@ -473,7 +509,7 @@ def build_dataloader(
             f"the dataset was built with batch_size={dataset.batch_size} but the loader uses {batch_size}; "
             f"Streaming needs both equal for deterministic resumption"
         )
-    return StreamingDataLoader(
+    return TransferDataLoader(
         dataset,
         batch_size=batch_size,
         num_workers=num_workers,
