@@ -25,6 +25,8 @@ from cosmos_composer.checkpoint.hf import HfResolveError
 from cosmos_composer.checkpoint.load import CheckpointLoadError
 from cosmos_composer.checkpoint.safe_pickle import unsafe_pickle_in
 from cosmos_composer.config import ConfigError, describe_config, load_config
+from cosmos_composer.data.dataset import ShardError
+from cosmos_composer.data.output import DiskFullError
 from cosmos_composer.encoders import EncoderLoadError
 from cosmos_composer.host_memory import return_freed_memory_to_os
 from cosmos_composer.quiet import remove_streaming_filelocks
@@ -80,6 +82,10 @@ def main(argv: list[str]) -> None:
     except Preempted as stop:  # after the checkpoint of this batch, on every rank at the same batch
         remove_streaming_filelocks(trainer)
         stop_run(str(stop), PREEMPTED_EXIT_CODE, every_rank_alike=True)
+    except DiskFullError as error:  # its partial checkpoint is removed already; a rank's own disk may be the full one
+        stop_run(f"training stopped: {error}")
+    except ShardError as error:  # raised on every rank at once (callbacks/shard_errors.py)
+        stop_run(f"data error: {error}", every_rank_alike=True)
     remove_streaming_filelocks(trainer)
 
 

@@ -15,8 +15,11 @@ from omegaconf import DictConfig, OmegaConf
 from .callbacks.checkpoint_checksums import CheckpointChecksums
 from .callbacks.nonfinite_loss import NonFiniteLossGuard
 from .callbacks.preemption import Preemption
+from .callbacks.shard_errors import StopOnShardError
 from .callbacks.step_seed import StepSeed
+from .checkpoint.object_store import is_object_store
 from .checkpoint.safe_pickle import composer_loads_safely
+from .checkpoint.save_guard import guard_saves
 from .config import ConfigError
 from .data.loaders import build_run_dataloader, release_stale_dataset_memory
 from .encoders import build_encoders
@@ -36,6 +39,7 @@ from .run_setup import (
     apply_gpu_memory_cap,
     describe_start,
     lock_run_folder,
+    remove_download,
     resolve_inputs,
     write_run_config,
 )
@@ -140,7 +144,13 @@ def build_trainer(cfg: DictConfig) -> Trainer:
     scheduler = LambdaLinearSchedule(**OmegaConf.to_container(cfg.scheduler))
     # The model is sharded already (build_training_network): Composer must not shard it again.
     sharding = composer_keeps_our_sharding() if plan.fsdp is not None else contextlib.nullcontext()
-    # Composer loads load_path and the autoresume checkpoint here: never with a full unpickler.
+    # Composer loads load_path and the autoresume checkpoint here: never with a full unpickler. From an object
+    # store, autoresume has downloaded and verified the checkpoint: Composer loads that copy as its load_path.
+    store = is_object_store(plan.save_folder)
+    load_path = str(inputs.resume_from) if store and inputs.resumes else inputs.composer_checkpoint
+    # Autoresume has looked at the store: whatever is newer than its checkpoint is not intact, and this run
+    # writes its batches again (as a local save_folder's would be); Composer's upload would refuse the names.
+    overwrite_in_store = store and cfg.autoresume
     with sharding, composer_loads_safely():
         trainer = Trainer(
             run_name=cfg.run_name,
@@ -159,21 +169,24 @@ def build_trainer(cfg: DictConfig) -> Trainer:
             callbacks=[
                 StepSeed(cfg.seed, cp_size),
                 NonFiniteLossGuard(cfg.max_nonfinite_steps),
+                StopOnShardError(),
                 *build_callbacks(cfg, plan, describe_model(cfg), describe_start(cfg, inputs)),
             ],
             loggers=loggers,
             save_folder=plan.save_folder,
             save_interval=cfg.save_interval,
             save_num_checkpoints_to_keep=cfg.save_num_checkpoints_to_keep,
-            save_overwrite=cfg.save_overwrite,
-            autoresume=cfg.autoresume and plan.save_folder is not None,
-            load_path=inputs.composer_checkpoint,
+            save_overwrite=cfg.save_overwrite or overwrite_in_store,
+            autoresume=cfg.autoresume and plan.save_folder is not None and not store,
+            load_path=load_path,
             seed=cfg.seed,
             progress_bar=cfg.progress_bar,
             log_to_console=cfg.log_to_console,
             console_log_interval=cfg.console_log_interval,
             dist_timeout=cfg.dist_timeout,
         )
+    remove_download(inputs)
+    guard_saves(trainer)  # a failed save (a full disk) leaves no partial checkpoint and says so in one line
     # After Composer's checkpoint saver: writes network.json and sums what it has just written.
     CheckpointChecksums.attach(trainer, cfg.model.preset)
     Preemption.attach(trainer)  # last: stops a preempted run after its checkpoint and checksums are written

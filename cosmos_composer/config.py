@@ -553,7 +553,14 @@ def check_dataset_paths(cfg: DictConfig) -> None:
 
 def check_output_folders(cfg: DictConfig) -> None:
     """The run folder and a local save_folder must be folders this process can create and write: a file in the
-    way, or a read-only parent, is said now with the key to change (an object-store save_folder is Composer's)."""
+    way, or a read-only parent, is said now with the key to change (an object-store save_folder is listed once the
+    run starts: `run_setup.resolve_inputs`)."""
+    if cfg.save_folder is not None and "://" in cfg.save_folder and cfg.save_num_checkpoints_to_keep != -1:
+        raise ConfigError(
+            f"save_num_checkpoints_to_keep={cfg.save_num_checkpoints_to_keep} with save_folder={cfg.save_folder!r}: "
+            "Composer 0.32 never deletes checkpoints from an object store; set save_num_checkpoints_to_keep=-1 and "
+            "expire old checkpoints with the bucket's lifecycle rules"
+        )
     folders = {"output_root": run_folder(cfg)}
     if cfg.save_folder is not None and "://" not in cfg.save_folder:
         folders["save_folder"] = Path(cfg.save_folder)

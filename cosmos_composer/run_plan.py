@@ -14,6 +14,7 @@ from typing import Any, Optional
 from composer.utils.parallelism import FSDP2Config
 from omegaconf import DictConfig, OmegaConf
 
+from .checkpoint.object_store import is_object_store
 from .config import (
     AUTO_CONTEXT_PARALLEL,
     check_launch,
@@ -55,8 +56,10 @@ class RunPlan:
 
     @property
     def locked_folder(self) -> str:
-        """The folder the run lock guards: the checkpoints', else the run folder."""
-        return self.save_folder or str(self.run_folder)
+        """The folder the run lock guards: the checkpoints' when local, else the run folder (an object store has
+        no lock: the run folder's guards the launches that share this filesystem)."""
+        local = self.save_folder is not None and not is_object_store(self.save_folder)
+        return self.save_folder if local else str(self.run_folder)
 
 
 def fsdp2_config(cfg: DictConfig) -> Optional[FSDP2Config]:

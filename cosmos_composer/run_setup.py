@@ -3,6 +3,7 @@ autoresume checkpoint chosen, the GPU memory cap, and the config as it ran writt
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -13,14 +14,18 @@ from composer.utils import dist
 from omegaconf import DictConfig, OmegaConf
 
 from .checkpoint.autoresume import ResumePlan, RunAlreadyComplete, plan_resume, point_latest_link
+from .checkpoint.composer_checkpoint import why_not_intact
 from .checkpoint.hf import HfResolveError, resolve
 from .checkpoint.integrity import ChecksumMismatch, verify_checksums
 from .checkpoint.load import CheckpointLoadError, is_composer_checkpoint
+from .checkpoint.object_store import ObjectStoreError, check_reachable, download_checkpoint, is_object_store
 from .checkpoint.safe_pickle import UnsafePickleError
-from .config import ConfigError
+from .config import ConfigError, run_folder
 from .config_file import write_json_or_yaml
 from .run_lock import RunFolderInUse, acquire_run_lock
 from .run_plan import RunPlan
+
+STORE_DOWNLOAD = "checkpoint_download"  # <run folder>/<this>/: where a store's checkpoint is copied to resume from
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -31,7 +36,8 @@ class RunInputs:
     weights: Optional[str] = None  # a consolidated .pt to start from (`load_path`)
     composer_checkpoint: Optional[str] = None  # a Composer checkpoint to start from (`load_path`)
     base: Optional[str] = None  # a Predict2.5 checkpoint whose base DiT starts the run (`base_load_path`)
-    resume_from: Optional[Path] = None  # the autoresume checkpoint in save_folder: Composer loads it
+    resume_from: Optional[Path] = None  # the autoresume checkpoint in save_folder (a local copy of a store's)
+    downloaded: bool = False  # resume_from is a download from an object store: removed once Composer loaded it
     vae: Optional[str] = None  # a path, or "tiny"
     text: Optional[str] = None
 
@@ -56,9 +62,16 @@ def resolve_inputs(cfg: DictConfig, save_folder: Optional[str]) -> RunInputs:
 
     Downloads (hf://) happen here, on every rank (huggingface_hub downloads each file once under a lock).
     """
-    resume = plan_autoresume(save_folder) if cfg.autoresume and save_folder is not None else ResumePlan()
+    if is_object_store(save_folder):  # a missing bucket or missing credentials: now, not after the model is built
+        _decided_on_rank_zero(
+            lambda: check_reachable(save_folder, may_hold_checkpoints=cfg.autoresume or cfg.save_overwrite),
+            ObjectStoreError,
+            "save_folder: ",
+        )
+    download_to = run_folder(cfg) / STORE_DOWNLOAD
+    resume = plan_autoresume(save_folder, download_to) if cfg.autoresume and save_folder is not None else ResumePlan()
     check_not_complete(cfg, resume, save_folder)
-    inputs = RunInputs(resume_from=resume.checkpoint)
+    inputs = RunInputs(resume_from=resume.checkpoint, downloaded=is_object_store(save_folder))
     for name in ("vae", "text"):
         value = cfg.encoders[name]
         if value is not None and value != "tiny":
@@ -145,16 +158,47 @@ def lock_run_folder(folder: str) -> None:
     _decided_on_rank_zero(lock, RunFolderInUse)
 
 
-def plan_autoresume(save_folder: str) -> ResumePlan:
-    """Global rank 0 finds the newest intact checkpoint and points Composer's link at it; every rank learns it."""
+def plan_autoresume(save_folder: str, download_to: Path) -> ResumePlan:
+    """Global rank 0 finds the newest intact checkpoint and points Composer's link at it; every rank learns it.
+
+    An object-store save_folder's checkpoint is downloaded into `download_to` (and verified) by global rank 0,
+    and then by the first rank of every other node that does not see that copy (no shared filesystem)."""
+    store = is_object_store(save_folder)
 
     def plan() -> ResumePlan:
-        resume = plan_resume(save_folder)
-        point_latest_link(Path(save_folder), resume)
-        print(resume.describe(Path(save_folder)), flush=True)
+        resume = plan_resume(save_folder, download_to)
+        if not store:
+            point_latest_link(Path(save_folder), resume)
+        print(resume.describe(save_folder), flush=True)
         return resume
 
-    return _decided_on_rank_zero(plan, (RuntimeError, UnsafePickleError), "autoresume: ", AutoresumeError)
+    resume = _decided_on_rank_zero(plan, (RuntimeError, UnsafePickleError), "autoresume: ", AutoresumeError)
+    if store and resume.checkpoint is not None:
+        _download_on_every_node(f"{save_folder.rstrip('/')}/{resume.checkpoint.name}", resume.checkpoint)
+    return resume
+
+
+def _download_on_every_node(uri: str, local: Path) -> None:
+    """The first rank of each node makes sure `local` is an intact copy of `uri`; a failure stops every rank."""
+    problem = None
+    first_on_other_node = dist.get_local_rank() == 0 and dist.get_global_rank() != 0  # rank 0 has just verified it
+    if first_on_other_node and why_not_intact(local, verify=True) is not None:
+        try:
+            download_checkpoint(uri, local.parent, progress=False)
+        except ObjectStoreError as error:
+            problem = str(error)
+    problems = [found for found in dist.all_gather_object(problem) if found]
+    if problems:
+        raise AutoresumeError(f"autoresume: {problems[0]}")
+
+
+def remove_download(inputs: RunInputs) -> None:
+    """Remove the local copy of an object-store checkpoint once Composer has loaded it (every rank calls this)."""
+    if not (inputs.downloaded and inputs.resumes):
+        return
+    dist.barrier()
+    if dist.get_local_rank() == 0:
+        shutil.rmtree(inputs.resume_from.parent, ignore_errors=True)
 
 
 def check_not_complete(cfg: DictConfig, resume: ResumePlan, save_folder: Optional[str]) -> None:

@@ -3,7 +3,10 @@
 
 CHECKPOINT is a checkpoint folder (<run>/checkpoints/ep<E>-ba<B>), the <run>/checkpoints/latest-rank0.pt link,
 or the <run>/checkpoints folder (the newest checkpoint is taken). It is read on the CPU, without a process
-group; only the model weights are read, never the optimizer state.
+group; only the model weights are read, never the optimizer state. On an object store (a run's
+save_folder: s3://bucket/prefix/ep<E>-ba<B>, or s3://bucket/prefix for the newest intact checkpoint) it is
+downloaded beside OUT_DIR, verified against its checksums.json, exported and the download removed
+(credentials from the environment: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, S3_ENDPOINT_URL, ...).
 
 --format official writes, as the official convert_distcp_to_pt.py does:
   model.pt            net.* (training weights, fp32 as saved) and net_ema.* (EMA)
@@ -55,7 +58,9 @@ from cosmos_composer.models import PRESETS
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", help="sharded checkpoint folder, latest-rank0.pt link or checkpoints folder")
+    parser.add_argument(
+        "checkpoint", help="sharded checkpoint folder, latest-rank0.pt link or checkpoints folder (or an s3:// one)"
+    )
     parser.add_argument(
         "out_dir",
         help="folder to write into, outside every checkpoint folder (created; earlier export files are replaced)",
@@ -129,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ExportError, DiskFullError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(f"Exported {result.checkpoint}")
+    print(f"Exported {result.source or result.checkpoint}")
     print(f"  network: {result.network.describe()}")
     for path in result.written:
         print(f"  wrote {path}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import re
 import shutil
 import signal
 import subprocess
@@ -15,8 +16,11 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from helpers import free_port, train_env
+from streaming import MDSWriter
 from streaming.base.format import reader_from_json
 
+from cosmos_composer.data import dataset as dataset_module
 from cosmos_composer.data import mds
 from cosmos_composer.data.convert import convert_to_mds
 from cosmos_composer.data.dataset import ShardError, TransferStreamingDataset
@@ -238,6 +242,67 @@ def test_a_corrupt_local_shard_fails_on_its_first_read_naming_it(converted, tmp_
     assert [stream.validate_hash for stream in dataset.streams] == ["xxh64"]  # what Streaming checks on download
     with pytest.raises(ShardError, match=f"shard file {folder / FIRST_SHARD} is corrupt: its xxh64 hash"):
         dataset[0]
+
+
+def test_a_shard_that_changes_after_it_was_hashed_is_hashed_again(converted, tmp_path, monkeypatch):
+    hashed = []
+    real_hash = dataset_module.get_hash
+    monkeypatch.setattr(dataset_module, "get_hash", lambda *args: hashed.append(1) or real_hash(*args))
+    folder = Path(shutil.copytree(converted, tmp_path / "mds"))
+    dataset = TransferStreamingDataset(local=str(folder), batch_size=1, **SMALL)
+    first = dataset[0]["sample_name"]  # hashes the shard: it is intact
+    assert dataset[0]["sample_name"] == first and len(hashed) == 1  # read again, unchanged: not hashed again
+    corrupt(folder / FIRST_SHARD)  # rewritten in place after the hash, at the same size
+    with pytest.raises(ShardError, match=f"shard file {folder / FIRST_SHARD} is corrupt: its xxh64 hash"):
+        dataset[0]
+
+
+def _one_shard_per_sample(source: Path, output: Path) -> list[Path]:
+    """`source`'s samples rewritten one per shard (Streaming's own writer, hashes as the converter records them)."""
+    shard = json.loads((source / "index.json").read_text())["shards"][0]
+    columns = dict(zip(shard["column_names"], shard["column_encodings"]))
+    one_and_a_half_samples = 3 * shard["raw_data"]["bytes"] // (2 * shard["samples"])  # the samples are alike
+    with MDSWriter(
+        out=str(output), columns=columns, hashes=sorted(mds.SHARD_HASHES), size_limit=one_and_a_half_samples
+    ) as writer:
+        for row in stored_rows(source):
+            writer.write(row)
+    return sorted(output.glob("shard.*.mds"))
+
+
+def test_a_corrupt_shard_read_by_one_of_two_ranks_stops_both_with_one_line_naming_it(demo_mds, tmp_path):
+    shards = _one_shard_per_sample(demo_mds, tmp_path / "mds")
+    assert len(shards) == 4
+    corrupt(shards[3])  # read by one of the two ranks only
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("composer")),
+            "-n",
+            "2",
+            str(ROOT / "train.py"),
+            str(ROOT / "yamls" / "quickstart.yaml"),
+            f"train_loader.dataset.local={tmp_path / 'mds'}",
+            "train_loader.dataset.demo_if_missing=false",
+            "train_loader.dataset.shuffle=false",
+            "eval_loader=null",
+            "callbacks.sample_videos=null",
+            "save_interval=null",
+            "max_duration=2ba",
+        ],
+        cwd=tmp_path,
+        env=train_env(tmp_path, MASTER_PORT=str(free_port())),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert re.search(
+        rf"data error: rank [01] read shard file {re.escape(str(shards[3]))} is corrupt: its xxh64 hash is \w+, but "
+        r"its index.json records \w+\. Fix: convert the dataset again",
+        output,
+    ), output[-3000:]
+    assert "Connection closed" not in output and "Traceback" not in output, output[-3000:]
 
 
 def test_a_corrupt_remote_shard_fails_on_download_naming_it(converted, tmp_path):

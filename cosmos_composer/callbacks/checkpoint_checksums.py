@@ -8,6 +8,12 @@ Composer's `CheckpointSaver` runs after every other callback, so this one is app
 after it (`attach`) and looks, at each checkpoint event, for a checkpoint it has not summed yet. In a sharded
 save each rank hashes the `.distcp` files it wrote (in parallel), and global rank 0 writes network.json and the
 list.
+
+With an object-store save_folder (`s3://...`) Composer uploads its own files from a local staging folder; the
+two files written here are uploaded beside them, and the staging copy is then removed
+(`checkpoint/object_store.py`). Composer's `latest-rank0.pt.symlink` in the store is not kept up: autoresume
+finds the newest intact checkpoint by listing the store, and the symlink (which can name a checkpoint whose
+checksums are still uploading) would only add Composer's 30 s polling for it at the end of each run.
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ from composer.utils import dist
 
 from ..checkpoint.integrity import CHECKSUMS_FILE, checksums_path, digests_of, write_checksums
 from ..checkpoint.network_config import NETWORK_FILE, network_config_path, write_network_config
+from ..checkpoint.object_store import upload_beside
 from ..checkpoint.safe_pickle import METADATA_FILE
+from ..checkpoint.save_guard import removing_partial_checkpoint
 from ..models import NetworkConfig
 
 
@@ -45,12 +53,20 @@ class CheckpointChecksums(Callback):
             net = getattr(model, "module", model).net  # `module`: under DDP
             lora = getattr(net, "lora_settings", None)
             trainer.state.callbacks.append(cls(savers[0], preset, net.config, lora.as_dict() if lora else None))
+            if savers[0].remote_uploader is not None:
+                savers[0].latest_remote_file_name = None  # see the module docstring
 
     def _sum_new_checkpoint(self, state: State) -> None:
         if not self.saver.saved_checkpoints or self.saver.saved_checkpoints[-1] == self.summed:
             return
         self.summed = saved = self.saver.saved_checkpoints[-1]
-        if state.fsdp_sharded_state_dict_enabled:  # every rank saved its shard into one folder
+        sharded = state.fsdp_sharded_state_dict_enabled  # every rank saved its shard into one folder
+        folder = Path(saved).parent.parent if sharded else Path(saved).parent
+        with removing_partial_checkpoint(folder, int(state.timestamp.batch)):  # a full disk: no half-summed one
+            self._sum(Path(saved), sharded)
+
+    def _sum(self, saved: Path, sharded: bool) -> None:
+        if sharded:
             folder, rank = Path(saved).parent, dist.get_global_rank()
             mine = [path.name for path in folder.glob(f"__{rank}_*.distcp")]
             if rank == 0:
@@ -63,11 +79,19 @@ class CheckpointChecksums(Callback):
             }
             if rank == 0:
                 write_checksums(folder, files)
+                self._upload(folder, list(files))
         else:  # one file, written by global rank 0 only
             path = Path(saved)
             network_file = write_network_config(network_config_path(path), self.preset, self.network, self.lora)
-            write_checksums(path, digests_of(path.parent, [path.name, network_file.name]))
+            listed = [path.name, network_file.name]
+            write_checksums(path, digests_of(path.parent, listed))
             self._remove_orphans(path.parent)
+            self._upload(path, listed)
+
+    def _upload(self, saved: Path, listed: list[str]) -> None:
+        """With an object-store save_folder: what this callback wrote goes up beside Composer's upload."""
+        if self.saver.remote_uploader is not None:
+            upload_beside(self.saver, saved, listed)
 
     @staticmethod
     def _remove_orphans(folder: Path) -> None:

@@ -116,7 +116,11 @@ class RunSummary(Callback):
         for callback in state.callbacks:
             if isinstance(callback, CheckpointSaver) and callback.saved_checkpoints:
                 last = Path(callback.saved_checkpoints[-1])  # a sharded checkpoint: rank 0's file in its folder
-                found["last checkpoint"] = str(last.parent if state.fsdp_sharded_state_dict_enabled else last)
+                last = last.parent if state.fsdp_sharded_state_dict_enabled else last
+                uploader = callback.remote_uploader  # an object-store save_folder: `last` was only a local stage
+                found["last checkpoint"] = (
+                    f"{uploader.remote_folder.rstrip('/')}/{last.name}" if uploader else str(last)
+                )
             elif isinstance(callback, SampleVideos) and callback.written:
                 found["samples"] = str(callback.written[-1].parent)
             elif isinstance(callback, LossPlot) and callback.written:

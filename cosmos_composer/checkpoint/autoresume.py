@@ -7,6 +7,8 @@ Here the save folder's checkpoints are listed (`ep{E}-ba{B}` sharded folders, `e
 the newest one whose files are all there is chosen (`composer_checkpoint.newest_intact`, the rule export and
 the loaders use too), the link is pointed at it, and the choice is said aloud.
 Checkpoints that exist but none of them intact stop the run instead of starting over.
+An object-store save_folder (`s3://...`) is listed instead, and the checkpoint chosen is the newest whose download
+is intact (`object_store.download_newest_intact`): Composer then loads that local copy.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Optional
 
 from .composer_checkpoint import LATEST_LINK, newest_intact
 from .integrity import checksums_path
+from .object_store import download_newest_intact, is_object_store
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +36,7 @@ class ResumePlan:
     batch: int = 0
     skipped: dict[str, str] = field(default_factory=dict)  # newer checkpoints left out: name -> why
 
-    def describe(self, folder: Path) -> str:
+    def describe(self, folder: str | os.PathLike) -> str:
         lines = [f"{name} is not intact ({why}), skipped" for name, why in self.skipped.items()]
         if self.checkpoint is None:
             lines.append(f"no checkpoint in {folder}: starting fresh")
@@ -43,13 +46,17 @@ class ResumePlan:
         return "autoresume: " + "; ".join(lines)
 
 
-def plan_resume(folder: str | os.PathLike) -> ResumePlan:
+def plan_resume(folder: str | os.PathLike, download_to: Optional[Path] = None) -> ResumePlan:
     """The newest intact checkpoint of `folder` (`composer_checkpoint.newest_intact`, its files verified);
-    raises RuntimeError when there are checkpoints but none intact.
+    raises RuntimeError when there are checkpoints but none intact. An object-store `folder`'s checkpoint is
+    downloaded into `download_to` and verified there (ObjectStoreError when the store cannot be read).
 
     Raises UnsafePickleError when a checkpoint's `.metadata` holds a planted pickle."""
-    folder = Path(folder)
-    newest = newest_intact(folder, verify=True)
+    if is_object_store(folder):
+        newest = download_newest_intact(str(folder), download_to)
+    else:
+        folder = Path(folder)
+        newest = newest_intact(folder, verify=True)
     plan = ResumePlan(newest.path, newest.batch, newest.skipped)
     if plan.checkpoint is None and newest.found:
         raise RuntimeError(

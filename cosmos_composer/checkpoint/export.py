@@ -52,6 +52,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,6 +103,7 @@ from .network_config import (
     resolve_checkpoint_network,
     write_network_config,
 )
+from .object_store import ObjectStoreError, download_checkpoint, is_object_store
 from .pin import CheckpointGoneError, pinned_checkpoint
 
 log = logging.getLogger(__name__)
@@ -237,7 +239,7 @@ def _torch_save(state: Mapping[str, torch.Tensor], path: Path) -> None:
 
 
 @contextlib.contextmanager
-def _export_set(out_dir: Path, source: Path) -> Iterator[Path]:
+def _export_set(out_dir: Path, source: Union[str, Path]) -> Iterator[Path]:
     """Yield a staging folder beside `out_dir`; on success its files replace theirs in `out_dir` as one set.
 
     The staged files get a `checksums.json` (naming the checkpoint they came from). Publishing removes the old
@@ -486,6 +488,7 @@ class ExportResult:
     network: ResolvedNetwork
     verified: bool = False
     diffusers_relative_error: Optional[float] = None
+    source: Optional[str] = None  # where `checkpoint` was downloaded from (an object store), else None
 
 
 def _formats(formats: Union[str, Sequence[str]]) -> tuple[str, ...]:
@@ -660,6 +663,7 @@ def export(
     progress: bool = True,
     merge_lora: bool = True,
     require_checksums: bool = True,
+    source: Optional[str] = None,
 ) -> ExportResult:
     """Export a Composer sharded checkpoint (see the module docstring) and optionally verify what was written.
 
@@ -672,9 +676,32 @@ def export(
     adapters are written alone to `lora_adapter/` either way. require_checksums: with `verify`, refuse a checkpoint
     without checksums.json (False: --no-checksums). `out_dir` may not be or lie inside a checkpoint folder; the
     checkpoint is pinned while it is read (`checkpoint/pin.py`), so a run's rotation cannot fail the export.
+    An object-store `checkpoint` (`s3://.../ep<E>-ba<B>`, or the checkpoints prefix for the newest intact one) is
+    downloaded beside `out_dir`, verified against its checksums, exported and removed. `source`: what the export's
+    checksums.json names as its checkpoint (default: the checkpoint folder read).
     """
     out_dir = Path(out_dir)
     _check_out_dir(out_dir, checkpoint)
+    if is_object_store(checkpoint):
+        out_dir.parent.mkdir(parents=True, exist_ok=True)  # the download goes on the disk chosen for the export
+        with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.download-") as download:
+            try:
+                local = download_checkpoint(str(checkpoint), Path(download), progress)
+            except ObjectStoreError as error:
+                raise ExportError(str(error)) from None
+            uri = str(checkpoint).rstrip("/")
+            settings = dict(preset=preset, overrides=overrides, weights=weights, diffusers_dtype=diffusers_dtype)
+            return export(
+                local,
+                out_dir,
+                formats,
+                **settings,
+                verify=verify,
+                progress=progress,
+                merge_lora=merge_lora,
+                require_checksums=require_checksums,
+                source=uri if uri.endswith(local.name) else f"{uri}/{local.name}",
+            )
     with _planned(
         checkpoint, formats, preset, overrides, weights, require_checksums=verify and require_checksums
     ) as plan:
@@ -682,11 +709,14 @@ def export(
     checkpoint_dir, formats, network, lora = plan.checkpoint_dir, plan.formats, plan.network, plan.lora
     adapter_weights = network_weights(model_state, weights) if lora is not None else None
     model_state = _without_adapters(model_state, lora, merge_lora)
-    result = ExportResult(checkpoint_dir, out_dir, [], network)
+    result = ExportResult(checkpoint_dir, out_dir, [], network, source=source)
 
     official_files = official_state_dicts(model_state) if OFFICIAL in formats else {}
     steps = [*official_files, *(["diffusers"] if DIFFUSERS in formats else [])]
-    with _export_set(out_dir, checkpoint_dir) as staging, reporting_full_disk(out_dir, "choose another OUT_DIR"):
+    with (
+        _export_set(out_dir, source or checkpoint_dir) as staging,
+        reporting_full_disk(out_dir, "choose another OUT_DIR"),
+    ):
         write_network_config(staging / NETWORK_FILE, network.preset, network.config)
         result.written.append(out_dir / NETWORK_FILE)
         if lora is not None:

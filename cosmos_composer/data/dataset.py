@@ -48,8 +48,8 @@ from __future__ import annotations
 import logging
 import mmap
 import os
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -91,6 +91,15 @@ def _shard_files(shard: Reader) -> list[tuple[str, FileInfo]]:
     ]
 
 
+def _file_stat(path: str) -> tuple:
+    """What changes when a file is rewritten or replaced: (size, mtime in ns, inode); None when it is absent."""
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return (None,)
+    return stat.st_size, stat.st_mtime_ns, stat.st_ino
+
+
 class TransferStreamingDataset(StreamingDataset):
     """Cosmos-Transfer2.5 training samples from MDS shards written by ``scripts/convert_to_mds.py``.
 
@@ -119,8 +128,9 @@ class TransferStreamingDataset(StreamingDataset):
 
     Shard files are checked against their index.json: local files' sizes when the dataset is built
     (:class:`ShardError` for a truncated one), their xxh64 hash on the first read of each shard in each
-    process, and downloaded files by Streaming's ``validate_hash``. Datasets converted before hashes
-    were written are read unverified.
+    process (and again when a shard file's size, mtime or inode has changed since it was hashed: replaced or
+    rewritten meanwhile), and downloaded files by Streaming's ``validate_hash``. Datasets converted before
+    hashes were written are read unverified.
     """
 
     def __init__(
@@ -143,6 +153,7 @@ class TransferStreamingDataset(StreamingDataset):
     ) -> None:
         super().__init__(remote=remote, local=local, **streaming_kwargs)
         self._unverified_shards = self._check_shard_files(remote or local)
+        self._verified_stats: dict[int, list[tuple]] = {}  # shard id -> its files' `_file_stat` when hashed
         columns = set(self.shards[0].column_names)
         for shard in self.shards[1:]:
             if set(shard.column_names) != columns:
@@ -224,8 +235,20 @@ class TransferStreamingDataset(StreamingDataset):
             stream.validate_hash = stream.validate_hash or self.shard_hash
         return local
 
+    def _shard_stats(self, shard_id: int) -> list[tuple]:
+        return [_file_stat(path) for path, _ in _shard_files(self.shards[shard_id])]
+
+    def _needs_hashing(self, shard_id: int) -> bool:
+        """Not hashed yet in this process, or changed on disk since (a stat per file: cheap beside a read)."""
+        if shard_id in self._unverified_shards:
+            return True
+        hashed = self._verified_stats.get(shard_id)
+        return hashed is not None and hashed != self._shard_stats(shard_id)
+
     def _verify_shard(self, shard_id: int) -> None:
-        """Compare the hash of each local file of a shard with index.json's (once per shard and process)."""
+        """Compare the hash of each local file of a shard with index.json's (once per shard and process, and
+        again after the files change)."""
+        stats = self._shard_stats(shard_id)  # before hashing: a change during the hash is seen at the next read
         for path, info in _shard_files(self.shards[shard_id]):
             if not os.path.isfile(path):
                 continue
@@ -237,6 +260,7 @@ class TransferStreamingDataset(StreamingDataset):
                     f"{info.hashes[self.shard_hash]}. Fix: {SHARD_FIX}"
                 )
         self._unverified_shards.discard(shard_id)
+        self._verified_stats[shard_id] = stats
 
     def _served_cameras(
         self, cameras: Sequence[str] | None, where: str | None
@@ -319,7 +343,7 @@ class TransferStreamingDataset(StreamingDataset):
     def _read_row(self, index: int) -> dict[str, Any]:
         """The MDS row of ``index`` (its shard verified on first read), with enough frames for ``num_frames``."""
         shard_id, _ = self.spanner[index]
-        if shard_id in self._unverified_shards:
+        if self._needs_hashing(shard_id):
             self._verify_shard(shard_id)
         row = super().get_item(index)
         available = row[mds.NUM_FRAMES]
@@ -432,13 +456,49 @@ def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
     return batch
 
 
+class TransferDataLoader(StreamingDataLoader):
+    """Streaming's resumable loader; with ``defer_shard_errors`` set (training sets it: callbacks/shard_errors.py),
+    a :class:`ShardError` ends this rank's pass instead of raising, its one line kept in ``shard_error``.
+
+    One rank raising alone would leave the others waiting in a collective until gloo or NCCL fails them
+    ("Connection closed by peer"), and that error, not the shard, is what the user would read. Composer
+    all-reduces after every fetch whether any rank's pass has ended, so all ranks leave the pass together, and
+    the callback then raises the shard's line on every rank.
+    """
+
+    defer_shard_errors = False
+    shard_error: Optional[str] = None
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        if not self.defer_shard_errors:
+            yield from super().__iter__()
+            return
+        batches = super().__iter__()
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except ShardError as error:
+                self.shard_error = shard_error_line(error)
+                return
+            yield batch
+
+
+def shard_error_line(error: ShardError) -> str:
+    """The message of a ShardError; raised in a DataLoader worker, torch re-raises it with the worker's traceback
+    in the message, whose last line is the original one."""
+    last = str(error).strip().splitlines()[-1]
+    return last.split("ShardError: ", 1)[1] if "ShardError: " in last else last
+
+
 def build_dataloader(
     dataset: TransferStreamingDataset,
     batch_size: int,
     num_workers: int = 0,
     **dataloader_kwargs: Any,
-) -> StreamingDataLoader:
-    """A ``StreamingDataLoader`` (resumable) over ``dataset`` with :func:`collate_samples`.
+) -> TransferDataLoader:
+    """A ``TransferDataLoader`` (resumable) over ``dataset`` with :func:`collate_samples`.
 
     Streaming needs the per-device batch size on the dataset too; it is set here when missing.
     """
@@ -449,7 +509,7 @@ def build_dataloader(
             f"the dataset was built with batch_size={dataset.batch_size} but the loader uses {batch_size}; "
             f"Streaming needs both equal for deterministic resumption"
         )
-    return StreamingDataLoader(
+    return TransferDataLoader(
         dataset,
         batch_size=batch_size,
         num_workers=num_workers,
