@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from .callbacks.checkpoint_checksums import CheckpointChecksums
 from .callbacks.nonfinite_loss import NonFiniteLossGuard
 from .callbacks.step_seed import StepSeed
+from .checkpoint.run_record import rescale_sample_counts
 from .checkpoint.safe_pickle import composer_loads_safely
 from .data.loaders import build_run_dataloader, release_stale_dataset_memory
 from .encoders import build_encoders
@@ -34,6 +35,7 @@ from .run_setup import (
     describe_start,
     lock_run_folder,
     resolve_inputs,
+    run_record_of,
     write_run_config,
 )
 
@@ -113,7 +115,7 @@ def build_trainer(cfg: DictConfig) -> Trainer:
     plan = plan_run(cfg, dist.get_world_size(), has_gpu=torch.cuda.is_available())
     loggers = build_loggers(cfg, plan)
     lock_run_folder(plan.locked_folder)  # before anything reads or writes the checkpoints
-    inputs = resolve_inputs(cfg, plan.save_folder)
+    inputs = resolve_inputs(cfg, plan.save_folder, plan)  # compares a resumed run with its checkpoint
     if inputs.resumes:
         silence_resume_warnings()
     write_run_config(cfg, plan)
@@ -166,6 +168,9 @@ def build_trainer(cfg: DictConfig) -> Trainer:
             console_log_interval=cfg.console_log_interval,
             dist_timeout=cfg.dist_timeout,
         )
-    # After Composer's checkpoint saver: writes network.json and sums what it has just written.
-    CheckpointChecksums.attach(trainer, cfg.model.preset)
+    if inputs.resumed_run is not None:  # Composer's restored sample counts, in this run's context-parallel units
+        state = trainer.state
+        state.timestamp = rescale_sample_counts(state.timestamp, inputs.resumed_run.context_parallel_size, cp_size)
+    # After Composer's checkpoint saver: writes network.json and run.json and sums what it has just written.
+    CheckpointChecksums.attach(trainer, cfg.model.preset, run_record_of(cfg, plan))
     return trainer
