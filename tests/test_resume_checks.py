@@ -175,12 +175,72 @@ def _epoch_samples(root: Path, epoch: int = 0) -> Counter:
 
 
 def test_cp_and_process_changes_train_every_sample_once(twelve_samples):
+    """Legs of one epoch (6 batches), each ending at its checkpoint: CP 1 -> 2 -> 2 -> 1 -> 1, processes
+    2 -> 2 -> 2 -> 1 -> 2."""
     root = twelve_samples
-    _ok(_composer(root, "max_duration=2ba"))  # CP 1 on 2 processes
-    out = _ok(_composer(root, "max_duration=3ba", "context_parallel_size=2"))  # CP 1 -> 2
+    _ok(_composer(root, "max_duration=2ba"))  # CP 1 on 2 processes: batches 1-2
+    out = _ok(_composer(root, "max_duration=3ba", "context_parallel_size=2"))
     assert "resume: changed since ep0-ba2, followed: context_parallel_size: 1 -> 2; data_parallel_size: 2 -> 1" in out
-    out = _ok(_one_process(root, "max_duration=4ba"))  # CP 2 -> 1, 2 -> 1 process
-    assert "followed: context_parallel_size: 2 -> 1; processes: 2 -> 1" in out
-    _ok(_composer(root, "max_duration=6ba", "context_parallel_size=2"))  # CP 1 -> 2, 1 -> 2 processes
+    out = _ok(_composer(root, "max_duration=4ba", "context_parallel_size=2"))
+    assert "followed" not in out
+    out = _ok(_one_process(root, "max_duration=5ba"))
+    assert "resume: changed since ep0-ba4, followed: processes: 2 -> 1" in out
+    out = _ok(_composer(root, "max_duration=6ba"))
+    assert "followed: processes: 1 -> 2; data_parallel_size: 1 -> 2" in out
     seen = _epoch_samples(root)
     assert sorted(seen) == [f"demo_{i:04d}" for i in range(SAMPLES)] and set(seen.values()) == {1}, seen
+
+
+def _lines(root: Path, *args: str) -> tuple[int, str]:
+    result = run_train([*COMMON_ONE_PROCESS, *args], root)
+    return result.returncode, result.stdout + result.stderr
+
+
+COMMON_ONE_PROCESS = ["callbacks.sample_videos=null", "save_interval=1ba", "progress_bar=false", "model.lora={}"]
+CAMERAS = (
+    "camera_front_wide_120fov",
+    "camera_cross_right_120fov",
+    "camera_rear_right_70fov",
+    "camera_rear_tele_30fov",
+    "camera_rear_left_70fov",
+    "camera_cross_left_120fov",
+    "camera_front_tele_30fov",
+)
+
+
+def test_finished_epochs_changed_configs_and_a_stray_checkpoint(tmp_path, demo_mds):
+    data = [f"train_loader.dataset.local={demo_mds}", f"eval_loader.dataset.local={demo_mds}", "eval_interval=1ep"]
+    checkpoints = tmp_path.joinpath(*RUN, "checkpoints")
+    rc, out = _lines(tmp_path, *data, "max_duration=1ep")  # 4 samples: batches 1-2, the last saved at batch 2
+    assert rc == 0 and "frozen" in out, out[-3000:]  # the model's trainable counts: built
+    written = sorted(p.name for p in checkpoints.iterdir())
+    assert written == ["ep0-ba1", "ep0-ba2", "latest-rank0.pt"]
+
+    # Run again: complete, exit 0, no eval and no second checkpoint.
+    rc, out = _lines(tmp_path, *data, "max_duration=1ep")
+    assert rc == 0 and "already complete at epoch 1 (batch 2)" in out, out[-3000:]
+    assert "Eval" not in out and sorted(p.name for p in checkpoints.iterdir()) == written
+
+    # Changes the checkpoint's state cannot follow: refused before the model is built, each key named.
+    reordered = f"[{','.join((CAMERAS[1], CAMERAS[0], *CAMERAS[2:]))}]"
+    rc, out = _lines(
+        tmp_path,
+        *data,
+        "max_duration=2ep",
+        "model.lora.alpha=64",
+        f"train_loader.dataset.cameras={reordered}",
+        f"eval_loader.dataset.cameras={reordered}",
+    )
+    assert rc != 0 and "checkpoint error: resume refused:" in out and "frozen" not in out
+    assert "model.lora.alpha: 32.0 -> 64.0" in out
+    assert f"train_loader.dataset.cameras: {list(CAMERAS)} -> {[CAMERAS[1], CAMERAS[0], *CAMERAS[2:]]}" in out
+    assert f"load_path={checkpoints / 'ep0-ba2'}" in out and "a new run_name" in out
+    rc, out = _lines(tmp_path, *data, "max_duration=2ep", "model.lora=null", "model.train_base=true")
+    assert rc != 0 and "model.lora: on -> off; model.train_base: False -> True." in out
+
+    # A newer checkpoint of the other layout is refused by name, never chosen.
+    (checkpoints / "ep9-ba99-rank0.pt").write_bytes(b"stray")
+    rc, out = _lines(tmp_path, *data, "max_duration=2ep")
+    assert rc != 0 and "checkpoint error: autoresume:" in out
+    assert "holds ep9-ba99-rank0.pt, a single-file checkpoint newer than this run's" in out
+    assert "already complete" not in out and "Fix: move ep9-ba99-rank0.pt out of" in out
