@@ -129,15 +129,21 @@ def test_sample_counts_are_rescaled_to_the_new_context_parallel_size():
 
 
 # ----------------------------------------------------------------------------- real runs
+# Two of the official cameras (a rig of 2 views: the first run caches 2 views' latents, not 7).
+RIG = ("camera_front_wide_120fov", "camera_cross_left_120fov")
+
+
 @pytest.fixture
 def twelve_samples(tmp_path) -> Path:
     """`tmp_path` holding the quickstart's demo raw folder with 12 samples: the first run converts it."""
     raw = tmp_path / "data" / "quickstart_mds_raw"
-    make_demo_dataset(raw, samples=SAMPLES, frames=6, height=32, width=48, seed=0, progress=False)
+    make_demo_dataset(raw, samples=SAMPLES, frames=6, height=32, width=48, seed=0, progress=False, cameras=RIG)
     return tmp_path
 
 
 COMMON = [
+    f"train_loader.dataset.cameras=[{','.join(RIG)}]",
+    f"model.overrides.n_cameras_emb={len(RIG)}",
     "eval_loader=null",
     "callbacks.sample_videos=null",
     "callbacks.data_log={}",
@@ -174,6 +180,13 @@ def _epoch_samples(root: Path, epoch: int = 0) -> Counter:
     return Counter(name for line in lines if line["epoch"] == epoch for name in line["samples"])
 
 
+def _trained_once_so_far(root: Path, batches: int) -> Counter:
+    """The samples of epoch 0 so far: `batches` batches of 2, none trained twice."""
+    seen = _epoch_samples(root)
+    assert sum(seen.values()) == 2 * batches and set(seen.values()) == {1}, seen
+    return seen
+
+
 def test_cp_and_process_changes_train_every_sample_once(twelve_samples):
     """Legs of one epoch (6 batches), each ending at its checkpoint: CP 1 -> 2 -> 2 -> 1 -> 1, processes
     2 -> 2 -> 2 -> 1 -> 2."""
@@ -183,12 +196,13 @@ def test_cp_and_process_changes_train_every_sample_once(twelve_samples):
     assert "resume: changed since ep0-ba2, followed: context_parallel_size: 1 -> 2; data_parallel_size: 2 -> 1" in out
     out = _ok(_composer(root, "max_duration=4ba", "context_parallel_size=2"))
     assert "followed" not in out
+    _trained_once_so_far(root, 4)
     out = _ok(_one_process(root, "max_duration=5ba"))
-    assert "resume: changed since ep0-ba4, followed: processes: 2 -> 1" in out
+    assert "resume: changed since ep0-ba4, followed: context_parallel_size: 2 -> 1; processes: 2 -> 1" in out
     out = _ok(_composer(root, "max_duration=6ba"))
-    assert "followed: processes: 1 -> 2; data_parallel_size: 1 -> 2" in out
-    seen = _epoch_samples(root)
-    assert sorted(seen) == [f"demo_{i:04d}" for i in range(SAMPLES)] and set(seen.values()) == {1}, seen
+    assert "resume: changed since ep0-ba5, followed: processes: 1 -> 2; data_parallel_size: 1 -> 2" in out
+    seen = _trained_once_so_far(root, 6)
+    assert sorted(seen) == [f"demo_{i:04d}" for i in range(SAMPLES)]
 
 
 def _lines(root: Path, *args: str) -> tuple[int, str]:
