@@ -18,6 +18,7 @@ from .callbacks.preemption import Preemption
 from .callbacks.shard_errors import StopOnShardError
 from .callbacks.step_seed import StepSeed
 from .checkpoint.object_store import is_object_store
+from .checkpoint.run_record import rescale_sample_counts
 from .checkpoint.safe_pickle import composer_loads_safely
 from .checkpoint.save_guard import guard_saves
 from .config import ConfigError
@@ -41,6 +42,7 @@ from .run_setup import (
     lock_run_folder,
     remove_download,
     resolve_inputs,
+    run_record_of,
     write_run_config,
 )
 
@@ -125,7 +127,7 @@ def build_trainer(cfg: DictConfig) -> Trainer:
         print(plan.describe_layout(), flush=True)
     loggers = build_loggers(cfg, plan)
     lock_run_folder(plan.locked_folder)  # before anything reads or writes the checkpoints
-    inputs = resolve_inputs(cfg, plan.save_folder)
+    inputs = resolve_inputs(cfg, plan.save_folder, plan)  # compares a resumed run with its checkpoint
     if inputs.resumes:
         silence_resume_warnings()
     write_run_config(cfg, plan)
@@ -186,8 +188,11 @@ def build_trainer(cfg: DictConfig) -> Trainer:
             dist_timeout=cfg.dist_timeout,
         )
     remove_download(inputs)
+    if inputs.resumed_run is not None:  # Composer's restored sample counts, in this run's context-parallel units
+        state = trainer.state
+        state.timestamp = rescale_sample_counts(state.timestamp, inputs.resumed_run.context_parallel_size, cp_size)
     guard_saves(trainer)  # a failed save (a full disk) leaves no partial checkpoint and says so in one line
-    # After Composer's checkpoint saver: writes network.json and sums what it has just written.
-    CheckpointChecksums.attach(trainer, cfg.model.preset)
+    # After Composer's checkpoint saver: writes network.json and run.json and sums what it has just written.
+    CheckpointChecksums.attach(trainer, cfg.model.preset, run_record_of(cfg, plan))
     Preemption.attach(trainer)  # last: stops a preempted run after its checkpoint and checksums are written
     return trainer

@@ -137,6 +137,7 @@ def test_no_intact_checkpoint_stops_instead_of_starting_over(tmp_path, demo_mds,
         "__0_0.distcp",
         "checksums.json",
         "network.json",
+        "run.json",
     ]
 
 

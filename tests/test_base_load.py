@@ -166,7 +166,9 @@ def test_load_path_and_autoresume_win_over_base_load_path(tmp_path, capsys, monk
     assert all(torch.equal(p, expected[f"net.{name}"].float()) for name, p in net.named_parameters())
 
     resumed = tmp_path / "checkpoints" / "ep0-ba1"
-    monkeypatch.setattr(run_setup, "plan_autoresume", lambda folder: ResumePlan(checkpoint=resumed, batch=1))
+    monkeypatch.setattr(
+        run_setup, "plan_autoresume", lambda folder, sharded=None: ResumePlan(checkpoint=resumed, batch=1)
+    )
     cfg = _cfg(tmp_path, f"base_load_path={base}", "save_interval=1ba")
     inputs = run_setup.resolve_inputs(cfg, save_folder=str(tmp_path / "checkpoints"))
     assert inputs.base is None and inputs.resumes

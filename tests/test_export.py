@@ -116,12 +116,13 @@ def trained(tmp_path_factory) -> Path:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     run = root / "out" / "cosmos_composer" / "quickstart" / "quickstart"
-    # One process with parallelism_config.fsdp writes a sharded DCP checkpoint, its network config and checksums.
+    # One process with parallelism_config.fsdp writes a sharded DCP checkpoint, its network.json, run.json and checksums.
     assert sorted(p.name for p in (run / "checkpoints" / "ep0-ba2").iterdir()) == [
         ".metadata",
         "__0_0.distcp",
         "checksums.json",
         NETWORK_FILE,
+        "run.json",
     ]
     return run
 

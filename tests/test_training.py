@@ -129,6 +129,7 @@ def test_two_process_fsdp2_sharded_checkpoints_and_exact_resume_after_kill(tmp_p
         "__1_0.distcp",
         "checksums.json",
         "network.json",
+        "run.json",
     ]
 
     # torch's own DCP reader opens it; the model state holds net.* and net_ema.*.

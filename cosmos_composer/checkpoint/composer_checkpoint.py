@@ -61,17 +61,28 @@ class CheckpointReadError(RuntimeError):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def run_checkpoints(folder: Union[str, os.PathLike], sharded_only: bool = False) -> list[tuple[int, Path]]:
-    """(batch, path) of every checkpoint in `folder` (sharded folders, and single files unless `sharded_only`),
-    newest first (by batch, then epoch; never by name). Links (`latest-rank0.pt`) are not checkpoints."""
+def run_checkpoints(
+    folder: Union[str, os.PathLike], sharded_only: bool = False, single_file_only: bool = False
+) -> list[tuple[int, Path]]:
+    """(batch, path) of every checkpoint in `folder` (sharded folders unless `single_file_only`, single files
+    unless `sharded_only`), newest first (by batch, then epoch; never by name). Links (`latest-rank0.pt`) are
+    not checkpoints."""
     folder = Path(folder)
     found = []
     for path in folder.iterdir() if folder.is_dir() else []:
         match = CHECKPOINT_NAME.match(path.name)
-        if not match or path.is_symlink() or (sharded_only and (match["single_file"] or not path.is_dir())):
+        if not match or path.is_symlink():
+            continue
+        sharded = not match["single_file"] and path.is_dir()
+        if (sharded_only and not sharded) or (single_file_only and sharded):
             continue
         found.append(((int(match["batch"]), int(match["epoch"])), path))
     return [(batch, path) for (batch, _), path in sorted(found, key=lambda item: item[0], reverse=True)]
+
+
+def checkpoint_epoch(path: Path) -> int:
+    """The epoch count in a checkpoint's name (`ep{E}-ba{B}`): the epochs finished when it was saved."""
+    return int(CHECKPOINT_NAME.match(path.name)["epoch"])
 
 
 def is_checkpoint_folder(folder: Path) -> bool:
@@ -142,11 +153,13 @@ class NewestCheckpoint:
     found: int = 0  # how many checkpoints the folder holds
 
 
-def newest_intact(folder: Union[str, os.PathLike], verify: bool = True, sharded_only: bool = False) -> NewestCheckpoint:
+def newest_intact(
+    folder: Union[str, os.PathLike], verify: bool = True, sharded_only: bool = False, single_file_only: bool = False
+) -> NewestCheckpoint:
     """The newest checkpoint of `folder` that `why_not_intact` (with `verify`) passes; the rule of the module
     docstring. Raises UnsafePickleError when a checkpoint it looks at holds a planted `.metadata`."""
     newest = NewestCheckpoint()
-    candidates = run_checkpoints(folder, sharded_only)
+    candidates = run_checkpoints(folder, sharded_only, single_file_only)
     newest.found = len(candidates)
     for batch, path in candidates:
         why = why_not_intact(path, verify)
