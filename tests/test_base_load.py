@@ -167,7 +167,9 @@ def test_load_path_and_autoresume_win_over_base_load_path(tmp_path, capsys, monk
 
     resumed = tmp_path / "checkpoints" / "ep0-ba1"
     monkeypatch.setattr(
-        run_setup, "plan_autoresume", lambda folder, sharded=None: ResumePlan(checkpoint=resumed, batch=1)
+        run_setup,
+        "plan_autoresume",
+        lambda folder, download_to=None, sharded=None: ResumePlan(checkpoint=resumed, batch=1),
     )
     cfg = _cfg(tmp_path, f"base_load_path={base}", "save_interval=1ba")
     inputs = run_setup.resolve_inputs(cfg, save_folder=str(tmp_path / "checkpoints"))

@@ -23,7 +23,9 @@ def _train_main():
     return module.main
 
 
-def test_a_full_disk_while_saving_names_the_folder_and_removes_the_partial_checkpoint(tmp_path, demo_mds, monkeypatch):
+def test_a_full_disk_while_saving_names_the_folder_and_removes_the_partial_checkpoint(
+    tmp_path, demo_mds, monkeypatch, capsys
+):
     real_save = torch.save
 
     def save_until_the_disk_is_full(obj, f, *args, **kwargs):
@@ -48,8 +50,10 @@ def test_a_full_disk_while_saving_names_the_folder_and_removes_the_partial_check
         _train_main()([str(QUICKSTART), *args])
 
     folder = tmp_path.joinpath(*RUN)
-    message = str(stopped.value.code)
-    assert "\n" not in message
+    assert stopped.value.code == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("training stopped:")]
+    assert len(lines) == 1, lines  # one line, said once
+    message = lines[0]
     assert re.fullmatch(
         rf"training stopped: no space left on device while writing {re.escape(str(folder))}: [\d.]+ \w?i?B free on "
         r"/\S*; free space or set save_folder to a folder on a disk with room; the partial checkpoint "
