@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
 import socket
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "yamls" / "quickstart.yaml"
@@ -45,6 +49,30 @@ def run_train(args, root: Path, yaml: Path = QUICKSTART, timeout: int = 600, **e
         text=True,
         timeout=timeout,
     )
+
+
+@contextlib.contextmanager
+def moto_s3(monkeypatch, secret_key: str = "testing"):
+    """moto's S3 server on loopback, emptied, with credentials and its endpoint in the environment (read by
+    Composer's S3ObjectStore and Streaming's downloader alike); yields the endpoint URL."""
+    moto_server = pytest.importorskip("moto.server")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    # moto keeps its buckets per process, not per server: start from none
+    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST")).close()
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret_key)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("S3_ENDPOINT_URL", endpoint)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    try:
+        yield endpoint
+    finally:
+        server.stop()
 
 
 def free_port() -> int:

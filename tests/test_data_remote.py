@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import moto_s3
 
 from cosmos_composer.data.convert import convert_to_mds
 from cosmos_composer.data.dataset import TransferStreamingDataset, build_dataloader
@@ -48,20 +49,8 @@ def test_another_local_folder_as_remote(shards: Path, tmp_path: Path):
 
 @pytest.fixture
 def s3_server(monkeypatch):
-    moto_server = pytest.importorskip("moto.server")
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("S3_ENDPOINT_URL", endpoint)  # read by Streaming's S3 downloader
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    yield endpoint
-    server.stop()
+    with moto_s3(monkeypatch) as endpoint:
+        yield endpoint
 
 
 def test_s3_remote_on_a_loopback_server(shards: Path, tmp_path: Path, s3_server: str):

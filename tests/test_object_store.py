@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import urllib.request
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import load_script, run_train
+from helpers import load_script, moto_s3, run_train
 
 from cosmos_composer.checkpoint.object_store import ObjectStoreError, StoreFolder, check_reachable, stored_checkpoints
 from cosmos_composer.config import ConfigError, check_output_folders, load_config
@@ -24,26 +23,12 @@ QUICKSTART = Path(__file__).resolve().parents[1] / "yamls" / "quickstart.yaml"
 @pytest.fixture
 def s3(monkeypatch):
     """moto's S3 server on loopback with an empty bucket; the boto3 client. Credentials via the environment."""
-    moto_server = pytest.importorskip("moto.server")
     import boto3
 
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    # moto keeps its buckets per process, not per server: start each test from none
-    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST")).close()
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("S3_ENDPOINT_URL", endpoint)  # read by Composer's S3ObjectStore
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    client = boto3.client("s3", endpoint_url=endpoint)
-    client.create_bucket(Bucket=BUCKET)
-    yield client
-    server.stop()
+    with moto_s3(monkeypatch, secret_key=SECRET) as endpoint:
+        client = boto3.client("s3", endpoint_url=endpoint)
+        client.create_bucket(Bucket=BUCKET)
+        yield client
 
 
 def _objects(client, prefix: str) -> dict[str, bytes]:
@@ -70,13 +55,13 @@ def test_a_run_saves_to_a_bucket_resumes_from_it_and_exports_from_it(tmp_path, d
     assert first.returncode == 0, first.stderr[-3000:]
     assert f"last checkpoint s3://{BUCKET}/run/ep1-ba4" in first.stdout
 
-    # Every checkpoint in the bucket carries network.json and checksums.json, and the checksums are its bytes'.
+    # Every checkpoint in the bucket carries network.json, run.json and checksums.json, which holds its bytes' sums.
     stored = _objects(s3, "run/")
     for name in ("ep0-ba2", "ep1-ba4"):
         files = {key.split("/", 1)[1]: data for key, data in stored.items() if key.startswith(f"{name}/")}
-        assert sorted(files) == [".metadata", "__0_0.distcp", "checksums.json", "network.json"]
+        assert sorted(files) == [".metadata", "__0_0.distcp", "checksums.json", "network.json", "run.json"]
         listed = json.loads(files["checksums.json"])["files"]
-        assert sorted(listed) == [".metadata", "__0_0.distcp", "network.json"]
+        assert sorted(listed) == [".metadata", "__0_0.distcp", "network.json", "run.json"]
         for file, digest in listed.items():
             assert hashlib.sha256(files[file]).hexdigest() == digest["sha256"], (name, file)
         assert json.loads(files["network.json"])["preset"] == "tiny-multiview"
@@ -144,6 +129,7 @@ def test_checkpoints_are_grouped_from_the_bucket_listing(s3):
         "run/ep1-ba10-rank0.pt",
         "run/ep1-ba10-rank0.pt.checksums.json",
         "run/ep1-ba10-rank0.pt.network.json",
+        "run/ep1-ba10-rank0.pt.run.json",
         "run/ep1-ba12/__0_0.distcp",  # an unfinished upload: no .metadata yet
         "run/latest-rank0.pt.symlink",
         "other/ep9-ba99/.metadata",
@@ -155,6 +141,7 @@ def test_checkpoints_are_grouped_from_the_bucket_listing(s3):
         "ep1-ba10-rank0.pt",
         "ep1-ba10-rank0.pt.checksums.json",
         "ep1-ba10-rank0.pt.network.json",
+        "ep1-ba10-rank0.pt.run.json",
     ]
     assert [c.why_not_complete() for c in found] == ["no .metadata", None, None]
 

@@ -28,6 +28,7 @@ from cosmos_composer.checkpoint.run_record import (
 )
 from cosmos_composer.data.demo import make_demo_dataset
 from cosmos_composer.models import get_config
+from cosmos_composer.models.official_cameras import DEFAULT_CAMERAS
 
 RUN = ("out", "cosmos_composer", "quickstart", "quickstart")
 SAMPLES = 12  # 6 batches of 2: one epoch
@@ -211,15 +212,7 @@ def _lines(root: Path, *args: str) -> tuple[int, str]:
 
 
 COMMON_ONE_PROCESS = ["callbacks.sample_videos=null", "save_interval=1ba", "progress_bar=false", "model.lora={}"]
-CAMERAS = (
-    "camera_front_wide_120fov",
-    "camera_cross_right_120fov",
-    "camera_rear_right_70fov",
-    "camera_rear_tele_30fov",
-    "camera_rear_left_70fov",
-    "camera_cross_left_120fov",
-    "camera_front_tele_30fov",
-)
+CAMERAS = DEFAULT_CAMERAS  # the official rig, in its view order
 
 
 def test_finished_epochs_changed_configs_and_a_stray_checkpoint(tmp_path, demo_mds):

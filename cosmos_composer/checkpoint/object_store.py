@@ -29,12 +29,13 @@ from tqdm import tqdm
 from .composer_checkpoint import CHECKPOINT_NAME, UNFINISHED, NewestCheckpoint, why_not_intact
 from .integrity import CHECKSUMS_FILE, checksums_path
 from .network_config import NETWORK_FILE, network_config_path
+from .run_record import RUN_FILE
 from .safe_pickle import METADATA_FILE
 
 # Files of a checkpoint that Composer uploads itself; everything else its checksums list is ours to upload.
 COMPOSER_UPLOADS = (METADATA_FILE, ".distcp", "-rank0.pt")
-# What a single-file checkpoint's sidecars end with: `<name>.checksums.json`, `<name>.network.json`.
-_SIDECARS = (f".{CHECKSUMS_FILE}", f".{NETWORK_FILE}")
+# What a single-file checkpoint's sidecars end with: `<name>.checksums.json`, `<name>.network.json`, `<name>.run.json`.
+_SIDECARS = (f".{CHECKSUMS_FILE}", f".{NETWORK_FILE}", f".{RUN_FILE}")
 CREDENTIALS_HELP = (
     "credentials come from the environment: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), "
     "and S3_ENDPOINT_URL for an S3-compatible store"
