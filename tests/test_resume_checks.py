@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from helpers import QUICKSTART, REPO, run_train, train_env
+from streaming import LocalDataset, MDSWriter
 
 from cosmos_composer.checkpoint.network_config import RecordedNetwork
 from cosmos_composer.checkpoint.run_record import (
@@ -215,8 +217,20 @@ COMMON_ONE_PROCESS = ["callbacks.sample_videos=null", "save_interval=1ba", "prog
 CAMERAS = DEFAULT_CAMERAS  # the official rig, in its view order
 
 
+def _convert_again_one_sample_per_shard(mds: Path) -> None:
+    """The same samples written again into one shard each (as a re-conversion with another shard size would)."""
+    shard = json.loads((mds / "index.json").read_text())["shards"][0]
+    rows = list(LocalDataset(local=str(mds)))
+    shutil.rmtree(mds)
+    columns = dict(zip(shard["column_names"], shard["column_encodings"]))
+    with MDSWriter(out=str(mds), columns=columns, hashes=shard["hashes"], size_limit=1) as writer:
+        for row in rows:
+            writer.write(row)
+
+
 def test_finished_epochs_changed_configs_and_a_stray_checkpoint(tmp_path, demo_mds):
-    data = [f"train_loader.dataset.local={demo_mds}", f"eval_loader.dataset.local={demo_mds}", "eval_interval=1ep"]
+    train_mds = shutil.copytree(demo_mds, tmp_path / "train_mds")  # converted again below
+    data = [f"train_loader.dataset.local={train_mds}", f"eval_loader.dataset.local={demo_mds}", "eval_interval=1ep"]
     checkpoints = tmp_path.joinpath(*RUN, "checkpoints")
     rc, out = _lines(tmp_path, *data, "max_duration=1ep")  # 4 samples: batches 1-2, the last saved at batch 2
     assert rc == 0 and "frozen" in out, out[-3000:]  # the model's trainable counts: built
@@ -244,6 +258,15 @@ def test_finished_epochs_changed_configs_and_a_stray_checkpoint(tmp_path, demo_m
     assert f"load_path={checkpoints / 'ep0-ba2'}" in out and "a new run_name" in out
     rc, out = _lines(tmp_path, *data, "max_duration=2ep", "model.lora=null", "model.train_base=true")
     assert rc != 0 and "model.lora: on -> off; model.train_base: False -> True." in out
+
+    # The dataset converted again into other shards (same samples): the checkpoint's position would point at
+    # other samples, so the resume is refused naming the dataset.
+    _convert_again_one_sample_per_shard(train_mds)
+    rc, out = _lines(tmp_path, *data, "max_duration=2ep")
+    assert rc != 0 and "checkpoint error: resume refused:" in out and "frozen" not in out, out[-3000:]
+    assert "index.json" in out, out[-3000:]
+    shutil.rmtree(train_mds)
+    shutil.copytree(demo_mds, train_mds)  # the shards the checkpoint was trained on, for the checks below
 
     # A newer checkpoint of the other layout is refused by name, never chosen.
     (checkpoints / "ep9-ba99-rank0.pt").write_bytes(b"stray")
